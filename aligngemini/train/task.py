@@ -1,0 +1,62 @@
+"""What the one trainer needs from a branch's recipe: a *task*.
+
+The trainer (``aligngemini.train.trainer``) is generic: it owns accelerate, the optimizer, schedule,
+checkpoints, resume, validation metrics and logging. Each branch family contributes a Task, registered
+by name and selected by a recipe's ``task:`` key, that builds the model and data and exports the result
+as the branch of a bundle.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import Dataset
+
+
+class Task(Protocol):
+    recipe: dict[str, Any]
+
+    def build_model(self) -> torch.nn.Module:
+        """A module whose ``forward(batch)`` returns fake-class logits of shape [B] (or a dict with
+        ``loss`` when the task computes its own, e.g. a VLM's token loss)."""
+
+    def build_datasets(self) -> tuple[Dataset, Dataset | None]:
+        """Train and validation datasets; items are whatever ``collate`` accepts and must carry ``label``."""
+
+    def collate(self, items: list[Any]) -> dict[str, Any]:
+        """Batch items; the returned dict has ``label`` (float tensor [B]) plus model inputs."""
+
+    def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]: ...
+
+    def export(self, model: torch.nn.Module, out_dir: Path) -> dict[str, Any]:
+        """Write this branch's weights (safetensors) into ``out_dir``; return its bundle config section."""
+
+
+TaskFactory = Callable[[dict[str, Any]], Task]
+_TASKS: dict[str, TaskFactory] = {}
+_TASK_MODULES = {
+    "pixel": "aligngemini.branches.pixel.task",
+    "semantic-clip": "aligngemini.branches.semantic.clip_task",
+    "semantic-vlm": "aligngemini.branches.semantic.vlm_task",
+}
+
+
+def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
+    def deco(factory: TaskFactory) -> TaskFactory:
+        _TASKS[name] = factory
+        return factory
+
+    return deco
+
+
+def build_task(recipe: dict[str, Any]) -> Task:
+    name = recipe.get("task")
+    if name not in _TASKS and name in _TASK_MODULES:
+        importlib.import_module(_TASK_MODULES[name])
+    if name not in _TASKS:
+        raise ValueError(f"recipe task {name!r} is unknown; known tasks: {sorted(set(_TASKS) | set(_TASK_MODULES))}")
+    return _TASKS[name](recipe)
