@@ -23,7 +23,10 @@ GROUP_MODULES = {
         "build, fetch and audit training sets",
         ["aligngemini.data.starter", "aligngemini.data.build.commands"],
     ),
-    "generators": ("reconstruction generators: train a VAE, reconstruct images", ["aligngemini.generators.commands"]),
+    "generators": (
+        "reconstruction generators: train a VAE, reconstruct images",
+        ["aligngemini.generators.commands"],
+    ),
 }
 
 EPILOG = """\

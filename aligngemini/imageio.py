@@ -3,6 +3,7 @@ and per-input errors that name the input and the reason instead of crashing a ba
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import io
@@ -20,10 +21,8 @@ try:  # HEIC/AVIF when the plugin is installed
     import pillow_heif  # type: ignore[import-not-found]
 
     pillow_heif.register_heif_opener()
-    try:
+    with contextlib.suppress(AttributeError):  # newer releases register AVIF with the HEIF opener
         pillow_heif.register_avif_opener()
-    except AttributeError:  # newer releases register AVIF with the HEIF opener
-        pass
 except ImportError:  # pragma: no cover - optional
     pass
 
@@ -140,7 +139,9 @@ def _array_to_image(arr: np.ndarray, source: str) -> Image.Image:
         elif arr.dtype == np.uint16:
             arr = (arr / 257.0 + 0.5).astype(np.uint8)
         else:
-            raise ImageLoadError(source, f"unsupported array dtype {arr.dtype}; use uint8, uint16 or float in [0,1]")
+            raise ImageLoadError(
+                source, f"unsupported array dtype {arr.dtype}; use uint8, uint16 or float in [0,1]"
+            )
     if arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     return _to_rgb(Image.fromarray(arr))
@@ -166,7 +167,9 @@ def load_image(
         return LoadedImage(_to_rgb(ImageOps.exif_transpose(src) or src), facts)
     if isinstance(src, np.ndarray):
         if src.ndim >= 2 and src.shape[0] * src.shape[1] > max_pixels:
-            raise ImageLoadError(source, f"array of {src.shape[0] * src.shape[1]} pixels exceeds {max_pixels}")
+            raise ImageLoadError(
+                source, f"array of {src.shape[0] * src.shape[1]} pixels exceeds {max_pixels}"
+            )
         img = _array_to_image(src, source)
         return LoadedImage(img, ImageFacts(source, None, img.width, img.height, "array"))
     if isinstance(src, bytes):
@@ -218,7 +221,8 @@ def decode_bytes(
                 raise ImageLoadError(source, f"invalid dimensions {w}x{h}")
             if w * h > max_pixels:
                 raise ImageLoadError(
-                    source, f"{w}x{h} = {w * h} decoded pixels exceeds the limit of {max_pixels} (decompression bomb?)"
+                    source,
+                    f"{w}x{h} = {w * h} decoded pixels exceeds the limit of {max_pixels} (decompression bomb?)",
                 )
             fmt = img.format
             mode = img.mode

@@ -58,5 +58,7 @@ def build_task(recipe: dict[str, Any]) -> Task:
     if name not in _TASKS and name in _TASK_MODULES:
         importlib.import_module(_TASK_MODULES[name])
     if name not in _TASKS:
-        raise ValueError(f"recipe task {name!r} is unknown; known tasks: {sorted(set(_TASKS) | set(_TASK_MODULES))}")
+        raise ValueError(
+            f"recipe task {name!r} is unknown; known tasks: {sorted(set(_TASKS) | set(_TASK_MODULES))}"
+        )
     return _TASKS[name](recipe)

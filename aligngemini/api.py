@@ -1,0 +1,249 @@
+"""The public Python API: ``Detector`` and ``Verdict``.
+
+>>> from aligngemini import Detector
+>>> det = Detector.load("starter")
+>>> [v.verdict for v in det.predict(["photo.jpg"])]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from aligngemini.branches.base import Branch, build_branch
+from aligngemini.bundle import Bundle, load_bundle
+from aligngemini.fusion import fuse
+from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, LoadedImage, load_image
+
+log = logging.getLogger(__name__)
+ROLES = ("pixel", "semantic")
+
+
+@dataclass
+class BranchResult:
+    p_fake: float | None
+    fake: bool | None
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"p_fake": self.p_fake, "fake": self.fake}
+
+
+@dataclass
+class Verdict:
+    """One image's result. ``verdict`` is "real", "fake", "uncertain", or None when ``error`` is set."""
+
+    path: str | None
+    p_fake: float | None = None
+    verdict: str | None = None
+    branches: dict[str, BranchResult] = field(default_factory=dict)
+    fired: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        branches = {
+            role: (self.branches[role].to_dict() if role in self.branches else None) for role in ROLES
+        }
+        for role, res in self.branches.items():
+            branches.setdefault(role, res.to_dict())
+        return {
+            "path": self.path,
+            "p_fake": self.p_fake,
+            "verdict": self.verdict,
+            "branches": branches,
+            "fired": list(self.fired),
+            "error": self.error,
+        }
+
+
+def default_device() -> torch.device:
+    name = os.environ.get("ALIGNGEMINI_DEVICE")
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(table)}")
+    return table[dtype]
+
+
+class Detector:
+    """A loaded bundle: its branches, thresholds and fusion rule."""
+
+    def __init__(self, bundle: Bundle, branches: dict[str, Branch], device: torch.device, dtype: torch.dtype,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):  # fmt: skip
+        if not branches:
+            raise ValueError(f"bundle {bundle.name!r} has no usable branch")
+        self.bundle = bundle
+        self.branches = branches
+        self.device = device
+        self.dtype = dtype
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def load(
+        cls,
+        bundle: str | os.PathLike | Bundle = "starter",
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        only: Sequence[str] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> Detector:
+        """Load a registered name (``"starter"``), a bundle folder or archive, or a hub id.
+        ``only`` restricts to some branches (e.g. ``["pixel"]``)."""
+        b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        dev = torch.device(device) if device is not None else default_device()
+        dt = _parse_dtype(dtype, dev)
+        sections = b.config["branches"]
+        if only:
+            unknown = sorted(set(only) - set(sections))
+            if unknown:
+                raise ValueError(f"bundle {b.name!r} has no branch {unknown}; it has {sorted(sections)}")
+            sections = {k: v for k, v in sections.items() if k in only}
+        branches = {
+            role: build_branch(role, cfg, b.dir, device=dev, dtype=dt) for role, cfg in sections.items()
+        }
+        det = cls(b, branches, dev, dt, max_pixels)
+        if det.missing_branches:
+            log.warning("bundle %s has no %s branch: verdicts rest on %s alone", b.name,
+                        " or ".join(det.missing_branches), " and ".join(sorted(branches)))  # fmt: skip
+        return det
+
+    # -- configuration -------------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.bundle.config
+
+    @property
+    def bundle_id(self) -> str:
+        return self.bundle.bundle_id
+
+    @property
+    def missing_branches(self) -> list[str]:
+        return [r for r in ROLES if r not in self.branches]
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {role: float(branch.threshold) for role, branch in self.branches.items()}
+
+    @property
+    def fusion_rule(self) -> str:
+        return str(self.config.get("fusion", {}).get("rule", "or"))
+
+    @property
+    def uncertain_band(self) -> tuple[float, float] | None:
+        band = self.config.get("fusion", {}).get("uncertain_band")
+        return (float(band[0]), float(band[1])) if band else None
+
+    # -- scoring -------------------------------------------------------------------------------
+    def load_input(self, item: ImageSource, name: str | None = None) -> LoadedImage:
+        return load_image(item, max_pixels=self.max_pixels, name=name)
+
+    @torch.inference_mode()
+    def score_loaded(self, images: Sequence[LoadedImage]) -> dict[str, np.ndarray]:
+        """Per-branch P(fake) for already decoded images."""
+        if not images:
+            return {role: np.zeros(0) for role in self.branches}
+        out: dict[str, np.ndarray] = {}
+        for role, branch in self.branches.items():
+            prepared = [branch.prepare(img) for img in images]
+            out[role] = np.asarray(branch.score(prepared), dtype=np.float64).reshape(len(images))
+        return out
+
+    def verdicts_from_scores(
+        self, names: Sequence[str | None], scores: dict[str, np.ndarray]
+    ) -> list[Verdict]:
+        thresholds = self.thresholds
+        fused = fuse(scores, thresholds, self.fusion_rule, self.uncertain_band)
+        results = []
+        for j, name in enumerate(names):
+            branches = {
+                role: BranchResult(
+                    float(scores[role][j]), bool(scores[role][j] >= thresholds[role]), thresholds[role]
+                )
+                for role in scores
+            }
+            results.append(Verdict(name, float(fused.p_fake[j]), fused.verdicts[j], branches, fused.fired[j]))
+        return results
+
+    def iter_predict(
+        self,
+        inputs: Iterable[ImageSource],
+        *,
+        batch_size: int = 16,
+        names: Iterable[str | None] | None = None,
+        workers: int | None = None,
+    ) -> Iterator[Verdict]:
+        """Stream verdicts in input order; decoding runs in a thread pool ahead of the models, and an input
+        that cannot be read yields a Verdict with ``error`` set instead of stopping the stream."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        name_iter = iter(names) if names is not None else None
+        workers = workers or min(8, (os.cpu_count() or 2))
+
+        def decode(pair: tuple[ImageSource, str | None]) -> LoadedImage | Verdict:
+            item, name = pair
+            label = name if name is not None else (str(item) if isinstance(item, str | os.PathLike) else None)
+            try:
+                return self.load_input(item, name=label)
+            except ImageLoadError as exc:
+                return Verdict(label, error=exc.reason)
+
+        def pairs() -> Iterator[tuple[ImageSource, str | None]]:
+            for item in inputs:
+                yield item, (next(name_iter, None) if name_iter is not None else None)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            batch: list[ImageSource] = []
+            for pair in pairs():
+                batch.append(pair)
+                if len(batch) >= batch_size:
+                    yield from self._predict_decoded(list(pool.map(decode, batch)))
+                    batch = []
+            if batch:
+                yield from self._predict_decoded(list(pool.map(decode, batch)))
+
+    def _predict_decoded(self, decoded: list[LoadedImage | Verdict]) -> list[Verdict]:
+        good = [d for d in decoded if isinstance(d, LoadedImage)]
+        scored = iter(
+            self.verdicts_from_scores([g.source for g in good], self.score_loaded(good)) if good else []
+        )
+        return [next(scored) if isinstance(d, LoadedImage) else d for d in decoded]
+
+    def predict(self, inputs: ImageSource | Iterable[ImageSource], *, batch_size: int = 16) -> list[Verdict]:
+        """Verdicts for paths, PIL images, bytes or arrays (one or a list)."""
+        if isinstance(inputs, str | os.PathLike | bytes | np.ndarray) or hasattr(inputs, "getpixel"):
+            inputs = [inputs]  # type: ignore[list-item]
+        return list(self.iter_predict(inputs, batch_size=batch_size))  # type: ignore[arg-type]
+
+    def explain(self, image: ImageSource) -> str:
+        """The semantic branch's rationale in words, when it can explain."""
+        branch = self.branches.get("semantic")
+        if branch is None:
+            raise NotImplementedError(f"bundle {self.bundle.name!r} has no semantic branch to explain with")
+        if not branch.can_explain:
+            raise NotImplementedError(
+                f"the semantic branch of {self.bundle.name!r} ({self.config['branches']['semantic'].get('family')}) "
+                "scores but cannot explain; a vision-language (semantic-vlm) branch can"
+            )
+        return branch.explain(self.load_input(image))
