@@ -1,0 +1,176 @@
+"""Calibration: thresholds meeting a target FPR (checked by brute force), balanced accuracy, the
+uncertain band, and the command writing a calibrated bundle copy without touching the source."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aligngemini import cli
+from aligngemini.bundle import load_bundle, save_bundle
+from aligngemini.eval import commands
+from aligngemini.eval.calibrate import NEVER, calibrate, calibrate_thresholds, choose_uncertain_band
+from aligngemini.fusion import fuse
+from tests._eval_fakes import FakeDetector, make_blind_spot_tree
+
+
+def _synthetic(seed: int, n_real: int = 200, n_fake: int = 200) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Two branches with complementary fakes: half are visible to pixel only, half to semantic only."""
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(n_real, int), np.ones(n_fake, int)]
+    pixel = np.r_[
+        rng.beta(2, 6, n_real),
+        np.where(np.arange(n_fake) % 2 == 0, rng.beta(6, 2, n_fake), rng.beta(2, 6, n_fake)),
+    ]
+    semantic = np.r_[
+        rng.beta(2, 5, n_real),
+        np.where(np.arange(n_fake) % 2 == 1, rng.beta(5, 2, n_fake), rng.beta(2, 5, n_fake)),
+    ]
+    return {"pixel": pixel, "semantic": semantic}, labels
+
+
+def _rates(
+    scores: dict[str, np.ndarray], labels: np.ndarray, th: dict[str, float], rule: str = "or"
+) -> tuple[float, float]:
+    fake = np.asarray(fuse(scores, th, rule).fake)
+    return float(fake[labels == 0].mean()), float(fake[labels == 1].mean())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("target", [0.01, 0.05, 0.2])
+def test_or_target_fpr_is_met_and_optimal(seed: int, target: float) -> None:
+    scores, labels = _synthetic(seed, 60, 60)
+    th = calibrate_thresholds(scores, labels, rule="or", target="fpr", target_fpr=target)
+    fpr, tpr = _rates(scores, labels, th)
+    assert fpr <= target + 1e-12
+    # Brute force over every pair of thresholds that matters (just above each observed score, or never).
+    cands = {r: np.r_[0.0, np.nextafter(np.unique(s), np.inf), NEVER] for r, s in scores.items()}
+    best = 0.0
+    for tp, ts in itertools.product(cands["pixel"], cands["semantic"]):
+        fake = (scores["pixel"] >= tp) | (scores["semantic"] >= ts)
+        if fake[labels == 0].mean() <= target + 1e-12:
+            best = max(best, float(fake[labels == 1].mean()))
+    assert tpr == pytest.approx(best)
+
+
+def test_or_balanced_matches_brute_force() -> None:
+    scores, labels = _synthetic(5, 50, 50)
+    th = calibrate_thresholds(scores, labels, rule="or", target="balanced")
+    fpr, tpr = _rates(scores, labels, th)
+    cands = {r: np.r_[np.unique(s), NEVER] for r, s in scores.items()}
+    best = max(
+        ((1 - ((scores["pixel"] >= a) | (scores["semantic"] >= b))[labels == 0].mean())
+         + ((scores["pixel"] >= a) | (scores["semantic"] >= b))[labels == 1].mean()) / 2
+        for a, b in itertools.product(cands["pixel"], cands["semantic"])
+    )  # fmt: skip
+    assert (1 - fpr + tpr) / 2 == pytest.approx(best)
+
+
+def test_single_branch_and_other_rules() -> None:
+    scores, labels = _synthetic(3)
+    th = calibrate_thresholds({"pixel": scores["pixel"]}, labels, target="fpr", target_fpr=0.05)
+    assert set(th) == {"pixel"}
+    assert (scores["pixel"][labels == 0] >= th["pixel"]).mean() <= 0.05
+    for rule in ("noisy-or", "mean"):
+        th = calibrate_thresholds(scores, labels, rule=rule, target="fpr", target_fpr=0.1)
+        fpr, tpr = _rates(scores, labels, th, rule)
+        assert fpr <= 0.1 + 1e-12 and tpr > 0.1, rule
+        start = {"pixel": 0.5, "semantic": 0.5}
+        bal = calibrate_thresholds(scores, labels, rule=rule, target="balanced", current=start)
+        f0, t0 = _rates(scores, labels, start, rule)
+        f1, t1 = _rates(scores, labels, bal, rule)
+        assert (1 - f1 + t1) >= (1 - f0 + t0), rule
+
+
+def test_calibration_refuses_what_it_cannot_do() -> None:
+    scores, labels = _synthetic(0, 10, 10)
+    with pytest.raises(ValueError, match="real images"):
+        calibrate_thresholds(scores, np.ones(20, int))
+    with pytest.raises(ValueError, match="NaN"):
+        calibrate_thresholds({"pixel": np.r_[np.nan, scores["pixel"][1:]]}, labels)
+    with pytest.raises(ValueError, match="target"):
+        calibrate_thresholds(scores, labels, target="auc")
+
+
+def test_uncertain_band_holds_errors_around_the_decision() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(300, int), np.ones(300, int)]
+    p = np.clip(np.r_[rng.normal(0.3, 0.15, 300), rng.normal(0.7, 0.15, 300)], 0, 1)
+    fake = p >= 0.5
+    band = choose_uncertain_band(p, labels, fake, 0.2)
+    assert band is not None
+    lo, hi = band
+    assert lo <= 0.5 <= hi and hi - lo == pytest.approx(0.2)
+    inside = (p >= lo) & (p < hi)
+    wrong = fake != (labels == 1)
+    assert wrong[inside].mean() > wrong.mean() * 2  # the band concentrates the errors
+    assert choose_uncertain_band(p, labels, fake, 0) is None
+    fr = fuse({"pixel": p}, {"pixel": 0.5}, "or", band)  # fuse accepts it
+    assert "uncertain" in fr.verdicts
+
+
+def test_calibrate_reports_before_and_after() -> None:
+    scores, labels = _synthetic(1)
+    cal = calibrate(
+        scores,
+        labels,
+        target="fpr",
+        target_fpr=0.05,
+        current={"pixel": 0.5, "semantic": 0.5},
+        uncertain_width=0.1,
+    )
+    assert cal.after["fused"]["fpr"] <= 0.05 < cal.before["fused"]["fpr"]
+    assert cal.uncertain_band is not None and cal.n_real == 200
+    d = cal.to_dict()
+    assert json.loads(json.dumps(d))["thresholds"] == cal.thresholds
+
+
+def _tiny_bundle(folder: Path) -> Path:
+    cfg = {
+        "name": "fake",
+        "branches": {r: {"family": f"fake-{r}", "threshold": 0.5} for r in ("pixel", "semantic")},
+        "fusion": {"rule": "or", "uncertain_band": None},
+    }
+    save_bundle(folder, cfg, card="# fake bundle\n")
+    return folder
+
+
+def test_calibrate_command_writes_a_copy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    data = make_blind_spot_tree(tmp_path / "val")
+    src = _tiny_bundle(tmp_path / "bundle")
+    before = (src / "config.json").read_text()
+    monkeypatch.setattr(commands, "load_detector", lambda args: FakeDetector())
+    out = tmp_path / "calibrated"
+    argv = ["calibrate", str(data), "--bundle", str(src), "--out", str(out), "--target-fpr", "0.0",
+            "--uncertain-width", "0.1", "--cache", str(tmp_path / "c.sqlite"), "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert (src / "config.json").read_text() == before  # the source is never changed
+    copy = load_bundle(out)
+    th = copy.thresholds()
+    assert th["pixel"] > 140 / 255 - 0.05  # above the real with high red: no false positive left
+    assert copy.config["fusion"]["uncertain_band"] is not None
+    assert copy.config["calibration"]["after"]["fused"]["fpr"] == 0.0
+    assert "## Calibration" in copy.card
+    assert "calibrated on 6 real / 7 fake" in capsys.readouterr().out
+    # An existing output needs --overwrite; the source itself is refused even then.
+    assert cli.main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main([*argv, "--overwrite"]) == 0
+    bad = [
+        "calibrate",
+        str(data),
+        "--bundle",
+        str(src),
+        "--out",
+        str(src),
+        "--overwrite",
+        "--no-cache",
+        "--quiet",
+    ]
+    assert cli.main(bad) == 2
+    assert "source bundle" in capsys.readouterr().err
+    assert (src / "config.json").read_text() == before
