@@ -1,0 +1,101 @@
+"""Crop policy: native-resolution crops, never resized; grid layout; padding; score combination."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from aligngemini.branches.pixel.crops import (
+    CropConfig,
+    combine_scores,
+    grid_counts,
+    inference_boxes,
+    inference_views,
+    pad_to_min,
+    train_crop,
+)
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_grid_crops_of_a_large_image_are_its_own_pixels():
+    arr = _image(700, 1000)  # H=700, W=1000
+    cfg = CropConfig(size=336, inference="grid", max_crops=9)
+    views = inference_views(arr, cfg)
+    assert views.shape == (9, 3, 336, 336) and views.dtype == torch.float32
+    boxes = inference_boxes(700, 1000, cfg)
+    assert boxes[0] == (0, 0) and boxes[-1] == (700 - 336, 1000 - 336)  # corners are covered
+    for view, (top, left) in zip(views, boxes, strict=True):
+        original = arr[top : top + 336, left : left + 336]
+        restored = (view.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        assert np.array_equal(restored, original)
+        assert torch.equal(view, torch.from_numpy(original.copy()).permute(2, 0, 1).float() / 255)
+
+
+def test_grid_respects_max_crops_and_center_mode():
+    assert grid_counts(700, 1000, 336, 9) == (3, 3)
+    assert grid_counts(700, 1000, 336, 4) == (2, 2)
+    assert grid_counts(4000, 3000, 336, 12) in {(4, 3), (3, 4)}
+    assert grid_counts(200, 200, 336, 9) == (1, 1)
+    arr = _image(700, 1000)
+    v = inference_views(arr, CropConfig(size=336, inference="grid", max_crops=4))
+    assert v.shape[0] == 4
+    c = inference_views(arr, CropConfig(size=336, inference="center"))
+    assert c.shape == (1, 3, 336, 336)
+    top, left = (700 - 336) // 2, (1000 - 336) // 2
+    assert torch.equal(
+        c[0], torch.from_numpy(arr[top : top + 336, left : left + 336].copy()).permute(2, 0, 1).float() / 255
+    )
+
+
+@pytest.mark.parametrize("mode", ["reflect", "constant", "edge"])
+def test_small_images_are_padded_not_resized(mode):
+    arr = _image(50, 80)
+    cfg = CropConfig(size=64, pad_mode=mode, pad_value=7, inference="center")
+    views = inference_views(arr, cfg)
+    assert views.shape == (1, 3, 64, 64)
+    restored = (views[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    # 50 -> 64 pads 7 rows above; 80 > 64 crops 8 columns from the left
+    assert np.array_equal(restored[7 : 7 + 50], arr[:, 8 : 8 + 64])
+    if mode == "constant":
+        assert (restored[:7] == 7).all()
+    if mode == "reflect":
+        assert np.array_equal(restored[6], arr[1, 8 : 8 + 64])
+
+
+def test_pad_handles_tiny_images():
+    for h, w in [(1, 1), (1, 5), (3, 2)]:
+        out = pad_to_min(_image(h, w), 16, "reflect")
+        assert out.shape == (16, 16, 3)
+
+
+def test_train_crop_is_random_but_reproducible_and_exact():
+    arr = _image(300, 400)
+    cfg = CropConfig(size=128)
+    a = train_crop(arr, cfg, np.random.default_rng(1))
+    b = train_crop(arr, cfg, np.random.default_rng(1))
+    c = train_crop(arr, cfg, np.random.default_rng(2))
+    assert a.shape == (128, 128, 3) and np.array_equal(a, b) and not np.array_equal(a, c)
+    # the crop is a window of the original: find it
+    hits = [
+        (t, x)
+        for t in range(300 - 127)
+        for x in range(400 - 127)
+        if arr[t, x, 0] == a[0, 0, 0] and np.array_equal(arr[t : t + 128, x : x + 128], a)
+    ]
+    assert len(hits) == 1
+
+
+def test_combine_rules():
+    p = np.array([0.1, 0.9, 0.2])
+    assert combine_scores(p, "max") == pytest.approx(0.9)
+    assert combine_scores(torch.tensor(p), "mean") == pytest.approx(0.4)
+    with pytest.raises(ValueError):
+        combine_scores(p, "median")
+    with pytest.raises(ValueError):
+        CropConfig(combine="median")
+    with pytest.raises(ValueError):
+        CropConfig(inference="resize")
