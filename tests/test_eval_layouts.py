@@ -170,6 +170,12 @@ def test_plain_folder_and_multiple_inputs(tmp_path: Path) -> None:
     assert _counts(es) == {"mine": (2, 3), "WildRF/reddit": (1, 1)}
     assert es.benchmark_subsets() == {"mine": ["mine"], "WildRF": ["WildRF/reddit"]}
     assert [i["layout"] for i in es.inputs] == ["folder", "wildrf"]
+    # ai/ + real/ without GenImage's val/ split is a plain folder, not GenImage.
+    c = tmp_path / "realorai_like"
+    _fill(c / "ai", 2)
+    _fill(c / "real", 2)
+    assert L.detect_layout(c) == "folder"
+    assert _counts(L.read_data([c])) == {"realorai_like": (2, 2)}
 
 
 def test_errors_name_the_path(tmp_path: Path) -> None:

@@ -493,7 +493,7 @@ def detect_layout(path: str | os.PathLike) -> str:
     if not dirs:
         return "folder"  # the generic reader falls back to the data package's scan_folder
     names = {d.path.name.lower() for d in dirs}
-    if names & {"ai", "nature"}:
+    if "nature" in names or ("ai" in names and any(d.split == "val" for d in dirs)):
         return "genimage"
     kept = _choose_split(dirs, None)
     firsts = {tuple(_strip(d.parts))[:1] for d in kept}

@@ -217,7 +217,7 @@ def render_markdown(report: Mapping[str, Any], plot_files: list[str]) -> str:
                          *(fmt("auc", (s.get(d) or {}).get("auc")) if s.get(d) is not None else "n/a" for d in DETECTORS),
                          str(anym.get("n_real", 0)), str(anym.get("n_fake", 0))])  # fmt: skip
     summ = report.get("summary") or {}
-    for part in ("mean", "std", "min"):
+    for part in ("mean", "std", "min") if len(report["subsets"]) > 1 else ():
         sub_rows.append([f"**{part}**", *(fmt("balanced_acc", summ[d][part]["balanced_acc"]) if summ.get(d) else "n/a" for d in DETECTORS),
                          *(fmt("auc", summ[d][part]["auc"]) if summ.get(d) else "n/a" for d in DETECTORS), "", ""])  # fmt: skip
     lines += _table(
