@@ -149,3 +149,42 @@ def test_missing_folder_and_unknown_key_fail_clearly(tmp_path, qwen_dir):
         _branch(tmp_path / "absent")
     with pytest.raises(ConfigError, match="max_pixel"):
         _branch(qwen_dir, max_pixel=5)
+
+
+def test_grouped_window_attention_matches_one_call_per_window():
+    from aligngemini.branches.semantic.vlm import _grouped_varlen_sdpa
+
+    torch.manual_seed(0)
+    lengths = [16, 16, 8, 16, 12, 8]
+    cu = torch.tensor([0] + np.cumsum(lengths).tolist())
+    q, k, v = (torch.randn(1, 2, sum(lengths), 4) for _ in range(3))
+    got, _ = _grouped_varlen_sdpa(None, q, k, v, scaling=0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    parts = [
+        torch.nn.functional.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], scale=0.5)
+        for a, b in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)
+    ]
+    expected = torch.cat(parts, dim=2).transpose(1, 2)  # [1, S, H, D]
+    torch.testing.assert_close(got, expected)
+    same = torch.tensor([0, 16, 32])
+    got, _ = _grouped_varlen_sdpa(
+        None, q[:, :, :32], k[:, :, :32], v[:, :, :32], scaling=0.5, cu_seq_lens_q=same
+    )
+    torch.testing.assert_close(got, expected[:, :32])
+
+
+def test_grouped_vision_attention_scores_like_the_default(qwen_dir, qwen, images, monkeypatch):
+    from aligngemini.branches.semantic import vlm
+
+    calls = []
+    real = vlm._grouped_varlen_sdpa
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("cu_seq_lens_q") is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vlm, "_grouped_varlen_sdpa", spy)
+    fast = _branch(qwen_dir, grouped_vision_attention=True)
+    prepared = [qwen.prepare(im) for im in images]
+    np.testing.assert_allclose(fast.score(prepared), qwen.score(prepared), rtol=0, atol=1e-5)
+    assert calls and all(calls)  # the tower handed over packed windows, not one window at a time
+    assert fast.model.config.text_config._attn_implementation != vlm.GROUPED_VISION_ATTENTION

@@ -63,6 +63,7 @@ class VlmBranchConfig:
     attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"; None: transformers' default
     dtype: str | None = None  # overrides the detector's dtype ("bfloat16", "float16", "float32")
     merge_adapter: bool = True  # fold the LoRA weights into the base for inference speed
+    grouped_vision_attention: bool = False  # Qwen-VL towers: one SDPA call per window size (see below)
     revision: str | None = None  # hub revision, when ``model`` is a hub id
 
 
@@ -201,6 +202,82 @@ def attach_adapter(model: torch.nn.Module, adapter_dir: Path, *, merge: bool) ->
         )
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     return (peft_model.merge_and_unload() if merge else peft_model).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Speed: one attention call per window size in Qwen-VL vision towers
+
+# Qwen-VL vision towers attend within windows (and, in a few layers, within images). With SDPA,
+# transformers runs one attention call per window: at 448 px and batch 32 that is 512 tiny calls per
+# layer, and the vision tower takes most of the forward time. Registered under a name containing
+# "flash", the tower hands the whole packed sequence and its boundaries (``cu_seq_lens_q``) to this
+# function instead, which stacks equal-length windows and runs SDPA once per distinct length. Same
+# arithmetic per window, so the outputs agree up to kernel rounding.
+GROUPED_VISION_ATTENTION = "aligngemini_grouped_flash_sdpa"
+
+
+def _grouped_varlen_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention over packed sequences ``[1, H, S, D]`` split at ``cu_seq_lens_q``; returns ``[1, S, H, D]``."""
+    import torch.nn.functional as F
+
+    if cu_seq_lens_q is None:  # a caller that splits chunks itself: plain SDPA on what it was given
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling
+        )
+        return out.transpose(1, 2).contiguous(), None
+    q, k, v = query[0], key[0], value[0]  # [H, S, D]
+    heads, seq, dim = q.shape
+    lengths = cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]
+    distinct = torch.unique(lengths).tolist()
+    if len(distinct) == 1:  # all windows alike (the usual case): a view, no gather
+        n, length = lengths.numel(), int(distinct[0])
+
+        def stack(t: torch.Tensor) -> torch.Tensor:
+            return t.view(heads, n, length, dim).transpose(0, 1)
+
+        out = F.scaled_dot_product_attention(stack(q), stack(k), stack(v), dropout_p=dropout, scale=scaling)
+        return out.permute(0, 2, 1, 3).reshape(1, seq, heads, dim), None
+    out = q.new_empty(seq, heads, dim)
+    starts = cu_seq_lens_q[:-1]
+    for length in distinct:
+        first = starts[lengths == length]
+        idx = (first[:, None] + torch.arange(length, device=q.device)).reshape(-1)
+
+        def gather(t: torch.Tensor, idx: torch.Tensor = idx, length: int = length) -> torch.Tensor:
+            return t[:, idx].view(heads, -1, length, dim).transpose(0, 1)
+
+        o = F.scaled_dot_product_attention(gather(q), gather(k), gather(v), dropout_p=dropout, scale=scaling)
+        out[idx] = o.permute(0, 2, 1, 3).reshape(-1, heads, dim)
+    return out.unsqueeze(0), None
+
+
+def use_grouped_vision_attention(model: torch.nn.Module) -> bool:
+    """Route a Qwen-VL family vision tower through ``_grouped_varlen_sdpa``; False (and nothing changed)
+    for other families. The language model keeps its own attention implementation."""
+    vision_cfg = getattr(getattr(model, "config", None), "vision_config", None)
+    if vision_cfg is None or not str(getattr(vision_cfg, "model_type", "")).startswith("qwen"):
+        return False
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(GROUPED_VISION_ATTENTION, _grouped_varlen_sdpa)
+    configs = {id(vision_cfg): vision_cfg}
+    for module in model.modules():  # towers may hold their own copy of the vision config
+        cfg = getattr(module, "config", None)
+        if cfg is not None and getattr(cfg, "model_type", None) == vision_cfg.model_type:
+            configs[id(cfg)] = cfg
+    for cfg in configs.values():
+        cfg._attn_implementation_internal = GROUPED_VISION_ATTENTION
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -393,6 +470,10 @@ def load_vlm_branch(
         if not adapter_dir.is_absolute() and bundle_dir is not None:
             adapter_dir = Path(bundle_dir) / adapter_dir
         model = attach_adapter(model, adapter_dir, merge=cfg.merge_adapter)
+    if cfg.grouped_vision_attention and not use_grouped_vision_attention(model):
+        log.warning(
+            "grouped_vision_attention: %s has no Qwen-VL vision tower; option ignored", type(model).__name__
+        )
     return VlmSemanticBranch(model, processor, cfg, name=role, device=device, dtype=dtype)
 
 
