@@ -54,11 +54,27 @@ def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
 
 
 def build_task(recipe: dict[str, Any]) -> Task:
+    """The Task named by ``recipe["task"]``: a registered name, or an import path ``"module:factory"``
+    (a callable taking the recipe), so tasks outside this package need no registration."""
     name = recipe.get("task")
     if name not in _TASKS and name in _TASK_MODULES:
         importlib.import_module(_TASK_MODULES[name])
+    if name not in _TASKS and isinstance(name, str) and ":" in name:
+        return _factory_from_path(name)(recipe)
     if name not in _TASKS:
         raise ValueError(
             f"recipe task {name!r} is unknown; known tasks: {sorted(set(_TASKS) | set(_TASK_MODULES))}"
         )
     return _TASKS[name](recipe)
+
+
+def _factory_from_path(spec: str) -> TaskFactory:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"recipe task {spec!r}: cannot import module {module_name!r} ({exc})") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"recipe task {spec!r}: module {module_name!r} has no callable {attr!r}")
+    return factory
