@@ -115,7 +115,8 @@ def inference_boxes(h: int, w: int, cfg: CropConfig) -> list[tuple[int, int]]:
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> 3xHxW float32 in [0, 1] (exactly pixel / 255)."""
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
+    chw = np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
+    return torch.from_numpy(chw / np.float32(255.0))
 
 
 def inference_views(image: Image.Image | np.ndarray, cfg: CropConfig) -> torch.Tensor:

@@ -1,0 +1,141 @@
+"""The pixel-timm branch: built from an exported config + safetensors, same scores as the trained model,
+no resize anywhere on the inference path, crop scores combined by max or mean."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+
+from aligngemini.branches import Branch, build_branch
+from aligngemini.branches.pixel.crops import combine_scores, inference_views
+from aligngemini.branches.pixel.task import PixelTask
+from aligngemini.imageio import load_image
+from tests._pixel_fixtures import recipe, write_pairs
+
+
+def _images() -> list:
+    rng = np.random.default_rng(0)
+    sizes = [(70, 50), (32, 32), (20, 25), (100, 90)]  # grid, exact, padded, grid capped at 4
+    return [load_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pixel")
+    manifest = write_pairs(root)
+    task = PixelTask(recipe(manifest))
+    model = task.build_model()
+    g = torch.Generator().manual_seed(0)
+    for n, p in model.named_parameters():  # a "trained" model: non-zero adapters and head
+        if "lora_B" in n or n.startswith("head"):
+            p.data.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    model.eval()
+    out = root / "bundle"
+    cfg = task.export(model, out)
+    (out / "config.json").write_text(json.dumps({"pixel": cfg}))
+    return model, cfg, out
+
+
+def reference_scores(model, images, crop_cfg) -> np.ndarray:
+    with torch.no_grad():
+        return np.array(
+            [
+                combine_scores(torch.sigmoid(model(inference_views(im.image, crop_cfg))), crop_cfg.combine)
+                for im in images
+            ]
+        )
+
+
+def test_export_writes_plain_weights_and_a_complete_section(exported):
+    model, cfg, out = exported
+    assert cfg["family"] == "pixel-timm" and cfg["weights"] == "pixel.safetensors" and cfg["threshold"] == 0.5
+    assert cfg["backbone"] == {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "depth": 2}}
+    assert cfg["crop"]["size"] == 32 and cfg["lora_merged"] is True
+    assert cfg["normalize"]["mean"] == pytest.approx([0.5, 0.5, 0.5])
+    state = load_file(str(out / "pixel.safetensors"))
+    assert "head.weight" in state and not any("lora" in k or "base_layer" in k for k in state)
+    json.dumps(cfg)  # JSON-serialisable as is
+
+
+def test_branch_from_bundle_scores_like_the_trained_model(exported):
+    model, cfg, out = exported
+    branch = build_branch("pixel", cfg, out, device=torch.device("cpu"), dtype=torch.float32)
+    assert isinstance(branch, Branch) and branch.name == "pixel" and not branch.can_explain
+    images = _images()
+    prepared = [branch.prepare(im) for im in images]
+    assert [p.shape[0] for p in prepared] == [4, 1, 1, 4]
+    scores = branch.score(prepared)
+    assert scores.dtype == np.float64 and scores.shape == (4,) and ((scores >= 0) & (scores <= 1)).all()
+    np.testing.assert_allclose(scores, reference_scores(model, images, branch.crop), atol=1e-5)
+    # batch split does not matter
+    branch.batch_size = 3
+    np.testing.assert_allclose(branch.score(prepared), scores, atol=1e-6)
+    assert branch.score([]).shape == (0,)
+    with pytest.raises(NotImplementedError):
+        branch.explain(images[0])
+
+
+def test_combine_rule_max_vs_mean(exported):
+    model, cfg, out = exported
+    mean_b = build_branch("pixel", cfg, out, device=torch.device("cpu"), dtype=torch.float32)
+    max_b = build_branch(
+        "pixel",
+        {**cfg, "crop": {**cfg["crop"], "combine": "max"}},
+        out,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    im = _images()[0]
+    views = mean_b.prepare(im)
+    with torch.no_grad():
+        per_crop = torch.sigmoid(model(views)).double().numpy()
+    assert len(per_crop) == 4 and per_crop.std() > 0
+    assert mean_b.score([views])[0] == pytest.approx(per_crop.mean(), abs=1e-5)
+    assert max_b.score([views])[0] == pytest.approx(per_crop.max(), abs=1e-5)
+
+
+def test_no_resize_anywhere_on_the_inference_path(exported, monkeypatch):
+    _, cfg, out = exported
+    branch = build_branch("pixel", cfg, out, device=torch.device("cpu"), dtype=torch.float32)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("resize called on the inference path")
+
+    for obj, name in [
+        (Image.Image, "resize"),
+        (Image.Image, "thumbnail"),
+        (Image.Image, "reduce"),
+        (F, "interpolate"),
+        (torch.nn.Upsample, "forward"),
+    ]:
+        monkeypatch.setattr(obj, name, forbidden)
+    images = _images() + [load_image(np.full((1000, 700, 3), 128, dtype=np.uint8))]
+    scores = branch.score([branch.prepare(im) for im in images])
+    assert scores.shape == (5,)
+
+
+def test_bfloat16_branch_is_close(exported):
+    model, cfg, out = exported
+    images = _images()
+    fp32 = build_branch("pixel", cfg, out, device=torch.device("cpu"), dtype=torch.float32)
+    bf16 = build_branch("pixel", cfg, out, device=torch.device("cpu"), dtype=torch.bfloat16)
+    a = fp32.score([fp32.prepare(im) for im in images])
+    b = bf16.score([bf16.prepare(im) for im in images])
+    np.testing.assert_allclose(a, b, atol=0.03)
+
+
+def test_config_errors(exported, tmp_path):
+    _, cfg, out = exported
+    with pytest.raises(FileNotFoundError):
+        build_branch("pixel", cfg, tmp_path, device=torch.device("cpu"), dtype=torch.float32)
+    with pytest.raises(ValueError, match="unknown key"):
+        build_branch("pixel", {**cfg, "resize": 224}, out, device=torch.device("cpu"), dtype=torch.float32)
+    with pytest.raises(ValueError, match="does not fit"):
+        bad = {**cfg, "backbone": {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "depth": 3}}}
+        build_branch("pixel", bad, out, device=torch.device("cpu"), dtype=torch.float32)
