@@ -1,0 +1,328 @@
+"""The ``pixel`` training task: a PixelModel trained on a pure-pixel pair manifest by the one trainer.
+
+Recipe sections read here (the trainer owns ``train``)::
+
+    task: pixel
+    model:   {backbone, backbone_kwargs, weights, normalize, finetune, lora, freeze_groups, ...}  (ModelConfig)
+    crop:    {size, pad_mode, pad_value, inference, max_crops, combine}                          (CropConfig)
+    augment: {jpeg_p, hflip_p, ..., resize_p, ...}                                               (AugmentConfig)
+    data:    {manifest, paired, train_split, val_split, max_pixels, max_val}                     (PixelDataConfig)
+    export:  {threshold, batch_size, weights_name}                                               (PixelExportConfig)
+
+Training items: with ``data.paired`` each item is one pair (group) of the manifest, a real and one of its
+fakes, given the *same* augmentation plan and the *same* crop location, so the two images differ only where
+the generator changed pixels; a batch of N items holds 2N images. Without it, each item is one image.
+Augmentation, then pad-if-small and a random crop; never a resize except the resize alignment.
+
+Validation items: one centre crop per image (padded if small), no augmentation.
+
+Randomness comes from numpy's global generator, which the trainer seeds per item from
+``(seed, epoch, index)`` (``aligngemini.train.sampling.SeededItems``), so a resumed run redraws the same
+augmentations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from aligngemini.branches.pixel.augment import AugmentConfig, apply_plan, sample_plan
+from aligngemini.branches.pixel.branch import FAMILY
+from aligngemini.branches.pixel.crops import (
+    CropConfig,
+    as_array,
+    crop,
+    inference_boxes,
+    pad_to_min,
+    random_offset,
+    to_tensor,
+)
+from aligngemini.branches.pixel.model import ModelConfig, PixelModel
+from aligngemini.config import from_dict, to_dict
+from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from aligngemini.train.task import register_task
+
+JPEG_GRID = 16  # pre-crop windows start on the 16-pixel MCU grid so JPEG block phase is kept
+LABELS = {"real": 0.0, "fake": 1.0, "0": 0.0, "1": 1.0}
+
+
+@dataclass
+class PixelDataConfig:
+    manifest: str = ""  # JSONL: path, label (real|fake), split, group (pair id)
+    paired: bool = True
+    train_split: str = "train"
+    val_split: str = "val"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_val: int | None = None  # keep at most this many validation images (evenly spread)
+
+
+@dataclass
+class PixelExportConfig:
+    threshold: float = 0.5
+    batch_size: int = 32  # crops per forward pass at inference
+    weights_name: str = "pixel.safetensors"
+
+
+@dataclass(frozen=True)
+class Row:
+    path: Path
+    label: float  # 1.0 = fake
+    split: str
+    group: str
+
+
+def _label(value: Any, where: str) -> float:
+    key = str(value).strip().lower()
+    if key not in LABELS:
+        raise ValueError(f"{where}: label must be 'real' or 'fake', got {value!r}")
+    return LABELS[key]
+
+
+def read_rows(manifest: str | Path) -> list[Row]:
+    """Rows of a pair manifest, paths made absolute against the manifest's folder."""
+    manifest = Path(manifest).expanduser()
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"{manifest}: no such manifest; build one (aligngemini data ...) or set data.manifest=PATH"
+        )
+    try:
+        from aligngemini.data.manifest import read_manifest  # the project's reader, when present
+    except ImportError:
+        read_manifest = None
+    base = manifest.parent
+    rows: list[Row] = []
+    if read_manifest is not None:
+        for i, r in enumerate(read_manifest(manifest)):
+            p = Path(r.path)
+            rows.append(
+                Row(
+                    p if p.is_absolute() else base / p,
+                    _label(r.label, f"{manifest}:{i + 1}"),
+                    str(r.split),
+                    str(r.group),
+                )
+            )
+        return rows
+    with open(manifest, encoding="utf-8") as fh:  # minimal JSONL reader
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                p = Path(d["path"])
+                rows.append(
+                    Row(
+                        p if p.is_absolute() else base / p,
+                        _label(d["label"], f"{manifest}:{i}"),
+                        str(d.get("split", "train")),
+                        str(d.get("group", d["path"])),
+                    )
+                )
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{manifest}:{i}: not a manifest row with path and label ({exc})") from None
+    return rows
+
+
+def pair_units(rows: Sequence[Row]) -> list[tuple[list[Row], list[Row]]]:
+    """(reals, fakes) per group that has both; rows of incomplete groups become single-image units."""
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        groups[r.group].append(r)
+    units = []
+    for g in sorted(groups):
+        reals = [r for r in groups[g] if r.label == 0.0]
+        fakes = [r for r in groups[g] if r.label == 1.0]
+        if reals and fakes:
+            units.append((reals, fakes))
+        else:
+            units.extend(([r], []) if r.label == 0.0 else ([], [r]) for r in groups[g])
+    return units
+
+
+def _load(path: Path, max_pixels: int) -> Image.Image:
+    try:
+        return load_image(path, max_pixels=max_pixels).image
+    except ImageLoadError as exc:
+        raise ImageLoadError(exc.source, f"{exc.reason} (listed in the training manifest)") from None
+
+
+def _global_rng() -> np.random.Generator:
+    """A generator drawn from numpy's global state (seeded per item by the trainer)."""
+    return np.random.default_rng(np.random.randint(0, 2**32, size=4, dtype=np.uint64))
+
+
+def augment_and_crop(
+    images: Sequence[Image.Image], aug: AugmentConfig, cfg: CropConfig, rng: np.random.Generator
+) -> list[torch.Tensor]:
+    """One augmentation plan and one crop location for all ``images`` (a pair shares both when sizes agree).
+
+    Large images are first cut to a window (on the JPEG grid) big enough for the crop after the resize
+    alignment, so augmentations cost the same on a 4000 px photo as on a small one."""
+    plan = sample_plan(aug, rng)
+    same = len({im.size for im in images}) == 1
+    scale = plan.resize[0] if plan.resize else 1.0
+    need = math.ceil((cfg.size + 2 * JPEG_GRID) / scale)
+    w, h = images[0].size
+    if same and (w > need or h > need):
+        left = JPEG_GRID * int(rng.integers(0, max(0, w - need) // JPEG_GRID + 1)) if w > need else 0
+        top = JPEG_GRID * int(rng.integers(0, max(0, h - need) // JPEG_GRID + 1)) if h > need else 0
+        images = [im.crop((left, top, min(w, left + need), min(h, top + need))) for im in images]
+    arrays = [
+        pad_to_min(as_array(apply_plan(im, plan, aug)), cfg.size, cfg.pad_mode, cfg.pad_value)
+        for im in images
+    ]
+    offset = random_offset(arrays[0].shape[0], arrays[0].shape[1], cfg.size, rng)
+    out = []
+    for arr in arrays:
+        if arr.shape != arrays[0].shape:
+            offset = random_offset(arr.shape[0], arr.shape[1], cfg.size, rng)
+        out.append(to_tensor(crop(arr, offset[0], offset[1], cfg.size)))
+    return out
+
+
+class PixelTrainSet(Dataset):
+    """Training items: a list of ``{"pixel_values", "label"}`` (two for a pair, one for a single image)."""
+
+    def __init__(
+        self,
+        units: Sequence[tuple[list[Row], list[Row]]],
+        crop_cfg: CropConfig,
+        aug: AugmentConfig,
+        max_pixels: int,
+    ) -> None:
+        if not units:
+            raise ValueError("the training split is empty")
+        self.units, self.crop, self.aug, self.max_pixels = list(units), crop_cfg, aug, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def __getitem__(self, index: int) -> list[dict[str, Any]]:
+        rng = _global_rng()
+        reals, fakes = self.units[index]
+        chosen = [r[int(rng.integers(len(r)))] for r in (reals, fakes) if r]
+        tensors = augment_and_crop([_load(r.path, self.max_pixels) for r in chosen], self.aug, self.crop, rng)
+        return [{"pixel_values": t, "label": r.label} for t, r in zip(tensors, chosen, strict=True)]
+
+
+class PixelEvalSet(Dataset):
+    """Validation items: one centre crop per image, no augmentation."""
+
+    def __init__(self, rows: Sequence[Row], crop_cfg: CropConfig, max_pixels: int) -> None:
+        self.rows, self.crop, self.max_pixels = list(rows), crop_cfg, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        arr = pad_to_min(
+            as_array(_load(row.path, self.max_pixels)),
+            self.crop.size,
+            self.crop.pad_mode,
+            self.crop.pad_value,
+        )
+        center = CropConfig(**{**to_dict(self.crop), "inference": "center"})
+        top, left = inference_boxes(arr.shape[0], arr.shape[1], center)[0]
+        return {"pixel_values": to_tensor(crop(arr, top, left, self.crop.size)), "label": row.label}
+
+
+def _unwrap(model: torch.nn.Module) -> PixelModel:
+    while not isinstance(model, PixelModel):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            raise TypeError(f"expected a PixelModel (possibly wrapped), got {type(model).__name__}")
+        model = inner
+    return model
+
+
+class PixelTask:
+    """Task protocol implementation for the pixel branch (see the module doc)."""
+
+    def __init__(self, recipe: Mapping[str, Any]) -> None:
+        self.recipe = dict(recipe)
+        self.model_cfg = ModelConfig.from_dict(recipe.get("model"))
+        self.crop = from_dict(CropConfig, recipe.get("crop"), where="crop")
+        self.augment = AugmentConfig.from_dict(recipe.get("augment"))
+        self.data = from_dict(PixelDataConfig, recipe.get("data"), where="data")
+        self.export_cfg = from_dict(PixelExportConfig, recipe.get("export"), where="export")
+
+    def build_model(self) -> PixelModel:
+        return PixelModel.from_config(self.model_cfg)
+
+    def build_datasets(self) -> tuple[Dataset, Dataset | None]:
+        if not self.data.manifest:
+            raise ValueError("recipe data.manifest is not set; pass data.manifest=PATH/manifest.jsonl")
+        rows = read_rows(self.data.manifest)
+        train = [r for r in rows if r.split == self.data.train_split]
+        val = [r for r in rows if r.split == self.data.val_split]
+        if not train:
+            splits = sorted({r.split for r in rows})
+            raise ValueError(
+                f"{self.data.manifest}: no rows in split {self.data.train_split!r}; splits present: {splits}"
+            )
+        units = (
+            pair_units(train)
+            if self.data.paired
+            else [([r], []) if r.label == 0.0 else ([], [r]) for r in train]
+        )
+        if self.data.max_val is not None and len(val) > self.data.max_val:
+            keep = np.linspace(0, len(val) - 1, self.data.max_val).round().astype(int)
+            val = [val[i] for i in keep]
+        train_set = PixelTrainSet(units, self.crop, self.augment, self.data.max_pixels)
+        return train_set, (PixelEvalSet(val, self.crop, self.data.max_pixels) if val else None)
+
+    def collate(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        flat: list[dict[str, Any]] = []
+        for item in items:
+            flat.extend(item if isinstance(item, list) else [item])
+        return {
+            "pixel_values": torch.stack([x["pixel_values"] for x in flat]),
+            "label": torch.tensor([float(x["label"]) for x in flat], dtype=torch.float32),
+        }
+
+    def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        return _unwrap(model).trainable_parameters()
+
+    def export(self, model: torch.nn.Module, out_dir: Path) -> dict[str, Any]:
+        """Write ``pixel.safetensors`` (LoRA merged: plain timm keys + head) and return the config section."""
+        from safetensors.torch import save_file
+
+        pixel = _unwrap(model)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = pixel.export_state_dict()
+        save_file(
+            state,
+            str(out_dir / self.export_cfg.weights_name),
+            metadata={
+                "family": FAMILY,
+                "backbone": self.model_cfg.backbone,
+                "lora_merged": str(bool(pixel.lora_names)).lower(),
+            },
+        )
+        return {
+            "family": FAMILY,
+            "weights": self.export_cfg.weights_name,
+            "backbone": {"name": self.model_cfg.backbone, "kwargs": dict(self.model_cfg.backbone_kwargs)},
+            "crop": to_dict(self.crop),
+            "normalize": {"mean": pixel.mean.flatten().tolist(), "std": pixel.std.flatten().tolist()},
+            "threshold": float(self.export_cfg.threshold),
+            "batch_size": int(self.export_cfg.batch_size),
+            "lora_merged": bool(pixel.lora_names),
+        }
+
+
+@register_task("pixel")
+def make_pixel_task(recipe: Mapping[str, Any]) -> PixelTask:
+    return PixelTask(recipe)

@@ -1,0 +1,116 @@
+"""The pixel training task: manifest -> paired datasets with shared augmentation and crops, collate, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aligngemini.branches.pixel.task import PixelEvalSet, PixelTask, augment_and_crop, pair_units, read_rows
+from aligngemini.train.task import build_task
+from tests._pixel_fixtures import HEAVY, photo, recipe, write_pairs
+
+
+def test_manifest_rows_and_pair_units(tmp_path):
+    manifest = write_pairs(tmp_path)
+    rows = read_rows(manifest)
+    assert len(rows) == 8 and all(r.path.is_absolute() and r.path.is_file() for r in rows)
+    units = pair_units([r for r in rows if r.split == "train"])
+    assert len(units) == 3 and all(len(reals) == 1 and len(fakes) == 1 for reals, fakes in units)
+    lonely = pair_units(
+        [r for r in rows if r.split == "train" and not (r.group == "pair0" and r.label == 1.0)]
+    )
+    assert len(lonely) == 3 and ([r for r in rows if r.group == "pair0" and r.label == 0.0], []) in lonely
+
+
+def test_paired_items_share_augmentation_and_crop(tmp_path):
+    manifest = write_pairs(tmp_path, identical=True, size=(90, 70))
+    task = build_task(recipe(manifest, augment=HEAVY))
+    assert isinstance(task, PixelTask)
+    train, val = task.build_datasets()
+    assert len(train) == 3 and len(val) == 2
+    for i in range(len(train)):
+        np.random.seed(i)
+        real, fake = train[i]
+        assert (real["label"], fake["label"]) == (0.0, 1.0)
+        assert real["pixel_values"].shape == (3, 32, 32)
+        assert torch.equal(real["pixel_values"], fake["pixel_values"])  # same plan, same crop
+    np.random.seed(0)
+    a = train[0]
+    np.random.seed(0)
+    b = train[0]
+    np.random.seed(1)
+    c = train[0]
+    assert torch.equal(a[0]["pixel_values"], b[0]["pixel_values"])
+    assert not torch.equal(a[0]["pixel_values"], c[0]["pixel_values"])
+
+
+def test_large_images_are_windowed_before_augmenting_and_stay_paired():
+    big = photo(0, (900, 700))
+    from aligngemini.branches.pixel.augment import AugmentConfig
+    from aligngemini.branches.pixel.crops import CropConfig
+
+    out = augment_and_crop(
+        [big, big.copy()], AugmentConfig(**HEAVY), CropConfig(size=64), np.random.default_rng(0)
+    )
+    assert out[0].shape == (3, 64, 64) and torch.equal(out[0], out[1])
+    # without augmentation the crop is an exact window of the original
+    plain = augment_and_crop([big], AugmentConfig.none(), CropConfig(size=64), np.random.default_rng(1))[0]
+    arr = np.asarray(big)
+    target = (plain.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    found = any(
+        np.array_equal(arr[t : t + 64, x : x + 64], target)
+        for t in range(700 - 63)
+        for x in range(900 - 63)
+        if arr[t, x, 0] == target[0, 0, 0]
+    )
+    assert found
+
+
+def test_unpaired_items_and_validation_centre_crops(tmp_path):
+    manifest = write_pairs(tmp_path, size=(50, 40))
+    task = PixelTask(recipe(manifest, data={"manifest": str(manifest), "paired": False}))
+    train, val = task.build_datasets()
+    assert len(train) == 6 and len(train[0]) == 1
+    assert isinstance(val, PixelEvalSet) and len(val) == 2
+    item = val[0]
+    img = np.asarray(Image.open(val.rows[0].path).convert("RGB"))
+    top, left = (40 - 32) // 2, (50 - 32) // 2
+    assert torch.equal(
+        item["pixel_values"],
+        torch.from_numpy(img[top : top + 32, left : left + 32].copy()).permute(2, 0, 1) / 255.0,
+    )
+
+
+def test_collate_train_step_and_trainable_parameters(tmp_path):
+    manifest = write_pairs(tmp_path)
+    task = PixelTask(recipe(manifest))
+    model = task.build_model()
+    train, _ = task.build_datasets()
+    batch = task.collate([train[0], train[1]])
+    assert batch["pixel_values"].shape == (4, 3, 32, 32)
+    assert batch["label"].tolist() == [0.0, 1.0, 0.0, 1.0]
+    params = task.trainable_parameters(model)
+    assert len(params) == 2 * 8 + 2  # LoRA A and B on 8 projections, head weight and bias
+    logits = model(batch)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["label"])
+    loss.backward()
+    assert all(p.grad is not None for p in params)
+    assert model.backbone.blocks[0].attn.qkv.base_layer.weight.grad is None
+
+
+def test_recipe_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="data.manifest"):
+        PixelTask(recipe(Path(""), data={})).build_datasets()
+    with pytest.raises(FileNotFoundError, match="no such manifest"):
+        PixelTask(recipe(tmp_path / "missing.jsonl")).build_datasets()
+    manifest = write_pairs(tmp_path)
+    with pytest.raises(ValueError, match="splits present"):
+        PixelTask(recipe(manifest, data={"manifest": str(manifest), "train_split": "nope"})).build_datasets()
+    from aligngemini.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        PixelTask(recipe(manifest, crop={"sizee": 3}))
