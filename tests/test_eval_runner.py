@@ -266,3 +266,28 @@ def test_choices_in_step_with_modules() -> None:
 
     assert tuple(commands.LAYOUT_CHOICES) == tuple(LAYOUT_CHOICES)
     assert tuple(commands.RULE_CHOICES) == tuple(RULES)
+
+
+def test_nothing_scorable_writes_the_errors_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    for cls in ("real", "fake"):
+        (tmp_path / "bad" / cls).mkdir(parents=True)
+        (tmp_path / "bad" / cls / "x.png").write_bytes(b"")
+    rep = tmp_path / "r"
+    assert (
+        _run_cli(
+            monkeypatch,
+            FakeDetector(),
+            ["eval", str(tmp_path / "bad"), "--report", str(rep), "--no-cache", "--quiet"],
+        )
+        == 1
+    )
+    report = json.loads((rep / "report.json").read_text())
+    assert (
+        report["n_errors"] == 2
+        and report["overall"]["fused"]["balanced_acc"] is None
+        and report["plots"] == []
+    )
+    assert "empty file" in (rep / "errors.txt").read_text()
+    assert "no image could be scored" in capsys.readouterr().err

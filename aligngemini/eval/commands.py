@@ -186,6 +186,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
     out = Path(args.report)
     print(f"{report['n_scored']} of {report['n_images']} images scored ({report['n_errors']} could not be); "
           f"report: {out / 'report.md'}")  # fmt: skip
+    if not report["n_scored"]:
+        print("error: no image could be scored; see errors.txt in the report folder", file=sys.stderr)
+        return 1
     for det in ("fused", "pixel", "semantic"):
         m = report["overall"].get(det)
         s = (report.get("summary") or {}).get(det)

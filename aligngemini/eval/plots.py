@@ -15,7 +15,7 @@ import numpy as np
 from aligngemini.eval.metrics import roc_curve
 
 COLORS = {"fused": "#222222", "pixel": "#1f77b4", "semantic": "#d62728"}
-REAL_COLOR, FAKE_COLOR = "#2ca02c", "#9467bd"
+REAL_COLOR, FAKE_COLOR = "#2ca02c", "#7b3fb0"
 DPI = 110
 
 
@@ -102,7 +102,7 @@ def scatter_plot(
     ax = fig.subplots()
     for lab, color, text, marker in ((0, REAL_COLOR, "real", "o"), (1, FAKE_COLOR, "fake", "^")):
         m = keep & (labels == lab)
-        ax.scatter(pixel[m], semantic[m], s=12, c=color, alpha=0.6, marker=marker, label=f"{text} (n={int(m.sum())})",
+        ax.scatter(pixel[m], semantic[m], s=14, c=color, alpha=0.65, marker=marker, label=f"{text} (n={int(m.sum())})",
                    edgecolors="none")  # fmt: skip
     ax.axvline(tp, color="black", ls="--", lw=1)
     ax.axhline(ts, color="black", ls="--", lw=1)

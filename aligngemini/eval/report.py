@@ -276,7 +276,7 @@ def write_report(run: EvalRun, out_dir: str | Path, *, with_plots: bool = True) 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = build_report(run)
-    plot_files = make_plots(run, out, report) if with_plots else []
+    plot_files = make_plots(run, out, report) if with_plots and report["n_scored"] else []
     report["plots"] = plot_files
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_markdown(report, plot_files), encoding="utf-8")
