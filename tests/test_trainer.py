@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -46,6 +47,8 @@ BASE_TRAIN = {
     "log_every": 2,
 }
 DETERMINISTIC = {"dropout": 0.0, "jitter": False, "batchnorm": False}
+CPU: dict[str, Any] = {"device": "cpu", "progress": False}  # CPU even where a GPU exists: exact arithmetic
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +83,7 @@ def events(out: Path, kind: str) -> list[dict[str, Any]]:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One uninterrupted run of the default recipe, the baseline of the resume tests."""
     out = tmp_path_factory.mktemp("reference")
-    Trainer(recipe(), output_dir=out, progress=False).fit()
+    Trainer(recipe(), output_dir=out, **CPU).fit()
     return out
 
 
@@ -197,7 +200,7 @@ def test_optimizer_state_survives_the_safetensors_json_round_trip(tmp_path: Path
 
 def test_training_lowers_the_loss_and_writes_only_safetensors_and_json(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = Trainer(recipe(epochs=8, checkpoint_every=5, eval_every=0), output_dir=out, progress=False).fit()
+    result = Trainer(recipe(epochs=8, checkpoint_every=5, eval_every=0), output_dir=out, **CPU).fit()
     assert not result.interrupted and result.steps == 24
     losses = [e["loss"] for e in events(out, "train")]
     assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
@@ -243,13 +246,13 @@ def test_resume_continues_exactly(tmp_path: Path, reference: Path, how: str) -> 
             else:
                 trainer.request_stop()
 
-    first = Trainer(recipe(), output_dir=out, progress=False, on_step=stop_at_5).fit()
+    first = Trainer(recipe(), output_dir=out, **CPU, on_step=stop_at_5).fit()
     assert first.interrupted and first.steps == 5 and first.checkpoint.name == "step-00000005"
     state = json.loads((first.checkpoint / "trainer.json").read_text())
     assert (state["epoch"], state["batch_in_epoch"]) == (1, 4)  # mid-epoch, mid data order
     assert not (out / "train_summary.json").exists()
 
-    second = Trainer(recipe(), output_dir=out, progress=False).fit(resume=True)
+    second = Trainer(recipe(), output_dir=out, **CPU).fit(resume=True)
     assert second.steps == 12 and not second.interrupted
     assert_same_weights(weights(reference), weights(out), atol=1e-6)
     assert second.val_metrics == pytest.approx(
@@ -278,9 +281,7 @@ def test_resume_test_would_catch_a_lost_rng_or_data_position(
 ) -> None:
     """The exactness test above is sensitive: losing any one RNG, or the data position, changes the result."""
     out = tmp_path / "run"
-    first = Trainer(
-        recipe(), output_dir=out, progress=False, on_step=lambda t, s: s == 5 and t.request_stop()
-    ).fit()
+    first = Trainer(recipe(), output_dir=out, **CPU, on_step=lambda t, s: s == 5 and t.request_stop()).fit()
     if broken == "data_position":
         path = first.checkpoint / "trainer.json"
         state = json.loads(path.read_text())
@@ -288,36 +289,32 @@ def test_resume_test_would_catch_a_lost_rng_or_data_position(
         path.write_text(json.dumps(state))
     else:
         monkeypatch.setattr(ckpt, "restore_rng", _restore_all_but(broken))
-    Trainer(recipe(), output_dir=out, progress=False).fit(resume=True)
+    Trainer(recipe(), output_dir=out, **CPU).fit(resume=True)
     assert max_diff(weights(reference), weights(out)) > 1e-4
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tmp_path: Path) -> None:
-    a = Trainer(
-        recipe(DETERMINISTIC, batch_size=4, grad_accum=2), output_dir=tmp_path / "a", progress=False
-    ).fit()
-    b = Trainer(
-        recipe(DETERMINISTIC, batch_size=8, grad_accum=1), output_dir=tmp_path / "b", progress=False
-    ).fit()
+    a = Trainer(recipe(DETERMINISTIC, batch_size=4, grad_accum=2), output_dir=tmp_path / "a", **CPU).fit()
+    b = Trainer(recipe(DETERMINISTIC, batch_size=8, grad_accum=1), output_dir=tmp_path / "b", **CPU).fit()
     assert a.steps == b.steps == 24
     assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"), atol=1e-5)
 
 
 def test_a_model_that_returns_its_own_loss(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = Trainer(recipe({"own_loss": True}, max_steps=6), output_dir=out, progress=False).fit()
+    result = Trainer(recipe({"own_loss": True}, max_steps=6), output_dir=out, **CPU).fit()
     assert result.steps == 6
     assert set(result.val_metrics) >= {"loss", "balanced_acc", "auc"}
 
 
 def test_an_output_dir_with_checkpoints_needs_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    Trainer(recipe(max_steps=2), output_dir=out, progress=False).fit()
+    Trainer(recipe(max_steps=2), output_dir=out, **CPU).fit()
     with pytest.raises(ConfigError, match="--resume"):
-        Trainer(recipe(max_steps=2), output_dir=out, progress=False).fit()
+        Trainer(recipe(max_steps=2), output_dir=out, **CPU).fit()
     with pytest.raises(ConfigError, match="no checkpoint"):
-        Trainer(recipe(max_steps=2), output_dir=tmp_path / "empty", progress=False).fit(resume=True)
-    again = Trainer(recipe(max_steps=2), output_dir=out, progress=False).fit(resume=True)
+        Trainer(recipe(max_steps=2), output_dir=tmp_path / "empty", **CPU).fit(resume=True)
+    again = Trainer(recipe(max_steps=2), output_dir=out, **CPU).fit(resume=True)
     assert again.steps == 2 and not again.interrupted  # a finished run resumes to its end at once
 
 
@@ -386,7 +383,7 @@ def test_two_processes_agree_and_equal_one_process_with_the_global_batch(tmp_pat
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "aligngemini.cli", "train", str(r), "--device", "cpu", "-q", "-o", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, proc.stderr[-12000:]
     summary = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_agree"] is True and summary["steps"] == 8
     assert summary["final_val"]["n"] == 33  # every validation item counted once across processes
@@ -397,8 +394,60 @@ def test_two_processes_agree_and_equal_one_process_with_the_global_batch(tmp_pat
     }
 
     single = tmp_path / "single"
-    Trainer(recipe(tiny, batch_size=8, **common), output_dir=single, progress=False).fit()
+    Trainer(recipe(tiny, batch_size=8, **common), output_dir=single, **CPU).fit()
     assert_same_weights(weights(tmp_path / "ddp"), weights(single), atol=1e-5)
     assert summary["final_val"]["balanced_acc"] == pytest.approx(
         json.loads((single / "train_summary.json").read_text())["final_val"]["balanced_acc"]
+    )
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+
+
+def _stop_at_5(trainer: Trainer, step: int) -> None:
+    if step == 5:
+        trainer.request_stop()
+
+
+def _keep_cuda_rng(real: Any):  # noqa: ANN202
+    def restore(state: dict[str, Any]) -> None:
+        saved = torch.cuda.get_rng_state_all()
+        real(state)
+        torch.cuda.set_rng_state_all(saved)
+
+    return restore
+
+
+@needs_cuda
+def test_cuda_bf16_run_resumes_exactly_with_its_cuda_rng(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU: bf16 autocast, dropout drawing from the CUDA generator, and a resume that restores it."""
+    gpu = {"device": "cuda", "progress": False}
+    r = recipe(precision="bf16", epochs=8)
+    ref = tmp_path / "ref"
+    Trainer(r, output_dir=ref, **gpu).fit()
+    summary = json.loads((ref / "train_summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["device"].startswith("cuda")
+    assert summary["final_val"]["balanced_acc"] >= 0.8
+    losses = [e["loss"] for e in events(ref, "train")]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    assert events(ref, "eval")[-1]["loss"] < events(ref, "eval")[0]["loss"]
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert list((ref / "tensorboard").rglob("events.out.tfevents*")), (
+            "TensorBoard is installed but wrote nothing"
+        )
+
+    out = tmp_path / "run"
+    assert Trainer(r, output_dir=out, on_step=_stop_at_5, **gpu).fit().interrupted
+    Trainer(r, output_dir=out, **gpu).fit(resume=True)
+    diff = max_diff(weights(ref), weights(out))
+    assert diff < 1e-5, diff
+
+    lost = tmp_path / "lost"
+    Trainer(r, output_dir=lost, on_step=_stop_at_5, **gpu).fit()
+    monkeypatch.setattr(ckpt, "restore_rng", _keep_cuda_rng(ckpt.restore_rng))
+    Trainer(r, output_dir=lost, **gpu).fit(resume=True)
+    assert max_diff(weights(ref), weights(lost)) > 1e-4, (
+        "dropout on the GPU must depend on the CUDA RNG state"
     )

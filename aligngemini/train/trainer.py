@@ -196,6 +196,18 @@ def _label_ids(indices: list[int], n: int, rank: int, world: int, fallback: int)
     return ids, fallback + n
 
 
+def _barrier(acc: Any) -> None:
+    """``accelerator.wait_for_everyone()``, except that CPU processes (gloo) wait without naming a
+    device: accelerate passes ``device_ids=[local rank]``, which on a machine with fewer GPUs than
+    processes makes torch look for a CUDA device that does not exist (seen with torch 2.11)."""
+    if acc.num_processes == 1:
+        return
+    if acc.device.type == "cpu":
+        torch.distributed.barrier()
+    else:
+        acc.wait_for_everyone()
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -370,7 +382,7 @@ class Trainer:
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "recipe.yaml").write_text(yaml.safe_dump(self.recipe, sort_keys=False))
-        acc.wait_for_everyone()
+        _barrier(acc)
 
         # Model, data, optimizer: identical on every process (DDP also broadcasts rank 0's weights).
         _seed_everything(cfg.seed)
@@ -487,7 +499,7 @@ class Trainer:
             ckpt.write_json(summary_path, _json_safe(summary))
             log.write("end", step=pos.step, seconds=round(state.elapsed(), 3), ranks_agree=agree)
         log.close()
-        acc.wait_for_everyone()
+        _barrier(acc)
         return TrainResult(
             self.output_dir,
             pos.step,
@@ -748,7 +760,7 @@ class Trainer:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
+        _barrier(acc)
         ckpt.write_rng(tmp, acc.process_index)
         if acc.is_main_process:
             trainer_state = {
@@ -769,13 +781,13 @@ class Trainer:
             ckpt.write_model_and_optimizer(
                 tmp, ckpt.trainable_state(s.raw_model), s.optimizer.state_dict(), s.param_names, trainer_state
             )
-        acc.wait_for_everyone()
+        _barrier(acc)
         if acc.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             ckpt.prune_checkpoints(root, self.config.keep_checkpoints)
             s.log.write("checkpoint", step=pos.step, path=str(final))
-        acc.wait_for_everyone()
+        _barrier(acc)
         s.last_checkpoint, s.last_checkpoint_step = final, pos.step
         return final
 
