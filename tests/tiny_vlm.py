@@ -63,7 +63,7 @@ _CORPUS_WORDS = (
 )
 
 
-def _corpus() -> list[str]:
+def _corpus(extra_texts: tuple[str, ...] = ()) -> list[str]:
     words = _CORPUS_WORDS.split()
     lines = [" ".join(words[i : i + 7]) for i in range(0, len(words), 3)]
     # Repeat the answer words in both spellings (start of text and after a space) so BPE learns them whole.
@@ -72,11 +72,13 @@ def _corpus() -> list[str]:
         "Is this image a real photograph or AI-generated? Answer with one word: real or fake.",
         "Explain briefly what semantic evidence suggests the image is real or AI-generated.",
     ] * 20
+    lines += list(extra_texts) * 50
     return lines
 
 
-def train_bpe_tokenizer(special_tokens: list[str], vocab_size: int = 400):
-    """A byte-level BPE ``tokenizers.Tokenizer`` trained on a small in-memory corpus."""
+def train_bpe_tokenizer(special_tokens: list[str], vocab_size: int = 400, extra_texts: tuple[str, ...] = ()):
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained on a small in-memory corpus (plus ``extra_texts``,
+    e.g. the prompts, so that a larger vocabulary learns their words whole)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -88,7 +90,7 @@ def train_bpe_tokenizer(special_tokens: list[str], vocab_size: int = 400):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus(tuple(extra_texts)), trainer=trainer)
     return tok
 
 
