@@ -122,7 +122,7 @@ def test_score_cache_hit_avoids_rescoring(
     assert second.calls == 0
     a = json.loads((tmp_path / "a" / "report.json").read_text())
     b = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert a["overall"] == b["overall"] and b["cache"]["hits"] == 13
+    assert a["overall"] == b["overall"] and b["cache"]["hits"] == 13 and b["cache"]["scored"] == 0
     # Re-thresholding and re-fusing reuse the cache too, and change the result.
     third = FakeDetector()
     argv = ["eval", str(data), "--report", str(tmp_path / "c"), "--cache", str(cache), "--quiet", "--no-plots",

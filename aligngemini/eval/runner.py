@@ -216,8 +216,9 @@ def score_items(
             if len(batch) >= batch_size:
                 flush()
         flush()
+    n_new = len(todo) - (len(errors) - len(hash_errors))  # newly scored by the model; failures excluded
     return ScoreTable(
-        roles, scores, errors, list(shas), perturb_key, n_cached, len(todo), time.perf_counter() - t0
+        roles, scores, errors, list(shas), perturb_key, n_cached, n_new, time.perf_counter() - t0
     )
 
 
