@@ -195,3 +195,37 @@ def test_single_class_input_is_noted(tmp_path: Path) -> None:
     es = L.read_data([root])
     assert any("only fake" in n for n in es.notes)
     assert np.all(es.labels == 1)
+
+
+def test_manifest_rows_to_items(tmp_path: Path) -> None:
+    """Rows shaped like aligngemini.data.manifest.ManifestRow: subsets from extra['subset'] or the fake's
+    generator, reals shared, relative paths against the manifest's folder, split filter."""
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Row:
+        path: str
+        label: str
+        generator: str | None = None
+        split: str | None = None
+        group: str | None = None
+        extra: dict = field(default_factory=dict)
+
+    rows = [Row("a.png", "real", split="test"), Row("b.png", "fake", "sdxl", "test"), Row("c.png", "fake", "flux", "test"),
+            Row("d.png", "fake", "flux", "train"), Row("e.png", "real", None, "test", extra={"subset": "flux"})]  # fmt: skip
+    items = L._items_from_manifest_rows(rows, "m", base=tmp_path, split="test")
+    assert [it.path.name for it in items] == ["a.png", "b.png", "c.png", "e.png"]
+    assert [it.subset for it in items] == [None, "sdxl", "flux", "flux"]
+    assert items[0].path == tmp_path / "a.png"
+    es = L.EvalSet(items, [{"path": "m"}])
+    assert {k: sorted(int(i) for i in v) for k, v in es.subset_indices().items()} == {
+        "sdxl": [0, 1],
+        "flux": [0, 2, 3],
+    }
+    # Fakes without generators: one subset named after the manifest.
+    plain = L._items_from_manifest_rows(
+        [Row("x.png", "fake"), Row("y.png", "real")], "m", base=tmp_path, split=None
+    )
+    assert [it.subset for it in plain] == ["m", None]
+    with pytest.raises(L.LayoutError, match="label"):
+        L._items_from_manifest_rows([Row("z.png", "maybe")], "m", base=tmp_path, split=None)
