@@ -364,6 +364,19 @@ def main() -> int:
     ref = readout(ref_b).float()
     results["checks"]["finite_logits"] = bool(torch.isfinite(ref).all())
 
+    # count how the vision tower calls the grouped attention: packed windows (the fast path) or one by one
+    from aligngemini.branches.semantic import vlm as vlm_module
+
+    packed_calls = {"packed": 0, "single": 0}
+    grouped_fn = vlm_module._grouped_varlen_sdpa
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        packed_calls["packed" if kw.get("cu_seq_lens_q") is not None else "single"] += 1
+        return grouped_fn(*a, **kw)
+
+    vlm_module._grouped_varlen_sdpa = counting
+    results["checks"]["grouped_vision_calls"] = packed_calls
+
     variants = [("sdpa", "sdpa"), ("sdpa+grouped-vision", "grouped")]
     try:
         import flash_attn  # noqa: F401

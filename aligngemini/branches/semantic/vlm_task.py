@@ -43,6 +43,7 @@ from aligngemini.branches.semantic.vlm import (
     load_processor,
     parse_dtype,
     set_pixel_bounds,
+    use_grouped_vision_attention,
 )
 from aligngemini.config import ConfigError, from_dict
 from aligngemini.imageio import load_image
@@ -67,6 +68,7 @@ class VlmModelSection:
     dtype: str | None = None  # default: bfloat16 on a GPU, float32 on the CPU
     attn_implementation: str | None = None
     gradient_checkpointing: bool = False
+    grouped_vision_attention: bool = False  # Qwen-VL towers: one SDPA call per window length
     device: str | None = None  # where to load the base model; default cuda when available
 
 
@@ -265,6 +267,10 @@ class VlmSftTask:
         base = load_model(self.model_cfg.model, device=device, dtype=dtype,
                           attn_implementation=self.model_cfg.attn_implementation)  # fmt: skip
         base.config.use_cache = False
+        if self.model_cfg.grouped_vision_attention and not use_grouped_vision_attention(base):
+            log.warning(
+                "grouped_vision_attention: %s has no Qwen-VL vision tower; ignored", type(base).__name__
+            )
         if self.model_cfg.gradient_checkpointing:
             enable_checkpointing(base)
         lc = self.lora_cfg
@@ -330,6 +336,8 @@ class VlmSftTask:
             section["system_prompt"] = c.system_prompt
         if c.attn_implementation:
             section["attn_implementation"] = c.attn_implementation
+        if c.grouped_vision_attention:
+            section["grouped_vision_attention"] = True
         return section
 
 
