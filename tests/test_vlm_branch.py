@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_vlm import build_tiny_llava, build_tiny_qwen2_5_vl
+from tiny_vlm import build_tiny_idefics3, build_tiny_llava, build_tiny_qwen2_5_vl
 
 from aligngemini.branches.base import build_branch
 from aligngemini.branches.semantic.prompts import AnswerTokenError, build_prompt_set
@@ -117,8 +117,11 @@ def test_explanation_is_text_and_leaves_the_score_unchanged(qwen, images):
     assert qwen.can_explain
 
 
-def test_second_family_scores_batched_like_single(llava_dir, images):
-    branch = _branch(llava_dir, batch_size=3)
+@pytest.mark.parametrize("family", ["llava", "idefics3"])
+def test_other_families_score_batched_like_single(family, images, tmp_path):
+    builder = {"llava": build_tiny_llava, "idefics3": build_tiny_idefics3}[family]
+    branch = _branch(builder(tmp_path / family), batch_size=3)
+    assert branch.prompts.continuations[1].startswith(" fake")  # both templates put a space before the answer
     prepared = [branch.prepare(im) for im in images]
     batched = branch.score(prepared)
     assert batched.shape == (len(images),) and ((batched > 0) & (batched < 1)).all()
