@@ -1,0 +1,122 @@
+"""The reconstruction-generator protocol, the spec parser, and the tensor helpers generators share.
+
+A generator takes RGB images and gives back, for each, an image of the same size and the same content
+whose pixels went through a generative decoder (a VAE round trip, an ESRGAN down-and-up-scale...).
+Pairs (real, reconstruction) differ only in decoder traces: the pure-pixel supervision.
+
+Specs (``build_generator``):
+  ``vae:<local dir | hub id>``         any ``diffusers.AutoencoderKL`` (``vae:stabilityai/sd-vae-ft-mse``,
+                                       ``vae:~/.cache/aligngemini/data/vae-small``); a hub id may name a
+                                       subfolder as a third part (``vae:ORG/NAME/vae``)
+  ``esrgan:<medium|thick>:x<2|3|4|8>[:area|:bicubic]``  the upscalerjs ESRGAN models from npm: down-scale
+                                       (area average by default) then up-scale with the network
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
+
+SPEC_HELP = (
+    "generator specs: 'vae:<local dir or hub id>' (a diffusers AutoencoderKL) or "
+    "'esrgan:<medium|thick>:x<2|3|4|8>[:area|:bicubic]' (upscalerjs ESRGAN from npm)"
+)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    name: str  # stable identifier written into manifests, e.g. "vae:vae-small" or "esrgan:medium:x2"
+
+    def reconstruct(self, images: list[Image.Image]) -> list[Image.Image]:
+        """RGB in, RGB out: one reconstruction per input, same size and content, in input order."""
+
+
+class GeneratorSpecError(ValueError):
+    """A generator spec that cannot be parsed or built; the message names the spec and the fix."""
+
+
+def build_generator(spec: str, *, device: str | None = None) -> Generator:
+    """Build the generator a spec names (see the module docstring for the grammar)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise GeneratorSpecError(f"empty generator spec; {SPEC_HELP}")
+    spec = spec.strip()
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise GeneratorSpecError(f"{spec!r}: missing ':'-separated argument; {SPEC_HELP}")
+    if kind == "vae":
+        from aligngemini.generators.vae import VAEGenerator
+
+        return VAEGenerator(rest, device=device)
+    if kind == "esrgan":
+        from aligngemini.generators.esrgan import ESRGANGenerator
+
+        return ESRGANGenerator.from_spec(spec, device=device)
+    raise GeneratorSpecError(f"{spec!r}: unknown generator kind {kind!r}; {SPEC_HELP}")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None`` picks CUDA when present, else the CPU; anything else is passed to ``torch.device``."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise GeneratorSpecError(f"device {device!r}: {exc}; use 'cpu', 'cuda' or 'cuda:N'") from exc
+
+
+def check_images(images: Sequence[Image.Image]) -> None:
+    for i, img in enumerate(images):
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"image {i}: expected a PIL.Image.Image, got {type(img).__name__}")
+        if img.mode != "RGB":
+            raise ValueError(f"image {i}: expected mode RGB, got {img.mode}; convert with img.convert('RGB')")
+        if img.width < 1 or img.height < 1:
+            raise ValueError(f"image {i}: empty image {img.size}")
+
+
+def group_by_size(images: Sequence[Image.Image]) -> dict[tuple[int, int], list[int]]:
+    """Indices of the images, grouped by (width, height), so that equal sizes batch together."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, img in enumerate(images):
+        groups[img.size].append(i)
+    return dict(groups)
+
+
+def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    """Equal-size RGB images to a float32 [B, 3, H, W] tensor in [0, 1]."""
+    import torch
+
+    arr = np.stack([np.asarray(img, dtype=np.uint8) for img in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def to_images(batch: torch.Tensor) -> list[Image.Image]:
+    """A [B, 3, H, W] tensor in [0, 1] (any float dtype, any device) to RGB images, rounded to 8 bits."""
+    import torch
+
+    arr = batch.detach().float().clamp(0, 1).mul(255.0).round().to("cpu", dtype=torch.uint8)
+    return [Image.fromarray(a) for a in arr.permute(0, 2, 3, 1).numpy()]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad [B, C, H, W] on the bottom/right up to a multiple; returns the padded tensor and the original (H, W).
+
+    Reflection keeps the border statistics natural (zeros would put a hard edge next to the image); images
+    too small to reflect fall back to edge replication."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
