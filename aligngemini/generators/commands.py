@@ -1,0 +1,160 @@
+"""``aligngemini generators ...``: train a VAE of our own, reconstruct images with any generator spec."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from aligngemini.generators.base import SPEC_HELP
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-vae",
+        help="train a small AutoencoderKL on photo crops",
+        description="Train a small diffusers AutoencoderKL (SD-VAE family: 8x down-sampling, 4 latent channels) "
+        "on random crops of real photos; the result loads as generator 'vae:OUT'. Writes OUT/config.json, "
+        "OUT/diffusion_pytorch_model.safetensors, OUT/MODEL_CARD.md, OUT/metrics.json and a resumable "
+        "OUT/checkpoint/.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--images", required=True, help="folder of photos (searched recursively) or a manifest.jsonl "
+                   "(only rows with label 'real' are used)")  # fmt: skip
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--size", type=int, default=128, help="crop side in pixels (a multiple of 8)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--grad-weight", type=float, default=0.5, help="weight of the image-gradient L1 term")
+    p.add_argument("--channels", default="32,64,128,128", help="block_out_channels, 4 comma-separated widths")
+    p.add_argument("--layers-per-block", type=int, default=1)
+    p.add_argument("--crops-per-image", type=int, default=8)
+    p.add_argument("--max-pool", type=int, default=4000, help="training crops kept in memory")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for PSNR")
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.add_argument("--save-every", type=int, default=250, help="checkpoint interval in steps")
+    p.add_argument("--eval-every", type=int, default=250, help="held-out PSNR interval in steps")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=_train_vae)
+
+    r = sub.add_parser(
+        "reconstruct",
+        help="write reconstructions of images through a generator",
+        description="Reconstruct images (files, folders, globs) through a generator and write one PNG per input "
+        f"into --out, same size as the input. {SPEC_HELP}.",
+    )
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    r.add_argument("--generator", "-g", required=True, metavar="SPEC", help=SPEC_HELP)
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
+    r.add_argument("--batch", type=int, default=4, help="images handed to the generator at once")
+    r.set_defaults(func=_reconstruct)
+
+
+def _train_vae(args: argparse.Namespace) -> int:
+    from aligngemini.generators.train_vae import TrainVAEConfig, TrainVAEError, train_vae
+
+    try:
+        channels = tuple(int(c) for c in args.channels.split(","))
+    except ValueError:
+        print(f"--channels {args.channels!r}: expected comma-separated integers", file=sys.stderr)
+        return 2
+    cfg = TrainVAEConfig(
+        images=args.images,
+        out=args.out,
+        steps=args.steps,
+        size=args.size,
+        batch=args.batch,
+        lr=args.lr,
+        kl_weight=args.kl_weight,
+        grad_weight=args.grad_weight,
+        block_out_channels=channels,
+        layers_per_block=args.layers_per_block,
+        crops_per_image=args.crops_per_image,
+        max_pool=args.max_pool,
+        val_fraction=args.val_fraction,
+        max_images=args.max_images,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        save_every=args.save_every,
+        eval_every=args.eval_every,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    try:
+        result = train_vae(cfg)
+    except TrainVAEError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"trained {result.steps} steps in {result.seconds:.0f} s on {result.n_train_images} images; held-out PSNR "
+        f"{result.val_psnr:.2f} dB (bicubic x8: {result.bicubic_psnr:.2f} dB); load it as 'vae:{result.out}'",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """``<stem>.png`` per input; inputs sharing a stem get ``-2``, ``-3``... in input order."""
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        stem = p.stem
+        n = seen.get(stem, 0) + 1
+        seen[stem] = n
+        names.append(f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
+    return names
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from aligngemini.generators.base import GeneratorSpecError, build_generator
+    from aligngemini.generators.tfjs import TFJSError
+    from aligngemini.imageio import ImageLoadError, iter_image_paths, load_image
+
+    paths = list(iter_image_paths(args.inputs))
+    if not paths:
+        print(f"error: no images found in {' '.join(args.inputs)}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    targets = [out / name for name in output_names(paths)]
+    existing = [t for t in targets if t.exists()]
+    if existing and not args.overwrite:
+        shown = ", ".join(str(t) for t in existing[:3]) + (" ..." if len(existing) > 3 else "")
+        print(
+            f"error: {len(existing)} output(s) exist ({shown}); pass --overwrite to replace them",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        generator = build_generator(args.generator, device=args.device)
+    except (GeneratorSpecError, TFJSError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    batch = max(1, args.batch)
+    with tqdm(total=len(paths), desc=generator.name, unit="img", file=sys.stderr) as bar:
+        for start in range(0, len(paths), batch):
+            loaded, dests = [], []
+            for path, dest in zip(paths[start : start + batch], targets[start : start + batch], strict=True):
+                try:
+                    loaded.append(load_image(path).image)
+                    dests.append(dest)
+                except ImageLoadError as exc:
+                    print(f"skipped {exc}", file=sys.stderr)
+                    failures += 1
+            for img, dest in zip(generator.reconstruct(loaded) if loaded else [], dests, strict=True):
+                img.save(dest, format="PNG")
+            bar.update(len(paths[start : start + batch]))
+    print(f"wrote {len(paths) - failures} reconstruction(s) to {out} with {generator.name}", file=sys.stderr)
+    return 1 if failures else 0

@@ -1,0 +1,539 @@
+"""Train a small ``diffusers.AutoencoderKL`` of our own on photo crops: a VAE generator no hub is needed for.
+
+Architecture: the SD-VAE family (DownEncoderBlock2D/UpDecoderBlock2D, 8x down-sampling through three
+down-samplers, 4 latent channels, a mid-block with attention), only narrower, so that it trains on a CPU
+in minutes at 128 px and properly on a GPU.
+
+Data: random crops of real photos, cut once into an in-memory pool (half at native resolution, half from a
+randomly down-scaled copy), split by image into train and held-out crops. Loss: L1 + image-gradient L1
+(a cheap perceptual substitute that rewards sharp edges) + a tiny KL term, as in SD's VAE.
+
+Output: ``save_pretrained`` (safetensors) so that ``vae:<out>`` loads it, plus ``MODEL_CARD.md`` and
+``metrics.json``. A checkpoint under ``<out>/checkpoint`` makes runs resumable (``resume=True``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import AutoencoderKL
+
+MANIFEST_SUFFIXES = (".jsonl", ".json")
+
+
+class TrainVAEError(ValueError):
+    """Bad training input or output location; the message says what to change."""
+
+
+@dataclass
+class TrainVAEConfig:
+    images: str  # a folder of photos (recursive) or a manifest.jsonl (rows with label "real" are used)
+    out: str
+    steps: int = 2000
+    size: int = 128  # crop side, a multiple of 8
+    batch: int = 8
+    lr: float = 3e-4
+    warmup: int = 50
+    kl_weight: float = 1e-6
+    grad_weight: float = 0.5
+    block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    crops_per_image: int = 8
+    max_pool: int = 4000  # crops kept in memory (uint8, 3*size*size bytes each)
+    val_fraction: float = 0.1
+    max_val_crops: int = 256
+    max_images: int | None = None
+    seed: int = 0
+    device: str | None = None
+    threads: int | None = 2  # CPU threads; None leaves torch's default
+    save_every: int = 250
+    eval_every: int = 250
+    resume: bool = False
+    overwrite: bool = False
+
+    def arch(self) -> dict[str, Any]:
+        """The fields that must match for a checkpoint to be resumed."""
+        return {
+            "size": self.size,
+            "block_out_channels": list(self.block_out_channels),
+            "layers_per_block": self.layers_per_block,
+            "latent_channels": self.latent_channels,
+        }
+
+
+@dataclass
+class TrainVAEResult:
+    out: Path
+    steps: int
+    seconds: float
+    val_psnr: float  # dB, latent-mean reconstruction of held-out crops
+    bicubic_psnr: float  # dB, bicubic x8 down-and-up of the same crops: the floor a f8 VAE must beat
+    n_train_images: int
+    n_val_images: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def _read_manifest_rows(path: Path) -> list[tuple[str, str | None]]:
+    """(path, label) per row, through the project's manifest reader when it exists, else minimal JSONL."""
+    try:
+        from aligngemini.data.manifest import read_manifest  # type: ignore[import-not-found]
+    except ImportError:
+        read_manifest = None
+    if read_manifest is not None:
+        return [(str(row.path), getattr(row, "label", None)) for row in read_manifest(path)]
+    rows: list[tuple[str, str | None]] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TrainVAEError(f"{path}:{lineno}: not JSON ({exc})") from exc
+            if "path" not in obj:
+                raise TrainVAEError(f"{path}:{lineno}: row has no 'path'")
+            rows.append((str(obj["path"]), obj.get("label")))
+    return rows
+
+
+def list_training_images(source: str | Path) -> list[Path]:
+    """Photos to train on: every image under a folder, or the rows labelled ``real`` of a manifest
+    (relative paths resolve against the manifest's folder)."""
+    from aligngemini.imageio import iter_image_paths
+
+    src = Path(source).expanduser()
+    if src.is_dir():
+        paths = list(iter_image_paths([src]))
+    elif src.is_file() and src.suffix.lower() in MANIFEST_SUFFIXES:
+        rows = _read_manifest_rows(src)
+        paths = []
+        for p, label in rows:
+            if label != "real":
+                continue
+            q = Path(p).expanduser()
+            paths.append(q if q.is_absolute() else src.parent / q)
+        if rows and not paths:
+            raise TrainVAEError(f"{src}: no row has label 'real'; the VAE trains on real photos only")
+    else:
+        raise TrainVAEError(f"{src}: expected a folder of images or a manifest .jsonl file")
+    if not paths:
+        raise TrainVAEError(f"{src}: no images found")
+    return sorted(paths)
+
+
+def _split(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Deterministic split by image (a hash of the file name and the seed), so crops of one photo never
+    sit on both sides."""
+    if len(paths) < 2:
+        warnings.warn(
+            "one training image only: the held-out crops come from the training image", stacklevel=3
+        )
+        return paths, paths
+    key = lambda p: hashlib.sha256(f"{seed}:{p.name}:{p}".encode()).hexdigest()  # noqa: E731
+    ordered = sorted(paths, key=key)
+    n_val = min(len(paths) - 1, max(1, round(len(paths) * val_fraction)))
+    return sorted(ordered[n_val:]), sorted(ordered[:n_val])
+
+
+def _cut_crops(img: Image.Image, size: int, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``n`` random crops; even ones at native resolution, odd ones from a copy down-scaled by a random factor
+    (never below the crop size), so the VAE sees both sensor-level texture and whole-object structure."""
+    crops: list[np.ndarray] = []
+    w, h = img.size
+    small_side = min(w, h)
+    for k in range(n):
+        src = img
+        if k % 2 == 1 and small_side > size:
+            lo = max(size / small_side, 0.25)
+            if lo < 1.0:
+                s = float(rng.uniform(lo, 1.0))
+                src = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.LANCZOS)
+        sw, sh = src.size
+        x0 = int(rng.integers(0, sw - size + 1))
+        y0 = int(rng.integers(0, sh - size + 1))
+        crops.append(np.asarray(src.crop((x0, y0, x0 + size, y0 + size)), dtype=np.uint8))
+    return crops
+
+
+def build_crop_pool(
+    paths: list[Path], size: int, crops_per_image: int, max_crops: int, seed: int, desc: str = "crops"
+) -> tuple[np.ndarray, int]:
+    """[N, size, size, 3] uint8 crops from ``paths`` and how many images were skipped (unreadable/too small)."""
+    from tqdm import tqdm
+
+    from aligngemini.imageio import ImageLoadError, load_image
+
+    per_image = max(1, min(crops_per_image, max_crops // max(1, len(paths))))
+    rng = np.random.default_rng(seed)
+    crops: list[np.ndarray] = []
+    skipped = 0
+    for p in tqdm(paths, desc=desc, unit="img", file=sys.stderr, leave=False):
+        try:
+            img = load_image(p).image
+        except ImageLoadError as exc:
+            warnings.warn(f"skipping {exc}", stacklevel=2)
+            skipped += 1
+            continue
+        if min(img.size) < size:
+            skipped += 1
+            continue
+        crops.extend(_cut_crops(img, size, per_image, rng))
+    if not crops:
+        return np.zeros((0, size, size, 3), np.uint8), skipped
+    return np.stack(crops), skipped
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def small_vae(cfg: TrainVAEConfig) -> AutoencoderKL:
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.block_out_channels)
+    if n != 4:
+        raise TrainVAEError("block_out_channels needs 4 entries (8x down-sampling: 3 down-samplers)")
+    groups = math.gcd(32, *cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=groups,
+        sample_size=cfg.size,
+    )
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean PSNR (dB) over a batch of images in [0, 1], each image's MSE taken after 8-bit rounding."""
+    import torch
+
+    a8 = a.clamp(0, 1).mul(255).round()
+    b8 = b.clamp(0, 1).mul(255).round()
+    mse = (a8 - b8).pow(2).flatten(1).mean(1).clamp_min(1e-3)
+    return float((10 * torch.log10(255.0**2 / mse)).mean())
+
+
+def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    dx = (a[..., :, 1:] - a[..., :, :-1]) - (b[..., :, 1:] - b[..., :, :-1])
+    dy = (a[..., 1:, :] - a[..., :-1, :]) - (b[..., 1:, :] - b[..., :-1, :])
+    return dx.abs().mean() + dy.abs().mean()
+
+
+def _evaluate(model: AutoencoderKL, val: torch.Tensor, device: torch.device, batch: int) -> float:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    scores: list[tuple[float, int]] = []
+    with torch.inference_mode():
+        for i in range(0, len(val), batch):
+            x = val[i : i + batch].to(device).float().div(255)
+            rec = model.decode(model.encode(x * 2 - 1).latent_dist.mode()).sample
+            scores.append((psnr((rec.float() + 1) / 2, x), len(x)))
+    model.train(was_training)
+    return sum(s * n for s, n in scores) / max(1, sum(n for _, n in scores))
+
+
+def _bicubic_psnr(val: torch.Tensor, factor: int = 8) -> float:
+    import torch.nn.functional as F
+
+    x = val.float().div(255)
+    size = x.shape[-1]
+    small = F.interpolate(x, size=(size // factor, size // factor), mode="area")
+    up = F.interpolate(small, size=(size, size), mode="bicubic", align_corners=False)
+    return psnr(up, x)
+
+
+# ------------------------------------------------------------------------------------- checkpointing
+
+
+def _save_checkpoint(
+    ckpt: Path, model: AutoencoderKL, opt: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Model and optimizer as safetensors plus a JSON of the rest; written to a temp folder then swapped in."""
+    import torch
+    from safetensors.torch import save_file
+
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors"
+    )
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}/{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    save_file(tensors, tmp / "optimizer.safetensors")
+    state = dict(state, optimizer={"param_groups": sd["param_groups"], "scalars": scalars})
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    old = ckpt.with_name(ckpt.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt.exists():
+        ckpt.rename(old)
+    tmp.rename(ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(ckpt: Path, model: AutoencoderKL, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    state = json.loads((ckpt / "state.json").read_text())
+    model.load_state_dict(load_file(ckpt / "model.safetensors"))
+    flat = load_file(ckpt / "optimizer.safetensors")
+    per_param: dict[int, dict[str, Any]] = {}
+    for key, value in flat.items():
+        pid, k = key.split("/", 1)
+        per_param.setdefault(int(pid), {})[k] = value
+    for pid, extra in state["optimizer"]["scalars"].items():
+        per_param.setdefault(int(pid), {}).update(extra)
+    opt.load_state_dict({"state": per_param, "param_groups": state["optimizer"]["param_groups"]})
+    return state
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def _lr_at(step: int, cfg: TrainVAEConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _prepare_out(cfg: TrainVAEConfig) -> Path:
+    out = Path(cfg.out).expanduser()
+    ckpt = out / "checkpoint"
+    if out.exists() and any(out.iterdir()):
+        if cfg.resume and (ckpt / "state.json").is_file():
+            return out
+        if not cfg.overwrite:
+            hint = "pass --resume to continue it or " if (ckpt / "state.json").is_file() else ""
+            raise TrainVAEError(
+                f"{out} exists and is not empty; {hint}pass --overwrite or choose another --out"
+            )
+        for name in (
+            "checkpoint",
+            "config.json",
+            "diffusion_pytorch_model.safetensors",
+            "MODEL_CARD.md",
+            "metrics.json",
+        ):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
+    """Train (or resume) a small AutoencoderKL; see the module docstring."""
+    import torch
+    from tqdm import tqdm
+
+    from aligngemini.generators.base import resolve_device
+
+    if cfg.size % 8 or cfg.size < 16:
+        raise TrainVAEError(f"--size {cfg.size}: use a multiple of 8, at least 16")
+    if cfg.steps < 1 or cfg.batch < 1:
+        raise TrainVAEError("--steps and --batch must be positive")
+    out = _prepare_out(cfg)
+    device = resolve_device(cfg.device)
+    if device.type == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    paths = list_training_images(cfg.images)
+    if cfg.max_images:
+        paths = paths[: cfg.max_images]
+    train_paths, val_paths = _split(paths, cfg.val_fraction, cfg.seed)
+    pool_np, skipped = build_crop_pool(
+        train_paths, cfg.size, cfg.crops_per_image, cfg.max_pool, cfg.seed, desc="train crops"
+    )
+    val_np, val_skipped = build_crop_pool(
+        val_paths, cfg.size, 4, cfg.max_val_crops, cfg.seed + 1, desc="held-out crops"
+    )
+    if len(pool_np) == 0 or len(val_np) == 0:
+        raise TrainVAEError(
+            f"{cfg.images}: no usable {cfg.size}px crops (images unreadable or smaller than the crop); "
+            "lower --size or add larger photos"
+        )
+    data_digest = hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest()[:16]
+    pool = torch.from_numpy(pool_np).permute(0, 3, 1, 2).contiguous()  # uint8 [N, 3, S, S]
+    val = torch.from_numpy(val_np).permute(0, 3, 1, 2).contiguous()
+
+    torch.manual_seed(cfg.seed)
+    model = small_vae(cfg).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    ckpt = out / "checkpoint"
+    start, elapsed, history = 0, 0.0, []
+    if cfg.resume and (ckpt / "state.json").is_file():
+        state = json.loads((ckpt / "state.json").read_text())
+        if state.get("arch") != cfg.arch():
+            raise TrainVAEError(
+                f"{ckpt}: checkpoint architecture {state.get('arch')} differs from {cfg.arch()}"
+            )
+        if state.get("data_digest") != data_digest:
+            warnings.warn(
+                f"{ckpt}: the image list changed since this checkpoint; resuming anyway", stacklevel=2
+            )
+        state = _load_checkpoint(ckpt, model, opt)
+        start, elapsed, history = state["step"], state["elapsed"], state.get("history", [])
+
+    # bf16 autocast on GPU (the loss stays in float32); plain float32 on the CPU
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    t0 = time.perf_counter() - elapsed
+    running: list[float] = []
+    bar = tqdm(total=cfg.steps, initial=start, desc="train-vae", unit="step", file=sys.stderr)
+    for step in range(start, cfg.steps):
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(len(pool), (cfg.batch,), generator=gen)
+        x = pool[idx]
+        flip = torch.rand(cfg.batch, generator=gen) < 0.5
+        x[flip] = x[flip].flip(-1)
+        x = x.to(device).float().div_(255)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        torch.manual_seed(cfg.seed + step)  # the posterior sample
+        with autocast:
+            posterior = model.encode(x * 2 - 1).latent_dist
+            rec = (model.decode(posterior.sample()).sample.float() + 1) / 2
+        l1 = (rec - x).abs().mean()
+        gl = _grad_l1(rec, x)
+        kl = posterior.kl().float().mean()
+        loss = l1 + cfg.grad_weight * gl + cfg.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running.append(float(loss.detach()))
+        bar.update(1)
+        done = step + 1
+        if done % 10 == 0 or done == cfg.steps:
+            bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", l1=f"{float(l1):.4f}")
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            v = _evaluate(model, val, device, cfg.batch)
+            history.append(
+                {
+                    "step": done,
+                    "loss": float(np.mean(running[-50:])),
+                    "val_psnr": v,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            bar.write(f"step {done}: loss {history[-1]['loss']:.4f}, held-out PSNR {v:.2f} dB")
+        if done % cfg.save_every == 0 and done < cfg.steps:
+            _save_checkpoint(
+                ckpt,
+                model,
+                opt,
+                {"step": done, "elapsed": time.perf_counter() - t0, "arch": cfg.arch(), "data_digest": data_digest,
+                 "history": history},
+            )  # fmt: skip
+    bar.close()
+    seconds = time.perf_counter() - t0
+    steps_done = max(start, cfg.steps)
+    val_psnr = history[-1]["val_psnr"] if history else _evaluate(model, val, device, cfg.batch)
+    bicubic = _bicubic_psnr(val)
+
+    model = model.float().eval()
+    model.save_pretrained(out, safe_serialization=True)
+    _save_checkpoint(
+        ckpt,
+        model,
+        opt,
+        {
+            "step": steps_done,
+            "elapsed": seconds,
+            "arch": cfg.arch(),
+            "data_digest": data_digest,
+            "history": history,
+        },
+    )
+    result = TrainVAEResult(
+        out=out,
+        steps=steps_done,
+        seconds=seconds,
+        val_psnr=val_psnr,
+        bicubic_psnr=bicubic,
+        n_train_images=len(train_paths) - skipped,
+        n_val_images=len(val_paths) - val_skipped,
+        history=history,
+    )
+    metrics = {
+        "steps": steps_done,
+        "seconds": round(seconds, 1),
+        "device": str(device),
+        "params": n_params,
+        "val_psnr_db": round(val_psnr, 3),
+        "bicubic_x8_psnr_db": round(bicubic, 3),
+        "train_images": result.n_train_images,
+        "val_images": result.n_val_images,
+        "train_crops": len(pool),
+        "val_crops": len(val),
+        "skipped_images": skipped + val_skipped,
+        "data": str(cfg.images),
+        "data_digest": data_digest,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "history": history,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "MODEL_CARD.md").write_text(_model_card(cfg, metrics))
+    return result
+
+
+def _model_card(cfg: TrainVAEConfig, m: dict[str, Any]) -> str:
+    return f"""# Small AutoencoderKL trained by `aligngemini generators train-vae`
+
+A reconstruction generator for pure-pixel supervision: real photos and their round trips through this VAE
+share their scene and differ in decoder traces. Load it with `build_generator("vae:<this folder>")` or
+`diffusers.AutoencoderKL.from_pretrained(<this folder>)`. Not a generative model of images.
+
+| | |
+| --- | --- |
+| architecture | SD-VAE family, block_out_channels {list(cfg.block_out_channels)}, layers_per_block \
+{cfg.layers_per_block}, {cfg.latent_channels} latent channels, 8x down-sampling, {m["params"]:,} parameters |
+| data | `{m["data"]}` (sha256 of the file list {m["data_digest"]}): {m["train_images"]} training images, \
+{m["val_images"]} held-out images (split by image), {m["train_crops"]} / {m["val_crops"]} crops of {cfg.size} px, \
+{m["skipped_images"]} images skipped (unreadable or smaller than a crop) |
+| training | {m["steps"]} steps, batch {cfg.batch}, AdamW lr {cfg.lr} (warm-up {cfg.warmup}, cosine to 10%), \
+loss L1 + {cfg.grad_weight} x gradient-L1 + {cfg.kl_weight} x KL, seed {cfg.seed} |
+| time | {m["seconds"]:.0f} s on {m["device"]} |
+| held-out reconstruction | PSNR {m["val_psnr_db"]:.2f} dB (latent mean, 8-bit); bicubic x8 down-and-up of the same \
+crops: {m["bicubic_x8_psnr_db"]:.2f} dB |
+
+Licence of the weights follows the training images' licences; see the data source's own records.
+Small and briefly trained: its reconstructions are blurrier than SD's VAE; that is its decoder fingerprint,
+not a defect to hide. Use it as one generator among several, never as the only one.
+"""
