@@ -1,0 +1,575 @@
+"""Reconstruction generators: VAE round trip, train-vae, the TF.js reader, ESRGAN, specs and the CLI.
+
+Everything is built here: tiny AutoencoderKL configs, tiny hand-written TF.js models, tarballs in tmp_path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from aligngemini.cli import main as cli_main
+from aligngemini.generators.base import GeneratorSpecError, build_generator, pad_to_multiple
+from aligngemini.generators.esrgan import ESRGANGenerator, NpmFetchError, fetch_npm, parse_esrgan_spec
+from aligngemini.generators.tfjs import TFJSError, depth_to_space, load_tfjs_model, read_weights
+from aligngemini.generators.train_vae import TrainVAEConfig, TrainVAEError, list_training_images, train_vae
+from aligngemini.generators.vae import VAEGenerator, VAELoadError
+
+torch.set_num_threads(1)
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+
+
+def noise_image(w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def photo_like(w: int, h: int, seed: int = 0) -> Image.Image:
+    """Smooth gradients plus a little noise: something a VAE can reconstruct at all."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([xx / w, yy / h, (xx + yy) / (w + h)], -1) * 200 + rng.normal(0, 8, (h, w, 3))
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------- VAE
+
+
+def test_vae_reconstructs_odd_sizes_to_the_same_size():
+    gen = VAEGenerator(tiny_vae(), device="cpu", tile=None)
+    images = [noise_image(53, 37, 1), noise_image(53, 37, 2), noise_image(3, 5, 3), photo_like(40, 64)]
+    out = gen.reconstruct(images)
+    assert [o.size for o in out] == [i.size for i in images]
+    assert all(o.mode == "RGB" for o in out)
+    # the latent mean is deterministic, and a batch gives what single images give
+    alone = gen.reconstruct([images[1]])[0]
+    diff = np.abs(np.asarray(alone, dtype=int) - np.asarray(out[1], dtype=int))
+    assert diff.max() <= 1
+    # it is a reconstruction, not a copy
+    assert not np.array_equal(np.asarray(out[0]), np.asarray(images[0]))
+
+
+def test_vae_sampling_is_seeded_and_differs_from_the_mean():
+    vae = tiny_vae()
+    img = [photo_like(24, 16)]
+    mean = np.asarray(VAEGenerator(vae, device="cpu", tile=None).reconstruct(img)[0], dtype=int)
+    s1 = np.asarray(
+        VAEGenerator(vae, device="cpu", tile=None, sample=True, seed=3).reconstruct(img)[0], dtype=int
+    )
+    s2 = np.asarray(
+        VAEGenerator(vae, device="cpu", tile=None, sample=True, seed=3).reconstruct(img)[0], dtype=int
+    )
+    assert np.array_equal(s1, s2)
+    assert not np.array_equal(s1, mean)
+
+
+def test_vae_tiles_large_images_and_keeps_their_size():
+    gen = VAEGenerator(tiny_vae(), device="cpu", tile=32)
+    assert gen.vae.use_tiling and gen.vae.tile_latent_min_size == 4
+    out = gen.reconstruct([photo_like(75, 41)])
+    assert out[0].size == (75, 41)
+    with pytest.raises(ValueError, match="multiple"):
+        VAEGenerator(tiny_vae(), device="cpu", tile=30)
+
+
+def test_pad_to_multiple_reflects_and_falls_back_for_tiny_images():
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).view(2, 3, 5, 6)
+    padded, (h, w) = pad_to_multiple(x, 8)
+    assert padded.shape[-2:] == (8, 8) and (h, w) == (5, 6)
+    assert torch.equal(padded[..., :5, :6], x)
+    assert torch.equal(padded[..., 5, :6], x[..., 3, :])  # reflection about the last row
+    tiny, _ = pad_to_multiple(torch.ones(1, 3, 2, 2), 8)  # too small to reflect: replicate
+    assert tiny.shape[-2:] == (8, 8) and torch.all(tiny == 1)
+
+
+def test_vae_loads_from_local_folders(tmp_path):
+    vae = tiny_vae()
+    vae.save_pretrained(tmp_path / "flat", safe_serialization=True)
+    vae.save_pretrained(tmp_path / "pipeline" / "vae", safe_serialization=True)
+    img = [photo_like(20, 12)]
+    ref = VAEGenerator(vae, device="cpu", tile=None).reconstruct(img)[0]
+    for folder in ("flat", "pipeline"):
+        gen = build_generator(f"vae:{tmp_path / folder}", device="cpu")
+        assert gen.name == f"vae:{folder}"
+        assert np.array_equal(np.asarray(gen.reconstruct(img)[0]), np.asarray(ref))
+
+
+def test_vae_errors_name_the_fix(tmp_path, monkeypatch):
+    with pytest.raises(VAELoadError, match="no such folder"):
+        build_generator(f"vae:{tmp_path / 'missing'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VAELoadError, match="no config.json"):
+        build_generator(f"vae:{tmp_path / 'empty'}")
+    monkeypatch.setattr("aligngemini.generators.vae._hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(VAELoadError) as err:
+        build_generator("vae:some-org/some-vae", device="cpu")
+    message = str(err.value)
+    assert (
+        "no model hub is reachable" in message
+        and "save_pretrained('DIR')" in message
+        and "vae:DIR" in message
+    )
+
+
+# ------------------------------------------------------------------------------------------- specs
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("", "empty"),
+        ("vae", "missing"),
+        ("vae:", "missing"),
+        ("gan:foo", "unknown generator kind"),
+        ("esrgan:big:x2", "unknown ESRGAN variant"),
+        ("esrgan:medium:x5", "scale"),
+        ("esrgan:medium:2", "scale"),
+        ("esrgan:medium", "expected esrgan"),
+        ("esrgan:medium:x2:lanczos", "down-scaling"),
+    ],
+)
+def test_bad_specs_give_clear_errors(spec, match):
+    with pytest.raises(GeneratorSpecError, match=match):
+        build_generator(spec)
+
+
+def test_esrgan_specs_parse():
+    assert parse_esrgan_spec("esrgan:medium:x2") == ("medium", 2, "area")
+    assert parse_esrgan_spec("esrgan:thick:x8:bicubic") == ("thick", 8, "bicubic")
+
+
+# ----------------------------------------------------------------------------------------- train-vae
+
+
+def write_photos(folder: Path, n: int, size: tuple[int, int] = (48, 40)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"photo_{i}.png"
+        photo_like(*size, seed=i).save(p)
+        paths.append(p)
+    return paths
+
+
+TINY_TRAIN = ["--size", "32", "--batch", "2", "--channels", "8,8,16,16", "--crops-per-image", "2",
+              "--threads", "1", "--device", "cpu", "--eval-every", "100", "--save-every", "2"]  # fmt: skip
+
+
+def test_train_vae_cli_writes_a_loadable_folder_and_resumes(tmp_path):
+    from diffusers import AutoencoderKL
+
+    write_photos(tmp_path / "photos" / "nested", 5)
+    out = tmp_path / "vae"
+    argv = ["generators", "train-vae", "--images", str(tmp_path / "photos"), "--out", str(out), *TINY_TRAIN]
+    assert cli_main([*argv, "--steps", "3"]) == 0
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "MODEL_CARD.md", "metrics.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["train_images"] == 4 and metrics["val_images"] == 1
+    assert np.isfinite(metrics["val_psnr_db"]) and "PSNR" in (out / "MODEL_CARD.md").read_text()
+    vae = AutoencoderKL.from_pretrained(out)
+    assert vae.config.latent_channels == 4 and len(vae.config.block_out_channels) == 4
+    assert build_generator(f"vae:{out}", device="cpu").reconstruct([photo_like(21, 19)])[0].size == (21, 19)
+    # an existing output is refused without --resume/--overwrite; --resume continues to the new step count
+    assert cli_main([*argv, "--steps", "4"]) == 2
+    assert cli_main([*argv, "--steps", "5", "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 5
+
+
+def test_train_vae_resume_matches_an_uninterrupted_run(tmp_path):
+    write_photos(tmp_path / "photos", 4)
+    common = dict(images=str(tmp_path / "photos"), size=32, batch=2, block_out_channels=(8, 8, 16, 16),
+                  crops_per_image=2, threads=1, device="cpu", eval_every=100, save_every=2)  # fmt: skip
+    train_vae(TrainVAEConfig(out=str(tmp_path / "a"), steps=4, **common))
+    train_vae(TrainVAEConfig(out=str(tmp_path / "b"), steps=2, **common))
+    train_vae(TrainVAEConfig(out=str(tmp_path / "b"), steps=4, resume=True, **common))
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "a" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "b" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_training_images_from_a_manifest_use_real_rows_only(tmp_path):
+    paths = write_photos(tmp_path / "imgs", 3)
+    rows = [
+        {"path": "imgs/photo_0.png", "label": "real"},
+        {"path": str(paths[1]), "label": "fake"},
+        {"path": str(paths[2]), "label": "real"},
+    ]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert list_training_images(manifest) == sorted([tmp_path / "imgs" / "photo_0.png", paths[2]])
+    only_fake = tmp_path / "fake.jsonl"
+    only_fake.write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(TrainVAEError, match="label 'real'"):
+        list_training_images(only_fake)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainVAEError, match="no images"):
+        list_training_images(tmp_path / "empty")
+
+
+def test_train_vae_refuses_images_smaller_than_the_crop(tmp_path):
+    write_photos(tmp_path / "small", 3, size=(20, 20))
+    cfg = TrainVAEConfig(images=str(tmp_path / "small"), out=str(tmp_path / "o"), steps=1, size=32,
+                         block_out_channels=(8, 8, 16, 16), device="cpu", threads=1)  # fmt: skip
+    with pytest.raises(TrainVAEError, match="no usable 32px crops"):
+        train_vae(cfg)
+
+
+# ------------------------------------------------------------------------------------- TF.js reader
+
+
+def conv_layer(name, inbound, filters, kernel, strides=1, padding="same", activation="linear"):
+    return {
+        "class_name": "Conv2D",
+        "name": name,
+        "config": {"name": name, "filters": filters, "kernel_size": [kernel, kernel], "strides": [strides, strides],
+                   "padding": padding, "data_format": "channels_last", "dilation_rate": [1, 1], "groups": 1,
+                   "activation": activation, "use_bias": True},
+        "inbound_nodes": [[[n, 0, 0, {}] for n in inbound]],
+    }  # fmt: skip
+
+
+def layer(cls, name, inbound, **config):
+    return {"class_name": cls, "name": name, "config": {"name": name, **config},
+            "inbound_nodes": [[[n, 0, 0, {}] for n in inbound]]}  # fmt: skip
+
+
+def quantize_u8(values: np.ndarray) -> tuple[np.ndarray, float, float]:
+    lo, hi = float(values.min()), float(values.max())
+    scale = (hi - lo) / 255.0
+    return np.round((values - lo) / scale).astype(np.uint8), scale, lo
+
+
+def write_tiny_model(folder: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """A model touching each layer class the ESRGAN packages use and a few more, its weights split over two
+    shards in float32, uint8-quantized and float16. Returns the (dequantized) weights as Keras holds them."""
+    rng = np.random.default_rng(seed)
+    w = {
+        "c1/kernel": rng.normal(0, 0.3, (3, 3, 3, 4)).astype(np.float32),
+        "c1/bias": rng.normal(0, 0.1, 4).astype(np.float32),
+        "c2/kernel": rng.normal(0, 0.3, (1, 1, 4, 4)).astype(np.float32),
+        "c2/bias": rng.normal(0, 0.1, 4).astype(np.float32),
+        "prelu/alpha": rng.uniform(0.05, 0.3, (1, 1, 8)).astype(np.float32),
+        "c3/kernel": rng.normal(0, 0.3, (3, 3, 8, 12)).astype(np.float32),
+        "c3/bias": rng.normal(0, 0.1, 12).astype(np.float32),
+        "c4/kernel": rng.normal(0, 0.3, (5, 5, 3, 3)).astype(np.float32),
+        "c4/bias": rng.normal(0, 0.1, 3).astype(np.float32),
+    }
+    q, scale, lo = quantize_u8(w["c2/kernel"])
+    w["c2/kernel"] = (q.astype(np.float64) * scale + lo).astype(np.float32)  # what a reader must return
+    w["c3/kernel"] = w["c3/kernel"].astype(np.float16).astype(np.float32)
+    layers = [
+        {"class_name": "InputLayer", "name": "LR", "config": {"name": "LR", "batch_input_shape": [None, None, None, 3]},
+         "inbound_nodes": []},
+        conv_layer("c1", ["LR"], 4, 3, activation="relu"),
+        conv_layer("c2", ["c1"], 4, 1, padding="valid"),
+        layer("MultiplyBeta", "mb", ["c2"], beta=0.2),
+        layer("Add", "add", ["c1", "mb"]),
+        layer("Concatenate", "cat", ["c1", "add"], axis=3),
+        layer("PReLU", "prelu", ["cat"], shared_axes=[1, 2]),
+        conv_layer("c3", ["prelu"], 12, 3, strides=2),
+        layer("LeakyReLU", "lrelu", ["c3"], alpha=0.1),
+        layer("PixelShuffle2x", "ps", ["lrelu"], scale=2),
+        layer("UpSampling2D", "up", ["ps"], size=[2, 2], interpolation="nearest", data_format="channels_last"),
+        conv_layer("c4", ["up"], 3, 5),
+        layer("Activation", "out", ["c4"], activation="sigmoid"),
+    ]  # fmt: skip
+    specs1 = [
+        {"name": "c1/kernel", "shape": [3, 3, 3, 4], "dtype": "float32"},
+        {"name": "c1/bias", "shape": [4], "dtype": "float32"},
+        {"name": "c2/kernel", "shape": [1, 1, 4, 4], "dtype": "float32",
+         "quantization": {"dtype": "uint8", "scale": scale, "min": lo}},
+        {"name": "c2/bias", "shape": [4], "dtype": "float32"},
+    ]  # fmt: skip
+    specs2 = [
+        {"name": "prelu/alpha", "shape": [1, 1, 8], "dtype": "float32"},
+        {
+            "name": "c3/kernel",
+            "shape": [3, 3, 8, 12],
+            "dtype": "float32",
+            "quantization": {"dtype": "float16"},
+        },
+        {"name": "c3/bias", "shape": [12], "dtype": "float32"},
+        {"name": "c4/kernel", "shape": [5, 5, 3, 3], "dtype": "float32"},
+        {"name": "c4/bias", "shape": [3], "dtype": "float32"},
+    ]
+    g1 = b"".join([w["c1/kernel"].tobytes(), w["c1/bias"].tobytes(), q.tobytes(), w["c2/bias"].tobytes()])
+    g2 = b"".join([w["prelu/alpha"].tobytes(), w["c3/kernel"].astype(np.float16).tobytes(), w["c3/bias"].tobytes(),
+                   w["c4/kernel"].tobytes(), w["c4/bias"].tobytes()])  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "group1-shard1of2.bin").write_bytes(g1[:50])
+    (folder / "group1-shard2of2.bin").write_bytes(g1[50:])
+    (folder / "group2-shard1of1.bin").write_bytes(g2)
+    model = {
+        "format": "layers-model",
+        "modelTopology": {"keras_version": "2.10.0", "backend": "tensorflow", "model_config": {
+            "class_name": "Functional",
+            "config": {"name": "tiny", "layers": layers, "input_layers": [["LR", 0, 0]],
+                       "output_layers": [["out", 0, 0]]}}},
+        "weightsManifest": [
+            {"paths": ["group1-shard1of2.bin", "group1-shard2of2.bin"], "weights": specs1},
+            {"paths": ["group2-shard1of1.bin"], "weights": specs2},
+        ],
+    }  # fmt: skip
+    (folder / "model.json").write_text(json.dumps(model))
+    return w
+
+
+def tf_same_conv_nhwc(x: torch.Tensor, kernel: np.ndarray, bias: np.ndarray, stride: int = 1) -> torch.Tensor:
+    """Keras Conv2D written from its definition, in NHWC: TF 'same' padding puts the odd pixel after."""
+    k = kernel.shape[0]
+    h, w_ = x.shape[1:3]
+    pads = []
+    for size in (h, w_):
+        out = -(-size // stride)
+        total = max((out - 1) * stride + k - size, 0)
+        pads.append((total // 2, total - total // 2))
+    xp = F.pad(x.permute(0, 3, 1, 2), (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
+    y = F.conv2d(xp, torch.from_numpy(kernel).permute(3, 2, 0, 1), torch.from_numpy(bias), stride=stride)
+    return y.permute(0, 2, 3, 1)
+
+
+def reference_forward(x_nhwc: torch.Tensor, w: dict[str, np.ndarray]) -> torch.Tensor:
+    c1 = torch.relu(tf_same_conv_nhwc(x_nhwc, w["c1/kernel"], w["c1/bias"]))
+    c2 = torch.einsum("bhwi,io->bhwo", c1, torch.from_numpy(w["c2/kernel"][0, 0])) + torch.from_numpy(
+        w["c2/bias"]
+    )
+    cat = torch.cat([c1, c1 + 0.2 * c2], dim=-1)
+    alpha = torch.from_numpy(w["prelu/alpha"])
+    pr = torch.where(cat >= 0, cat, cat * alpha)
+    c3 = tf_same_conv_nhwc(pr, w["c3/kernel"], w["c3/bias"], stride=2)
+    lr = torch.where(c3 >= 0, c3, 0.1 * c3)
+    b, h, w_, c = lr.shape  # TF depth_to_space, NHWC: channel (i*2 + j)*C + c goes to pixel (2h+i, 2w+j)
+    ps = lr.reshape(b, h, w_, 2, 2, c // 4).permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w_, c // 4)
+    up = ps.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    return torch.sigmoid(tf_same_conv_nhwc(up, w["c4/kernel"], w["c4/bias"]))
+
+
+def test_tfjs_reader_matches_a_hand_written_equivalent(tmp_path):
+    w = write_tiny_model(tmp_path / "m")
+    model = load_tfjs_model(tmp_path / "m" / "model.json")
+    x = torch.rand(2, 7, 9, 3, generator=torch.Generator().manual_seed(0))
+    ref = reference_forward(x, w)
+    ours = model(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    assert ours.shape == ref.shape == (2, 16, 20, 3)  # stride 2 (same: ceil) then x2 shuffle then x2 nearest
+    assert float((ours - ref).abs().max()) < 1e-5
+
+
+def test_tfjs_weights_dequantize(tmp_path):
+    w = write_tiny_model(tmp_path / "m")
+    model = json.loads((tmp_path / "m" / "model.json").read_text())
+    got = read_weights(model, tmp_path / "m")
+    for name, value in w.items():
+        assert got[name].shape == value.shape
+        np.testing.assert_allclose(got[name], value, rtol=0, atol=1e-6)
+
+
+def test_depth_to_space_follows_tf_channel_order():
+    x = torch.arange(8, dtype=torch.float32).view(1, 8, 1, 1)  # NCHW, 2 output channels, block 2
+    y = depth_to_space(x, 2)
+    # TF: pixel (i, j) of output channel c reads input channel (i*2 + j)*2 + c
+    assert y[0, 0].tolist() == [[0.0, 2.0], [4.0, 6.0]]
+    assert y[0, 1].tolist() == [[1.0, 3.0], [5.0, 7.0]]
+
+
+def test_tfjs_reader_errors(tmp_path):
+    write_tiny_model(tmp_path / "m")
+    model_path = tmp_path / "m" / "model.json"
+    model = json.loads(model_path.read_text())
+    # a short shard
+    (tmp_path / "m" / "group2-shard1of1.bin").write_bytes(b"\0" * 16)
+    with pytest.raises(TFJSError, match="shards end at byte"):
+        load_tfjs_model(model_path)
+    write_tiny_model(tmp_path / "m")
+    # an unknown layer class
+    model["modelTopology"]["model_config"]["config"]["layers"][3]["class_name"] = "Mystery"
+    model_path.write_text(json.dumps(model))
+    with pytest.raises(TFJSError, match="custom_layers"):
+        load_tfjs_model(model_path)
+    # ... which custom_layers can supply
+    loaded = load_tfjs_model(model_path, custom_layers={"Mystery": lambda cfg, w: torch.nn.Identity()})
+    assert loaded(torch.rand(1, 3, 4, 4)).shape == (1, 3, 8, 8)
+    # a weight no layer reads
+    model["weightsManifest"][1]["weights"].append({"name": "ghost/kernel", "shape": [1], "dtype": "float32"})
+    (tmp_path / "m" / "group2-shard1of1.bin").write_bytes(
+        (tmp_path / "m" / "group2-shard1of1.bin").read_bytes() + b"\0" * 4
+    )
+    model_path.write_text(json.dumps(model))
+    with pytest.raises(TFJSError, match="not used"):
+        load_tfjs_model(model_path, custom_layers={"Mystery": lambda cfg, w: torch.nn.Identity()})
+
+
+def test_tfjs_sequential_models(tmp_path):
+    kernel = np.random.default_rng(1).normal(size=(3, 3, 3, 2)).astype(np.float32)
+    bias = np.array([0.5, -0.5], np.float32)
+    model = {
+        "format": "layers-model",
+        "modelTopology": {"model_config": {"class_name": "Sequential", "config": {"name": "s", "layers": [
+            {"class_name": "Conv2D", "config": {"name": "conv", "filters": 2, "kernel_size": [3, 3],
+             "strides": [1, 1], "padding": "valid", "activation": "tanh", "use_bias": True,
+             "batch_input_shape": [None, 6, 6, 3]}}]}}},
+        "weightsManifest": [{"paths": ["w.bin"], "weights": [
+            {"name": "conv/kernel", "shape": [3, 3, 3, 2], "dtype": "float32"},
+            {"name": "conv/bias", "shape": [2], "dtype": "float32"}]}],
+    }  # fmt: skip
+    (tmp_path / "model.json").write_text(json.dumps(model))
+    (tmp_path / "w.bin").write_bytes(kernel.tobytes() + bias.tobytes())
+    x = torch.rand(1, 3, 6, 6)
+    ref = torch.tanh(F.conv2d(x, torch.from_numpy(kernel).permute(3, 2, 0, 1), torch.from_numpy(bias)))
+    assert torch.allclose(load_tfjs_model(tmp_path / "model.json")(x), ref, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ ESRGAN
+
+
+def write_esrgan_like(folder: Path, scale: int = 2) -> None:
+    """A one-conv super-resolution model, upscalerjs style: Conv2D(3 -> 3*s*s) then PixelShuffle<s>x."""
+    rng = np.random.default_rng(0)
+    c = 3 * scale * scale
+    kernel = rng.normal(0, 0.2, (3, 3, 3, c)).astype(np.float32)
+    bias = np.full(c, 0.1, np.float32)
+    layers = [
+        {"class_name": "InputLayer", "name": "LR", "config": {"name": "LR"}, "inbound_nodes": []},
+        conv_layer("pre", ["LR"], c, 3),
+        layer(f"PixelShuffle{scale}x", "shuffle", ["pre"], scale=scale),
+    ]
+    model = {
+        "format": "layers-model",
+        "modelTopology": {"model_config": {"class_name": "Functional", "config": {
+            "layers": layers, "input_layers": [["LR", 0, 0]], "output_layers": [["shuffle", 0, 0]]}}},
+        "weightsManifest": [{"paths": ["w.bin"], "weights": [
+            {"name": "pre/kernel", "shape": list(kernel.shape), "dtype": "float32"},
+            {"name": "pre/bias", "shape": [c], "dtype": "float32"}]}],
+    }  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.json").write_text(json.dumps(model))
+    (folder / "w.bin").write_bytes(kernel.tobytes() + bias.tobytes())
+
+
+def test_esrgan_generator_keeps_sizes_and_tiles_exactly(tmp_path):
+    write_esrgan_like(tmp_path / "x2")
+    gen = ESRGANGenerator("thick", 2, device="cpu", model_json=tmp_path / "x2" / "model.json", tile=None)
+    assert gen.name == "esrgan:thick:x2"
+    images = [noise_image(33, 21, 1), noise_image(33, 21, 2), noise_image(1, 1, 3)]
+    out = gen.reconstruct(images)
+    assert [o.size for o in out] == [i.size for i in images]
+    # the receptive field is one low-res pixel: tiles with an overlap of 2 must reproduce the whole-image pass
+    low = torch.rand(1, 3, 19, 23)
+    whole = gen.upscale(low)
+    gen.tile, gen.tile_overlap = 8, 2
+    assert torch.equal(gen.upscale(low), whole)
+    bicubic = ESRGANGenerator(
+        "thick", 2, device="cpu", model_json=tmp_path / "x2" / "model.json", downscale="bicubic"
+    )
+    assert bicubic.name == "esrgan:thick:x2:bicubic"
+    assert bicubic.reconstruct(images[:1])[0].size == (33, 21)
+
+
+def make_tarball(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_fetch_npm_caches_checks_integrity_and_refuses_unsafe_tarballs(tmp_path):
+    import base64
+    import hashlib
+
+    calls = []
+
+    def fetcher(spec: str, dest: Path) -> Path:
+        calls.append(spec)
+        return make_tarball(
+            dest / "pkg.tgz", {"package/package.json": b'{"name": "x"}', "package/models/a": b"1"}
+        )
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    pkg = fetch_npm("@scope/pkg@1.2.3", fetcher=fetcher, cache=cache)
+    assert (pkg / "models" / "a").read_bytes() == b"1"
+    assert fetch_npm("@scope/pkg@1.2.3", fetcher=fetcher, cache=cache) == pkg
+    assert calls == ["@scope/pkg@1.2.3"]  # fetched once
+
+    with pytest.raises(NpmFetchError, match="pin an exact version"):
+        fetch_npm("@scope/pkg@^1.0", fetcher=fetcher, cache=cache)
+    with pytest.raises(NpmFetchError, match="does not match"):
+        fetch_npm("other@1.0.0", integrity="sha512-AAAA", fetcher=fetcher, cache=cache)
+    good = make_tarball(tmp_path / "good.tgz", {"package/x": b"y"})
+    digest = "sha512-" + base64.b64encode(hashlib.sha512(good.read_bytes()).digest()).decode()
+    assert fetch_npm("good@1.0.0", integrity=digest, fetcher=lambda s, d: good, cache=cache).is_dir()
+
+    evil = make_tarball(tmp_path / "evil.tgz", {"package/ok": b"", "../escape": b"x"})
+    with pytest.raises(NpmFetchError, match="unsafe"):
+        fetch_npm("evil@1.0.0", fetcher=lambda s, d: evil, cache=cache)
+    assert not (tmp_path / "escape").exists()
+
+    def offline(spec: str, dest: Path) -> Path:
+        raise NpmFetchError(f"{spec}: npm pack failed: ENOTFOUND registry.npmjs.org")
+
+    with pytest.raises(NpmFetchError, match="ALIGNGEMINI_NPM_DIR"):
+        fetch_npm("@upscalerjs/esrgan-medium@1.0.0", fetcher=offline, cache=cache)
+
+
+def test_default_fetcher_reads_a_local_tarball_folder(tmp_path, monkeypatch):
+    from aligngemini.generators.esrgan import npm_pack
+
+    tarball = make_tarball(tmp_path / "upscalerjs-esrgan-medium-1.0.0.tgz", {"package/x": b"y"})
+    monkeypatch.setenv("ALIGNGEMINI_NPM_DIR", str(tmp_path))
+    assert npm_pack("@upscalerjs/esrgan-medium@1.0.0", tmp_path / "unused") == tarball
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def test_reconstruct_cli_writes_pngs_and_refuses_to_overwrite(tmp_path):
+    tiny_vae().save_pretrained(tmp_path / "vae", safe_serialization=True)
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    noise_image(17, 11, 1).save(tmp_path / "in" / "a.jpg", quality=90)
+    noise_image(9, 14, 2).save(tmp_path / "in" / "sub" / "a.png")
+    (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    argv = ["generators", "reconstruct", str(tmp_path / "in"), "-g", f"vae:{tmp_path / 'vae'}", "--out", str(out),
+            "--device", "cpu"]  # fmt: skip
+    assert cli_main(argv) == 1  # the broken file is reported; the others are written
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["a-2.png", "a.png"]
+    sizes = {Image.open(out / n).size for n in written}
+    assert sizes == {(17, 11), (9, 14)}
+    (tmp_path / "in" / "broken.png").unlink()
+    assert cli_main(argv) == 1  # outputs exist
+    assert cli_main([*argv, "--overwrite"]) == 0
+    assert (
+        cli_main(
+            ["generators", "reconstruct", str(tmp_path / "in"), "-g", "nope:x", "--out", str(tmp_path / "o2")]
+        )
+        == 2
+    )
