@@ -32,7 +32,9 @@ CONFIG = {
 
 
 def test_round_trip_records_and_checks_checksums(tmp_path: Path) -> None:
-    bundle = save_bundle(tmp_path / "b", CONFIG, files={"pixel.safetensors": _weights(tmp_path)}, card="# Tiny\n")
+    bundle = save_bundle(
+        tmp_path / "b", CONFIG, files={"pixel.safetensors": _weights(tmp_path)}, card="# Tiny\n"
+    )
     assert set(bundle.config["files"]) == {"pixel.safetensors"}
     again = load_bundle(tmp_path / "b")
     assert again.config == bundle.config
@@ -64,7 +66,9 @@ def test_no_silent_overwrite_and_copy_with(tmp_path: Path) -> None:
     b = save_bundle(tmp_path / "b", CONFIG, files={"pixel.safetensors": _weights(tmp_path)})
     with pytest.raises(BundleError, match="not empty"):
         save_bundle(tmp_path / "b", CONFIG, files={"pixel.safetensors": _weights(tmp_path)})
-    c = b.copy_with(tmp_path / "c", {"branches": {"pixel": {"threshold": 0.7}}, "fusion": {"uncertain_band": [0.4, 0.6]}})
+    c = b.copy_with(
+        tmp_path / "c", {"branches": {"pixel": {"threshold": 0.7}}, "fusion": {"uncertain_band": [0.4, 0.6]}}
+    )
     assert c.thresholds() == {"pixel": 0.7}
     assert c.config["branches"]["pixel"]["family"] == "pixel-timm"  # deep merge kept the rest
     assert load_bundle(tmp_path / "b").thresholds() == {"pixel": 0.4}  # the source is untouched

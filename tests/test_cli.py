@@ -1,0 +1,122 @@
+"""The `aligngemini` command through its entry point and through main()."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_imageio import _png_header_only
+
+from aligngemini.cli import main
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "mixed"
+    (root / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(["a.jpg", "sub/b.png", "c.webp"]):
+        Image.fromarray(rng.integers(0, 255, (50 + 10 * i, 70, 3), dtype=np.uint8)).save(root / name)
+    good = (root / "a.jpg").read_bytes()
+    (root / "corrupt.jpg").write_bytes(good[: len(good) // 3])
+    (root / "notes.jpg").write_text("this is a text file with an image name\n")
+    (root / "bomb.png").write_bytes(_png_header_only(30000, 30000))
+    return root
+
+
+def _records(text: str) -> dict[str, dict]:
+    return {Path(r["path"]).name: r for r in map(json.loads, text.strip().splitlines())}
+
+
+def test_entry_point_mixed_folder_reports_each_and_exits_1(mixed_folder: Path, tiny_bundle_dir: Path) -> None:
+    exe = shutil.which("aligngemini", path=os.path.dirname(sys.executable)) or "aligngemini"
+    proc = subprocess.run(
+        [exe, "detect", str(mixed_folder), "--bundle", str(tiny_bundle_dir), "--format", "jsonl", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    recs = _records(proc.stdout)
+    assert set(recs) == {"a.jpg", "b.png", "c.webp", "corrupt.jpg", "notes.jpg", "bomb.png"}
+    for name in ("a.jpg", "b.png", "c.webp"):
+        r = recs[name]
+        assert r["error"] is None and r["verdict"] in ("real", "fake", "uncertain")
+        assert set(r["branches"]) >= {"pixel", "semantic"}
+        assert set(r["branches"]["pixel"]) == {"p_fake", "fake"}
+    assert "corrupt or truncated" in recs["corrupt.jpg"]["error"]
+    assert "not a recognised image format" in recs["notes.jpg"]["error"]
+    assert "30000x30000" in recs["bomb.png"]["error"] and "exceeds" in recs["bomb.png"]["error"]
+    assert all(recs[n]["p_fake"] is None for n in ("corrupt.jpg", "notes.jpg", "bomb.png"))
+    assert "3 of 6 input(s) could not be read" in proc.stderr
+
+
+def test_formats_and_exit_zero(tmp_path: Path, tiny_bundle_dir: Path, capsys) -> None:
+    img = tmp_path / "one.png"
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(img)
+    args = ["detect", str(img), "--bundle", str(tiny_bundle_dir), "--device", "cpu"]
+    assert main([*args, "--format", "json"]) == 0
+    arr = json.loads(capsys.readouterr().out)
+    assert len(arr) == 1 and arr[0]["path"] == str(img)
+    assert main([*args, "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0]["verdict"] == arr[0]["verdict"]
+    assert float(rows[0]["p_fake"]) == pytest.approx(arr[0]["p_fake"])
+    assert main([*args, "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["path", "verdict", "p_fake"]
+    assert arr[0]["verdict"] in table.splitlines()[1]
+
+
+def test_stdin_output_file_resume_and_no_overwrite(
+    tmp_path: Path, tiny_bundle_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"i{i}.png"
+        Image.new("RGB", (36, 36), (i * 60, 0, 0)).save(p)
+        paths.append(str(p))
+    out = tmp_path / "out.jsonl"
+    base = ["--bundle", str(tiny_bundle_dir), "--device", "cpu", "--format", "jsonl", "-o", str(out)]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(paths[:2]) + "\n"))
+    assert main(["detect", "-", *base]) == 0
+    assert [json.loads(x)["path"] for x in out.read_text().splitlines()] == paths[:2]
+
+    assert main(["detect", *paths, *base]) == 2  # exists: refused, nothing lost
+    assert "exists" in capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == 2
+
+    assert main(["detect", *paths, *base, "--resume"]) == 0  # continues: only the 2 new paths are scored
+    assert [json.loads(x)["path"] for x in out.read_text().splitlines()] == paths
+
+
+def test_usage_errors_exit_2(tiny_bundle_dir: Path, capsys) -> None:
+    assert main(["detect", "x.png", "--bundle", "no-such-bundle"]) == 2
+    assert "cannot load bundle" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["detect"])
+    assert info.value.code == 2
+    assert main([]) == 2
+
+
+def test_info_describes_the_bundle(tiny_bundle_dir: Path, capsys) -> None:
+    assert main(["info", str(tiny_bundle_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "pixel-timm" in text and "semantic-clip" in text and "sha256:" in text
+    assert main(["info", str(tiny_bundle_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["branches"]["pixel"]["family"] == "pixel-timm"
+
+
+def test_help_teaches() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "aligngemini.cli", "detect", "--help"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0
+    assert "examples:" in proc.stdout and "--resume" in proc.stdout and "exit status" in proc.stdout
