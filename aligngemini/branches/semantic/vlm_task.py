@@ -68,7 +68,7 @@ class VlmModelSection:
     dtype: str | None = None  # default: bfloat16 on a GPU, float32 on the CPU
     attn_implementation: str | None = None
     gradient_checkpointing: bool = False
-    grouped_vision_attention: bool = False  # Qwen-VL towers: one SDPA call per window length
+    grouped_vision_attention: bool = True  # Qwen-VL towers: one SDPA call per window length (same outputs)
     device: str | None = None  # where to load the base model; default cuda when available
 
 
@@ -268,8 +268,8 @@ class VlmSftTask:
                           attn_implementation=self.model_cfg.attn_implementation)  # fmt: skip
         base.config.use_cache = False
         if self.model_cfg.grouped_vision_attention and not use_grouped_vision_attention(base):
-            log.warning(
-                "grouped_vision_attention: %s has no Qwen-VL vision tower; ignored", type(base).__name__
+            log.info(
+                "grouped_vision_attention: %s has no Qwen-VL vision tower; not applied", type(base).__name__
             )
         if self.model_cfg.gradient_checkpointing:
             enable_checkpointing(base)
@@ -336,8 +336,7 @@ class VlmSftTask:
             section["system_prompt"] = c.system_prompt
         if c.attn_implementation:
             section["attn_implementation"] = c.attn_implementation
-        if c.grouped_vision_attention:
-            section["grouped_vision_attention"] = True
+        section["grouped_vision_attention"] = c.grouped_vision_attention
         return section
 
 
