@@ -71,7 +71,7 @@ def test_or_balanced_matches_brute_force() -> None:
 
 
 def test_single_branch_and_other_rules() -> None:
-    scores, labels = _synthetic(3)
+    scores, labels = _synthetic(3, 100, 100)
     th = calibrate_thresholds({"pixel": scores["pixel"]}, labels, target="fpr", target_fpr=0.05)
     assert set(th) == {"pixel"}
     assert (scores["pixel"][labels == 0] >= th["pixel"]).mean() <= 0.05
