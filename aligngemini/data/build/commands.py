@@ -1,0 +1,301 @@
+"""``aligngemini data build-pixel | build-semantic | audit``.
+
+Heavy imports (torch, generators, CLIP) stay inside the handlers so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+STARTER_HINT = "default: the starter corpus manifest (aligngemini data fetch-starter)"
+
+
+def _default_manifest() -> Path:
+    from aligngemini.paths import data_dir
+
+    return data_dir("starter") / "manifest.jsonl"
+
+
+def _config_section(path: str | None, overrides: list[str], section: str) -> dict[str, Any]:
+    """A YAML/JSON file's ``section`` (or its top level when it has no such section), plus overrides."""
+    from aligngemini.config import apply_overrides, load_config
+
+    data: dict[str, Any] = load_config(path) if path else {}
+    if isinstance(data.get(section), dict):
+        data = data[section]
+    return apply_overrides(data, overrides)
+
+
+def _load_rows(manifest: str | None) -> tuple[list[Any], Path]:
+    from aligngemini.data.manifest import read_manifest
+
+    path = Path(manifest).expanduser() if manifest else _default_manifest()
+    if not path.is_file():
+        hint = "run 'aligngemini data fetch-starter' first" if manifest is None else "check the path"
+        raise ValueError(f"{path}: no such manifest; {hint}")
+    return read_manifest(path), path.parent
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", help=f"source manifest (JSONL); {STARTER_HINT}")
+    p.add_argument("--out", required=True, help="output directory (real/, fake/, manifest.jsonl)")
+    p.add_argument(
+        "--workers", type=int, default=2, help="threads for decoding, blending and encoding (default 2)"
+    )
+    p.add_argument(
+        "--limit", type=int, help="use at most this many source images (per class for build-semantic)"
+    )
+    p.add_argument(
+        "--config", help="YAML/JSON recipe; its keys (or its section named after the set) set the config"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable), e.g. --set jpeg_align_prob=0.3",
+    )
+    p.add_argument("--seed", type=int, help="random seed of every per-image choice")
+    p.add_argument("--batch-size", type=int, help="images per generator call")
+    p.add_argument("--device", help="generator device: cpu, cuda, cuda:N (default: CUDA when present)")
+    p.add_argument("--overwrite", action="store_true", help="delete a previous build in --out and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build-pixel",
+        help="pure-pixel set: real images paired with their reconstructions (DDA alignment)",
+        description="Pair every real image of a manifest with its reconstruction by each generator. The pair "
+        "shares its scene; JPEG-quality, blend and resize alignment keep format and size from carrying the "
+        "label. Resumable: re-running skips finished pairs.",
+    )
+    _common(p)
+    p.add_argument(
+        "--generator",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help="reconstruction generator, repeatable: 'vae:<dir or hub id>', 'esrgan:medium:x2'",
+    )
+    p.add_argument(
+        "--crop-size", type=int, help="crop images larger than this per side before reconstruction (512)"
+    )
+    p.set_defaults(func=_build_pixel)
+
+    p = sub.add_parser(
+        "build-semantic",
+        help="pure-semantic set: real and AI images through one cue-removing chain, content-balanced",
+        description="Pass real and AI images through the same chain (square crop, down-scale to a shared size "
+        "range, blur/noise, optional VAE round trip, JPEG at a shared quality range) after matching them by "
+        "content. Resumable.",
+    )
+    _common(p)
+    p.add_argument(
+        "--size-range", type=int, nargs=2, metavar=("LOW", "HIGH"), help="short side after down-scaling"
+    )
+    p.add_argument("--jpeg-range", type=int, nargs=2, metavar=("LOW", "HIGH"), help="JPEG quality range")
+    p.add_argument(
+        "--vae", metavar="SPEC", help="round-trip every image (both classes) through this generator"
+    )
+    p.add_argument(
+        "--aspect", choices=["square", "keep"], help="centre-crop to a square first (default) or not"
+    )
+    p.add_argument(
+        "--small", choices=["skip", "cap"], help="images too small for the size range: skip or cap"
+    )
+    p.add_argument(
+        "--min-downscale", type=float, help="shrink every image by at least this factor (default 1)"
+    )
+    p.add_argument(
+        "--balance",
+        choices=["knn", "groups", "none"],
+        default="knn",
+        help="content balance: knn matching in CLIP space (default), shared subject groups, or none",
+    )
+    p.add_argument("--group-key", default="extra.topic", help="manifest field for --balance groups")
+    p.add_argument(
+        "--min-similarity", type=float, help="knn: drop matched pairs below this cosine similarity"
+    )
+    p.set_defaults(func=_build_semantic)
+
+    p = sub.add_parser(
+        "audit",
+        help="prove the pixel and semantic sets are orthogonal, with probes and statistics",
+        description="Train a pixel probe (CNN on high-pass residuals) and a CLIP linear probe on each set's train "
+        "split, measure them on its val split, and report per-class format/size/JPEG statistics and content "
+        "separability across sources. Writes report.json and report.md.",
+    )
+    p.add_argument("--pixel-set", help="a directory made by build-pixel")
+    p.add_argument("--semantic-set", help="a directory made by build-semantic")
+    p.add_argument("--report", required=True, help="directory for report.json and report.md")
+    p.add_argument("--content-manifest", help="also report the content separability of this (input) manifest")
+    p.add_argument("--config", help="YAML/JSON with AuditConfig keys (section 'audit' if present)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set pixel_probe.steps=200",
+    )
+    p.add_argument("--probe-steps", type=int, help="pixel-probe training steps (default 300)")
+    p.add_argument("--max-images", type=int, help="pixel probe: images per class and split (default 300)")
+    p.add_argument("--threads", type=int, help="torch threads for the pixel probe (default 2)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when the sets are not shown orthogonal")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_audit)
+
+
+def _build_pixel(args: argparse.Namespace) -> int:
+    from aligngemini.config import ConfigError, from_dict
+    from aligngemini.data.build.common import BuildError
+    from aligngemini.data.build.pixel import PixelBuildConfig, build_pixel_set
+    from aligngemini.generators.base import GeneratorSpecError, build_generator
+
+    try:
+        data = _config_section(args.config, args.overrides, "pixel")
+        for key, value in (
+            ("crop_size", args.crop_size),
+            ("seed", args.seed),
+            ("batch_size", args.batch_size),
+        ):
+            if value is not None:
+                data[key] = value
+        cfg = from_dict(PixelBuildConfig, data, "pixel config")
+        rows, base = _load_rows(args.manifest)
+        generators = [build_generator(spec, device=args.device) for spec in args.generator]
+        result = build_pixel_set(
+            rows,
+            generators,
+            args.out,
+            cfg,
+            source_base=base,
+            workers=args.workers,
+            limit=args.limit,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except (ConfigError, BuildError, GeneratorSpecError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{result.out_dir}: {result.stats.written} new pairs, {result.stats.done_before} already done, "
+        f"{sum(result.stats.skipped.values())} skipped {result.stats.skipped or ''}; "
+        f"{len(result.rows)} rows in manifest.jsonl ({result.seconds:.1f} s)"
+    )
+    return 0
+
+
+def _build_semantic(args: argparse.Namespace) -> int:
+    from aligngemini.config import ConfigError, from_dict
+    from aligngemini.data.build.balance import (
+        EmbeddingCache,
+        balance_rows,
+        clip_embedder,
+        embed_rows,
+        embedder_id,
+    )
+    from aligngemini.data.build.common import BuildError, subsample
+    from aligngemini.data.build.semantic import SemanticBuildConfig, build_semantic_set
+    from aligngemini.generators.base import GeneratorSpecError, build_generator
+
+    try:
+        data = _config_section(args.config, args.overrides, "semantic")
+        for key, value in (
+            ("size_range", args.size_range),
+            ("jpeg_range", args.jpeg_range),
+            ("seed", args.seed),
+            ("batch_size", args.batch_size),
+            ("aspect", args.aspect),
+            ("small", args.small),
+            ("min_downscale", args.min_downscale),
+        ):
+            if value is not None:
+                data[key] = value
+        cfg = from_dict(SemanticBuildConfig, data, "semantic config")
+        rows, base = _load_rows(args.manifest)
+        # --limit picks a spread-out subset per class before balancing, so matching stays within it.
+        rows = subsample([r for r in rows if r.label in ("real", "fake")], args.limit)
+        embeddings = None
+        if args.balance == "knn":
+            embedder = clip_embedder()
+            cache = EmbeddingCache.default(embedder_id(embedder))
+            emb, kept = embed_rows(
+                rows, base, embedder, cache=cache, progress=not args.quiet, desc="embed sources"
+            )
+            rows = [rows[i] for i in kept]
+            embeddings = emb
+        rows, balance_report = balance_rows(
+            rows,
+            args.balance,
+            embeddings=embeddings,
+            group_key=args.group_key,
+            min_similarity=args.min_similarity,
+            seed=cfg.seed,
+        )
+        vae = build_generator(args.vae, device=args.device) if args.vae else None
+        result = build_semantic_set(
+            rows,
+            args.out,
+            cfg,
+            vae=vae,
+            source_base=base,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            extra_report={"balance": balance_report},
+        )
+    except (ConfigError, BuildError, GeneratorSpecError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{result.out_dir}: {result.stats.written} new images, {result.stats.done_before} already done, "
+        f"{sum(result.stats.skipped.values())} skipped {result.stats.skipped or ''}; "
+        f"by split/class {json.dumps(result.counts)} ({result.seconds:.1f} s)"
+    )
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from aligngemini.config import ConfigError, from_dict
+    from aligngemini.data.build.audit import AuditConfig, AuditError, run_audit
+    from aligngemini.data.build.probes import PixelProbeConfig
+
+    try:
+        data = _config_section(args.config, args.overrides, "audit")
+        probe = dict(data.pop("pixel_probe", {}) or {})
+        if args.probe_steps is not None:
+            probe["steps"] = args.probe_steps
+        if args.threads is not None:
+            probe["threads"] = args.threads
+        if args.max_images is not None:
+            data["max_images_per_class"] = args.max_images
+        cfg = from_dict(
+            AuditConfig,
+            {**data, "pixel_probe": from_dict(PixelProbeConfig, probe, "audit pixel_probe")},
+            "audit config",
+        )
+        report = run_audit(
+            args.pixel_set,
+            args.semantic_set,
+            args.report,
+            config=cfg,
+            content_manifest=args.content_manifest,
+            progress=not args.quiet,
+        )
+    except (ConfigError, AuditError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for c in report["checks"]:
+        print(
+            f"{c['verdict']:>6}  {c['name']}: balanced acc {c['balanced_accuracy']:.3f} "
+            f"(95% CI {c['ci95'][0]}-{c['ci95'][1]}, AUC {c['auc']}), expected {c['expect']}"
+        )
+    print(f"orthogonal: {report['orthogonal']}; report in {Path(args.report) / 'report.md'}")
+    return 1 if args.strict and not report["orthogonal"] else 0
