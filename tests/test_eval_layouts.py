@@ -229,3 +229,19 @@ def test_manifest_rows_to_items(tmp_path: Path) -> None:
     assert [it.subset for it in plain] == ["m", None]
     with pytest.raises(L.LayoutError, match="label"):
         L._items_from_manifest_rows([Row("z.png", "maybe")], "m", base=tmp_path, split=None)
+
+
+def test_csv_manifest(tmp_path: Path) -> None:
+    _fill(tmp_path / "ai", 2)
+    _fill(tmp_path / "real", 3)
+    lines = (
+        ["file,label,sha256"]
+        + [f"ai/im{i:02d}.png,fake,x" for i in range(2)]
+        + [f"real/im{i:02d}.png,real,x" for i in range(3)]
+    )
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    assert L.detect_layout(tmp_path / "manifest.csv") == "manifest"
+    assert _counts(L.read_data([tmp_path / "manifest.csv"])) == {"manifest": (3, 2)}
+    (tmp_path / "nolabel.csv").write_text("file,kind\na.png,x\n")
+    with pytest.raises(L.LayoutError, match="label column"):
+        L.read_data([tmp_path / "nolabel.csv"])

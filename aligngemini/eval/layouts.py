@@ -17,7 +17,7 @@ Named layouts (``--layout NAME``; ``auto`` picks one by looking):
   drct2m        <real|MSCOCO>/val2017 + <generator>/val2017
   synthbuster   real_RAISE_1k/ + <generator>/
   folder        any tree with real/fake, 0_real/1_fake or nature/ai folders (subset = the path above them)
-  manifest      a manifest file read by aligngemini.data.manifest.read_manifest
+  manifest      a JSONL manifest (aligngemini.data.manifest) or a CSV with path and label columns
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from aligngemini.imageio import IMAGE_SUFFIXES
 REAL_DIR_NAMES = frozenset({"0_real", "real", "nature", "reals"})
 FAKE_DIR_NAMES = frozenset({"1_fake", "fake", "ai", "fakes", "synthetic", "generated"})
 SPLITS = ("test", "val", "train")
-MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+MANIFEST_SUFFIXES = (".jsonl", ".csv", ".tsv")
 _MAX_SCAN_DEPTH = 6
 
 
@@ -260,7 +260,10 @@ def read_folder(root: Path, split: str | None = None) -> list[EvalItem]:
     """Any tree with class folders; the subset is the path above the class folder."""
     dirs = _find_label_dirs(root)
     if not dirs:
-        return _scan_folder_fallback(root)
+        raise LayoutError(
+            f"{root}: no class folders (real/fake, 0_real/1_fake, nature/ai) found; "
+            "give a named --layout, a manifest, or organise the images by class"
+        )
     dirs = _choose_split(dirs, split)
     bench = _bench_name(root)
     return _items_from_label_dirs(root, dirs, lambda parts: "/".join(parts) if parts else bench, bench)
@@ -390,29 +393,50 @@ def _is_raise(d: Path) -> bool:
 
 
 def read_manifest_file(path: Path, split: str | None = None) -> list[EvalItem]:
-    """A manifest read by the data package. The subset is ``extra['subset']`` when given, else the
-    generator for fakes; reals without a subset are shared across the manifest's subsets."""
+    """A JSONL manifest (``aligngemini.data.manifest``), or a CSV with a path column (path, file or
+    filename) and a label column (real/fake or 0/1), optionally generator, subset and split. The subset
+    is ``extra['subset']`` (CSV: ``subset``) when given, else the generator for fakes; reals without a
+    subset are shared across the manifest's subsets."""
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return _items_from_manifest_rows(
+            _csv_manifest_rows(path), _bench_name(path), base=path.parent, split=split
+        )
+    from aligngemini.data.manifest import read_manifest
+
     try:
-        from aligngemini.data.manifest import read_manifest
-    except ImportError as exc:  # pragma: no cover - the data package ships with the project
-        raise LayoutError(f"{path}: reading manifests needs aligngemini.data.manifest ({exc})") from exc
-    rows = read_manifest(path)
+        rows = read_manifest(path)
+    except ValueError as exc:
+        raise LayoutError(str(exc)) from None
     return _items_from_manifest_rows(rows, _bench_name(path), base=path.parent, split=split)
 
 
-def _scan_folder_fallback(root: Path) -> list[EvalItem]:
-    try:
-        from aligngemini.data.manifest import scan_folder
-    except ImportError:
-        raise LayoutError(
-            f"{root}: no class folders (real/fake, 0_real/1_fake, nature/ai) found; "
-            "give a named --layout, a manifest, or organise the images by class"
-        ) from None
-    try:
-        rows = scan_folder(root)
-    except Exception as exc:  # noqa: BLE001 - report the data package's reason
-        raise LayoutError(f"{root}: no layout recognised: {exc}") from exc
-    return _items_from_manifest_rows(rows, _bench_name(root), base=root, split=None)
+@dataclass
+class _CsvRow:
+    path: str
+    label: str
+    generator: str | None = None
+    split: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _csv_manifest_rows(path: Path) -> list[_CsvRow]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        cols = {c.strip().lower(): c for c in reader.fieldnames or []}
+        path_col = next((cols[c] for c in ("path", "file", "filename", "image") if c in cols), None)
+        label_col = cols.get("label")
+        if path_col is None or label_col is None:
+            raise LayoutError(
+                f"{path}: a CSV manifest needs a path column (path, file or filename) and a label column; "
+                f"it has {sorted(cols.values())}"
+            )
+        rows = []
+        for rec in reader:
+            extra = {"subset": rec[cols["subset"]]} if "subset" in cols and rec[cols["subset"]] else {}
+            rows.append(_CsvRow(rec[path_col], rec[label_col].strip(), (rec.get(cols.get("generator", ""), "") or None),
+                                (rec.get(cols.get("split", ""), "") or None), extra))  # fmt: skip
+        return rows
 
 
 def _items_from_manifest_rows(
@@ -491,7 +515,7 @@ def detect_layout(path: str | os.PathLike) -> str:
         return "drct2m"
     dirs = _find_label_dirs(p)
     if not dirs:
-        return "folder"  # the generic reader falls back to the data package's scan_folder
+        return "folder"  # read_folder explains what it looked for
     names = {d.path.name.lower() for d in dirs}
     if "nature" in names or ("ai" in names and any(d.split == "val" for d in dirs)):
         return "genimage"
