@@ -241,7 +241,7 @@ def test_csv_manifest(tmp_path: Path) -> None:
     )
     (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
     assert L.detect_layout(tmp_path / "manifest.csv") == "manifest"
-    assert _counts(L.read_data([tmp_path / "manifest.csv"])) == {"manifest": (3, 2)}
+    assert _counts(L.read_data([tmp_path / "manifest.csv"])) == {tmp_path.name: (3, 2)}
     (tmp_path / "nolabel.csv").write_text("file,kind\na.png,x\n")
     with pytest.raises(L.LayoutError, match="label column"):
         L.read_data([tmp_path / "nolabel.csv"])

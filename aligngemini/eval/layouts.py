@@ -38,6 +38,7 @@ FAKE_DIR_NAMES = frozenset({"1_fake", "fake", "ai", "fakes", "synthetic", "gener
 SPLITS = ("test", "val", "train")
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".tsv")
 _MAX_SCAN_DEPTH = 6
+_GENERIC_STEMS = frozenset({"manifest", "list", "index", "labels", "data", "test", "val", "train"})
 
 
 class LayoutError(ValueError):
@@ -184,7 +185,9 @@ def _bench_name(root: Path) -> str:
     r = root.resolve()
     while r.name.lower() in SPLITS and r.parent != r:
         r = r.parent
-    return r.stem if r.is_file() else r.name
+    if r.is_file():  # a generic file name (manifest.csv, list.csv) says less than its folder's name
+        return r.parent.name if r.stem.lower() in _GENERIC_STEMS else r.stem
+    return r.name
 
 
 def _items_from_label_dirs(
