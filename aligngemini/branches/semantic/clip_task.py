@@ -1,0 +1,447 @@
+"""The ``semantic-clip`` training task: a head (and optionally LoRA on the tower) on a semantic-set manifest.
+
+Recipe sections read here (the trainer owns ``train``)::
+
+    task: semantic-clip
+    model:  {tower, tower_sha256, head_type, head_hidden, head_dropout, resize, lora}      (ClipModelConfig)
+    data:   {manifest, train_split, val_split, cache_features, feature_batch_size, ...}  (ClipDataConfig)
+    export: {threshold, head_name, tower_dir}                                           (ClipExportConfig)
+
+Default (``lora: null``): the tower is frozen and only the head trains. Every image is embedded once,
+up front, and the embedding is cached on disk under ``cache_dir("features")`` keyed by the image bytes'
+sha256 and the tower's content identity, so an epoch is a few matrix products and a rerun embeds nothing.
+With ``lora`` set, LoRA adapters on the tower's attention and MLP projections train with the head, items
+are pixel tensors, and ``export`` merges the adapters into a tower saved beside the head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from aligngemini.branches.semantic.clip import (
+    DEFAULT_RESIZE,
+    FAMILY,
+    HEAD_TYPES,
+    STARTER_TOWER,
+    ClipTower,
+    SemanticHead,
+    load_tower,
+    save_head,
+)
+from aligngemini.branches.semantic.clip_import import RESIZE_MODES
+from aligngemini.config import ConfigError, from_dict
+from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from aligngemini.paths import cache_dir
+from aligngemini.train.task import register_task
+
+LABELS = {"real": 0.0, "fake": 1.0, "0": 0.0, "1": 1.0}
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+
+
+@dataclass
+class ClipModelConfig:
+    tower: str = STARTER_TOWER
+    tower_sha256: str | None = None  # pin the tower file (the starter's is known and pinned by default)
+    head_type: str = "linear"  # linear | mlp
+    head_hidden: int = 256
+    head_dropout: float = 0.0
+    resize: str = DEFAULT_RESIZE  # squash | pad | crop
+    lora: dict[str, Any] | None = None  # {r, alpha, dropout, target_modules}; None: tower frozen
+
+    def __post_init__(self) -> None:
+        if self.head_type not in HEAD_TYPES:
+            raise ConfigError(f"recipe model.head_type must be one of {HEAD_TYPES}, got {self.head_type!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"recipe model.resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        unknown = sorted(set(self.lora or {}) - {"r", "alpha", "dropout", "target_modules"})
+        if unknown:
+            raise ConfigError(
+                f"recipe model.lora: unknown key(s) {unknown}; known: r, alpha, dropout, target_modules"
+            )
+
+
+@dataclass
+class ClipDataConfig:
+    manifest: str = ""  # JSONL rows: path, label (real|fake), split
+    train_split: str = "train"
+    val_split: str = "val"
+    cache_features: bool = True  # frozen tower only
+    feature_batch_size: int = 32
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_train: int | None = None  # keep at most this many rows per split (evenly spread); for quick runs
+    max_val: int | None = None
+
+
+@dataclass
+class ClipExportConfig:
+    threshold: float = 0.5
+    head_name: str = "semantic_head.safetensors"
+    tower_dir: str = "semantic_tower"  # written only when the tower was tuned (LoRA merged)
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class Row:
+    path: Path
+    label: float  # 1.0 = fake
+    split: str
+
+
+def _label(value: Any, where: str) -> float:
+    key = str(value).strip().lower()
+    if key not in LABELS:
+        raise ValueError(f"{where}: label must be 'real' or 'fake', got {value!r}")
+    return LABELS[key]
+
+
+def read_rows(manifest: str | Path) -> list[Row]:
+    """Rows of a semantic-set manifest, paths made absolute against the manifest's folder."""
+    manifest = Path(manifest).expanduser()
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"{manifest}: no such manifest; build the semantic set (aligngemini data ...) or set data.manifest=PATH"
+        )
+    base = manifest.parent
+    try:
+        from aligngemini.data.manifest import read_manifest  # the project's reader, when present
+    except ImportError:
+        read_manifest = None
+    rows: list[Row] = []
+    if read_manifest is not None:
+        for i, r in enumerate(read_manifest(manifest)):
+            p = Path(r.path)
+            rows.append(
+                Row(p if p.is_absolute() else base / p, _label(r.label, f"{manifest}:{i + 1}"), str(r.split))
+            )
+        return rows
+    with open(manifest, encoding="utf-8") as fh:  # minimal JSONL reader
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                p = Path(d["path"])
+                rows.append(
+                    Row(
+                        p if p.is_absolute() else base / p,
+                        _label(d["label"], f"{manifest}:{i}"),
+                        str(d.get("split", "train")),
+                    )
+                )
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{manifest}:{i}: not a manifest row with path and label ({exc})") from None
+    return rows
+
+
+def _spread(rows: list[Row], limit: int | None) -> list[Row]:
+    if limit is None or len(rows) <= limit:
+        return rows
+    keep = np.linspace(0, len(rows) - 1, limit).round().astype(int)
+    return [rows[i] for i in keep]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Feature cache
+
+
+class FeatureCache:
+    """Raw (unnormalised) embeddings on disk, one ``.npy`` per image: ``<root>/<sha[:2]>/<sha>.npy``.
+
+    ``root`` is ``cache_dir("features", <tower identity>-<resize><size>)``: a different tower, resize mode
+    or input size never reads another's features; the image key is the sha256 of the file's bytes."""
+
+    def __init__(self, tower: ClipTower, resize: str, root: Path | None = None) -> None:
+        name = f"{tower.identity}-{resize}{tower.image_size}"
+        self.root = root or cache_dir("features", name)
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / f"{sha256}.npy"
+
+    def get(self, sha256: str) -> np.ndarray | None:
+        p = self.path(sha256)
+        if not p.is_file():
+            return None
+        try:
+            return np.load(p)
+        except (OSError, ValueError):
+            return None  # a torn write from a killed run: recomputed and replaced
+
+    def put(self, sha256: str, vector: np.ndarray) -> None:
+        p = self.path(sha256)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, np.asarray(vector, dtype=np.float32))
+        os.replace(tmp, p)
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@torch.inference_mode()
+def embed_rows_cached(
+    rows: Sequence[Row],
+    tower: ClipTower,
+    *,
+    resize: str,
+    cache: FeatureCache | None,
+    batch_size: int = 32,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    desc: str = "embed",
+) -> np.ndarray:
+    """Raw embeddings [N, D] of ``rows`` (unnormalised, fp32), from the cache where present."""
+    from tqdm.auto import tqdm
+
+    out = np.zeros((len(rows), tower.embed_dim), dtype=np.float32)
+    todo: list[tuple[int, str]] = []
+    for i, row in enumerate(rows):
+        if not row.path.is_file():
+            raise ImageLoadError(str(row.path), "no such file (listed in the training manifest)")
+        sha = _file_sha256(row.path)
+        hit = cache.get(sha) if cache is not None else None
+        if hit is not None and hit.shape == (tower.embed_dim,):
+            out[i] = hit
+        else:
+            todo.append((i, sha))
+    if not todo:
+        return out
+    p = next(tower.parameters())
+    bar = tqdm(total=len(todo), desc=desc, unit="img", file=sys.stderr, mininterval=1.0)
+    for start in range(0, len(todo), max(1, batch_size)):
+        chunk = todo[start : start + batch_size]
+        images = []
+        for i, _ in chunk:
+            try:
+                images.append(load_image(rows[i].path, max_pixels=max_pixels).image)
+            except ImageLoadError as exc:
+                raise ImageLoadError(exc.source, f"{exc.reason} (listed in the training manifest)") from None
+        x = torch.stack([tower.preprocess(im, resize) for im in images]).to(p.device, p.dtype)
+        emb = tower(x).float().cpu().numpy()
+        for (i, sha), vec in zip(chunk, emb, strict=True):
+            out[i] = vec
+            if cache is not None:
+                cache.put(sha, vec)
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Datasets and model
+
+
+class EmbeddingSet(Dataset):
+    """Items ``{"embedding": [D] float32, "label": float}`` from precomputed embeddings."""
+
+    def __init__(self, embeddings: np.ndarray, labels: Sequence[float]) -> None:
+        if len(embeddings) != len(labels):
+            raise ValueError(f"{len(embeddings)} embeddings for {len(labels)} labels")
+        self.embeddings = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
+        self.labels = [float(v) for v in labels]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"embedding": self.embeddings[index], "label": self.labels[index]}
+
+
+class PixelSet(Dataset):
+    """Items ``{"pixel_values": [3,S,S], "label": float}``: the whole image resized for the tower."""
+
+    def __init__(self, rows: Sequence[Row], tower: ClipTower, resize: str, max_pixels: int) -> None:
+        self.rows, self.max_pixels, self.resize = list(rows), max_pixels, resize
+        self.image_size, self.mean, self.std = tower.image_size, tower.mean, tower.std
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from aligngemini.branches.semantic.clip_import import preprocess_image
+
+        row = self.rows[index]
+        try:
+            image = load_image(row.path, max_pixels=self.max_pixels).image
+        except ImageLoadError as exc:
+            raise ImageLoadError(exc.source, f"{exc.reason} (listed in the training manifest)") from None
+        x = preprocess_image(image, self.image_size, mode=self.resize, mean=self.mean, std=self.std)
+        return {"pixel_values": x, "label": row.label}
+
+
+class ClipSemanticModel(nn.Module):
+    """``forward(batch) -> [B]`` logits: head(embedding) for cached features, head(tower(pixels)) otherwise.
+
+    The tower is a submodule only when it trains (LoRA), so a frozen-tower run checkpoints the head alone."""
+
+    def __init__(self, head: SemanticHead, tower: ClipTower | None = None) -> None:
+        super().__init__()
+        self.head = head
+        self.tower = tower
+
+    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        if "embedding" in batch:
+            return self.head(batch["embedding"])
+        if self.tower is None:
+            raise ValueError("this model has a frozen tower and reads cached embeddings; the batch has none")
+        return self.head(self.tower(batch["pixel_values"]))
+
+
+def _unwrap(model: nn.Module) -> ClipSemanticModel:
+    while not isinstance(model, ClipSemanticModel):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            raise TypeError(f"expected a ClipSemanticModel (possibly wrapped), got {type(model).__name__}")
+        model = inner
+    return model
+
+
+class ClipTask:
+    """Task protocol implementation for the semantic-clip branch (see the module doc)."""
+
+    def __init__(self, recipe: Mapping[str, Any]) -> None:
+        self.recipe = dict(recipe)
+        self.model_cfg = from_dict(ClipModelConfig, recipe.get("model"), where="recipe model")
+        self.data = from_dict(ClipDataConfig, recipe.get("data"), where="recipe data")
+        self.export_cfg = from_dict(ClipExportConfig, recipe.get("export"), where="recipe export")
+        self._tower: ClipTower | None = None
+
+    @property
+    def tunes_tower(self) -> bool:
+        return self.model_cfg.lora is not None
+
+    def tower(self) -> ClipTower:
+        """The tower, loaded once (on a GPU when there is one and the tower is frozen: feature extraction)."""
+        if self._tower is None:
+            device = "cuda" if torch.cuda.is_available() and not self.tunes_tower else "cpu"
+            self._tower = load_tower(self.model_cfg.tower, sha256=self.model_cfg.tower_sha256, device=device)
+        return self._tower
+
+    def build_model(self) -> ClipSemanticModel:
+        tower = self.tower()
+        cfg = self.model_cfg
+        head = SemanticHead(tower.embed_dim, cfg.head_type, cfg.head_hidden, cfg.head_dropout)
+        if not self.tunes_tower:
+            for p in tower.parameters():
+                p.requires_grad_(False)
+            return ClipSemanticModel(head)
+        from peft import LoraConfig, get_peft_model
+
+        lora = dict(cfg.lora or {})
+        r = int(lora.get("r", 8))
+        peft_cfg = LoraConfig(
+            r=r,
+            lora_alpha=float(lora.get("alpha", 2 * r)),
+            lora_dropout=float(lora.get("dropout", 0.0)),
+            target_modules=list(lora.get("target_modules", LORA_TARGETS)),
+        )
+        tower.model = get_peft_model(tower.model, peft_cfg)
+        return ClipSemanticModel(head, tower)
+
+    def build_datasets(self) -> tuple[Dataset, Dataset | None]:
+        if not self.data.manifest:
+            raise ValueError("recipe data.manifest is not set; pass data.manifest=PATH/manifest.jsonl")
+        rows = read_rows(self.data.manifest)
+        train = _spread([r for r in rows if r.split == self.data.train_split], self.data.max_train)
+        val = _spread([r for r in rows if r.split == self.data.val_split], self.data.max_val)
+        if not train:
+            splits = sorted({r.split for r in rows})
+            raise ValueError(
+                f"{self.data.manifest}: no rows in split {self.data.train_split!r}; splits present: {splits}"
+            )
+        if len({r.label for r in train}) < 2:
+            raise ValueError(f"{self.data.manifest}: split {self.data.train_split!r} holds only one class")
+        tower = self.tower()
+        resize = self.model_cfg.resize
+        if self.tunes_tower:
+            pix_val = PixelSet(val, tower, resize, self.data.max_pixels) if val else None
+            return PixelSet(train, tower, resize, self.data.max_pixels), pix_val
+        cache = FeatureCache(tower, resize) if self.data.cache_features else None
+        sets = []
+        for name, split_rows in (("train", train), ("val", val)):
+            if not split_rows:
+                sets.append(None)
+                continue
+            emb = embed_rows_cached(
+                split_rows,
+                tower,
+                resize=resize,
+                cache=cache,
+                batch_size=self.data.feature_batch_size,
+                max_pixels=self.data.max_pixels,
+                desc=f"embed {name}",
+            )
+            sets.append(EmbeddingSet(emb, [r.label for r in split_rows]))
+        return sets[0], sets[1]
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        key = "embedding" if "embedding" in items[0] else "pixel_values"
+        return {
+            key: torch.stack([x[key] for x in items]),
+            "label": torch.tensor([float(x["label"]) for x in items], dtype=torch.float32),
+        }
+
+    def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        inner = _unwrap(model)
+        params = list(inner.head.parameters())
+        if inner.tower is not None:
+            params += [p for n, p in inner.tower.named_parameters() if "lora_" in n]
+        return params
+
+    def export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
+        """Write the head (and a LoRA-merged tower when it was tuned); return the bundle config section."""
+        inner = _unwrap(model)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_head(inner.head, out_dir / self.export_cfg.head_name)
+        tower = self.tower()
+        section: dict[str, Any] = {
+            "family": FAMILY,
+            "tower": self.model_cfg.tower,
+            "head": self.export_cfg.head_name,
+            "head_type": inner.head.head_type,
+            "threshold": float(self.export_cfg.threshold),
+            "resize": self.model_cfg.resize,
+            "embed_dim": tower.embed_dim,
+            "batch_size": int(self.export_cfg.batch_size),
+            **tower.preprocess_config(),
+        }
+        if self.model_cfg.tower_sha256:
+            section["tower_sha256"] = self.model_cfg.tower_sha256
+        if inner.tower is not None:
+            section.pop("tower_sha256", None)  # the tower is now the merged copy in the bundle
+            section.update(self._export_tower(inner.tower, out_dir))
+        return section
+
+    def _export_tower(self, tower: ClipTower, out_dir: Path) -> dict[str, Any]:
+        """Merge LoRA into a copy of the tower and save it (safetensors) as ``export.tower_dir``."""
+        import copy
+
+        model = tower.model
+        if hasattr(model, "merge_and_unload"):
+            model = copy.deepcopy(model).merge_and_unload()
+        target = out_dir / self.export_cfg.tower_dir
+        model.save_pretrained(str(target), safe_serialization=True)
+        pre = {
+            "image_mean": list(tower.mean),
+            "image_std": list(tower.std),
+            "size": {"height": tower.image_size, "width": tower.image_size},
+        }
+        (target / "preprocessor_config.json").write_text(json.dumps(pre, indent=1))
+        return {"tower": self.export_cfg.tower_dir, "tower_base": self.model_cfg.tower, "lora_merged": True}
+
+
+@register_task(FAMILY)
+def make_clip_task(recipe: Mapping[str, Any]) -> ClipTask:
+    return ClipTask(recipe)
