@@ -1,0 +1,229 @@
+"""One manifest format for every image set: JSONL, one :class:`ManifestRow` per image.
+
+Paths inside the manifest's own folder are stored relative to it (the folder can move); paths outside are
+stored absolute. :func:`read_manifest` always hands back absolute paths.
+
+:func:`scan_folder` reads the folder layouts detection benchmarks use: ``real/`` + ``fake/``,
+``0_real/`` + ``1_fake/`` and ``nature/`` + ``ai/``, at any depth. Folders between the root and the class
+folder name the subset (GenImage ``sdv4/val/ai`` -> subset and generator ``sdv4``; split folders such as
+``train``/``val`` fill ``split`` instead), and folders below a fake class folder name the generator
+(``fake/sdxl/x.png`` -> generator ``sdxl``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from aligngemini.imageio import IMAGE_SUFFIXES
+
+LABELS = ("real", "fake")
+REAL_DIRS = frozenset({"real", "0_real", "nature"})
+FAKE_DIRS = frozenset({"fake", "1_fake", "ai"})
+SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+@dataclass
+class ManifestRow:
+    """One image. ``path`` is absolute in memory; relative on disk when inside the manifest's folder."""
+
+    path: str
+    label: str  # "real" | "fake"
+    generator: str | None = None
+    source: str = ""  # e.g. "pypi:scikit-image==0.26.0", "deb:mate-backgrounds=1.26.0-1", "realorai"
+    license: str | None = None
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    format: str | None = None
+    split: str | None = None  # train / val / test
+    group: str | None = None  # items that must share a split: a topic, a clip, a stereo pair
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.label not in LABELS:
+            raise ValueError(f"{self.path}: label must be one of {LABELS}, got {self.label!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ManifestRow:
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        row = cls(**{k: v for k, v in data.items() if k in names})
+        if unknown:  # keep what a newer writer added rather than dropping it silently
+            row.extra = {**row.extra, **{k: data[k] for k in sorted(unknown)}}
+        return row
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def image_header(path: str | os.PathLike) -> tuple[int, int, str | None, int]:
+    """(width, height, PIL format, frames) from the header only: no pixel is decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            return img.width, img.height, img.format, int(getattr(img, "n_frames", 1) or 1)
+
+
+def describe_image(path: str | os.PathLike, label: str, **kwargs: Any) -> ManifestRow:
+    """A row for one file: sha256 of its bytes and size/format from its header."""
+    w, h, fmt, frames = image_header(path)
+    row = ManifestRow(
+        path=str(Path(path).resolve()),
+        label=label,
+        sha256=sha256_file(path),
+        width=w,
+        height=h,
+        format=fmt,
+        **kwargs,
+    )
+    if frames > 1:
+        row.extra["n_frames"] = frames
+    return row
+
+
+def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
+    """Rows of a JSONL manifest with their paths made absolute (relative ones are relative to the
+    manifest's folder). Raises ValueError naming the line of a malformed row."""
+    path = Path(path)
+    base = path.resolve().parent
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = ManifestRow.from_dict(json.loads(line))
+            except (json.JSONDecodeError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}:{lineno}: not a manifest row ({exc})") from None
+            p = Path(row.path)
+            row.path = str(p if p.is_absolute() else (base / p).resolve())
+            rows.append(row)
+    return rows
+
+
+def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike) -> Path:
+    """Write rows as JSONL, atomically (a temporary file renamed over the target), paths relative to
+    the manifest's folder when they lie inside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = path.resolve().parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                d = row.to_dict()
+                p = Path(row.path)
+                if p.is_absolute():
+                    try:
+                        d["path"] = p.resolve().relative_to(base).as_posix()
+                    except ValueError:
+                        d["path"] = str(p)
+                f.write(json.dumps(d, ensure_ascii=False, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _classify(parts: tuple[str, ...]) -> tuple[str, int] | None:
+    """Label and index of the class folder: the last path component naming a class."""
+    for i in range(len(parts) - 1, -1, -1):
+        name = parts[i].lower()
+        if name in REAL_DIRS:
+            return "real", i
+        if name in FAKE_DIRS:
+            return "fake", i
+    return None
+
+
+def scan_folder(
+    root: str | os.PathLike, *, source: str | None = None, license: str | None = None
+) -> list[ManifestRow]:
+    """Rows for every image under ``root`` that sits below a class folder (see the module docstring).
+    Unreadable files are reported on stderr and skipped; images outside any class folder are counted."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder")
+    source = source or f"folder:{root.name}"
+    rows: list[ManifestRow] = []
+    unlabelled = 0
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        rel = path.relative_to(root).parts
+        found = _classify(rel[:-1])
+        if found is None:
+            unlabelled += 1
+            continue
+        label, i = found
+        split = None
+        subset_parts = []
+        for part in rel[:i]:
+            if part.lower() in SPLIT_DIRS:
+                split = SPLIT_DIRS[part.lower()]
+            else:
+                subset_parts.append(part)
+        below = list(rel[i + 1 : -1])
+        subset = "/".join(subset_parts) or None
+        generator = ("/".join(subset_parts + below) or None) if label == "fake" else None
+        extra: dict[str, Any] = {}
+        if subset:
+            extra["subset"] = subset
+        try:
+            row = describe_image(
+                path, label, generator=generator, source=source, license=license, split=split
+            )
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            print(f"skipped {path}: {exc}", file=sys.stderr)
+            continue
+        row.extra.update(extra)
+        rows.append(row)
+    if unlabelled:
+        print(
+            f"{root}: {unlabelled} image(s) outside any class folder ({sorted(REAL_DIRS)} / {sorted(FAKE_DIRS)}) "
+            "were skipped",
+            file=sys.stderr,
+        )
+    return rows
+
+
+def dedup(rows: Iterable[ManifestRow]) -> tuple[list[ManifestRow], list[ManifestRow]]:
+    """Keep the first row of each sha256; later copies are returned as dropped, each with
+    ``extra["duplicate_of"]`` naming the kept path (and ``extra["label_conflict"]`` when labels differ).
+    Rows without a hash get one computed from their file."""
+    kept: list[ManifestRow] = []
+    dropped: list[ManifestRow] = []
+    first: dict[str, ManifestRow] = {}
+    for row in rows:
+        if not row.sha256:
+            row.sha256 = sha256_file(row.path)
+        original = first.get(row.sha256)
+        if original is None:
+            first[row.sha256] = row
+            kept.append(row)
+            continue
+        row.extra["duplicate_of"] = original.path
+        if original.label != row.label:
+            row.extra["label_conflict"] = True
+        dropped.append(row)
+    return kept, dropped
