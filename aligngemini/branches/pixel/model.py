@@ -61,6 +61,7 @@ class ModelConfig:
     freeze_groups: int = 0  # full: freeze timm's first N coarse parameter groups (0 = stem)
     freeze_prefixes: list[str] = field(default_factory=list)  # full: also freeze parameters under these names
     head_dropout: float = 0.0
+    channels_last: bool = True  # NHWC memory format: 2-4x faster depthwise convs on CPU (oneDNN)
 
     def __post_init__(self) -> None:
         if self.finetune not in FINETUNE_MODES:
@@ -94,9 +95,11 @@ class PixelModel(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         head_dropout: float = 0.0,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.channels_last = channels_last
+        self.backbone = backbone.to(memory_format=torch.channels_last) if channels_last else backbone
         self.register_buffer(
             "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
         )
@@ -119,7 +122,7 @@ class PixelModel(nn.Module):
         else:
             backbone = create_backbone(cfg.backbone, cfg.backbone_kwargs)
         mean, std = normalization(backbone, cfg.weights, cfg.normalize)
-        model = cls(backbone, mean, std, cfg.head_dropout)
+        model = cls(backbone, mean, std, cfg.head_dropout, cfg.channels_last)
         model.configure_finetuning(cfg)
         return model
 
@@ -196,6 +199,8 @@ class PixelModel(nn.Module):
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = (pixel_values.float() - self.mean.float()) / self.std.float()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         param = next(self.backbone.parameters())
         return self.backbone(x.to(param.dtype))
 

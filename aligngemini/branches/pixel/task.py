@@ -88,9 +88,19 @@ def _label(value: Any, where: str) -> float:
     return LABELS[key]
 
 
+def manifest_path(spec: str | Path) -> Path:
+    """``data:REL`` is ``REL`` under the data home (``aligngemini.paths.data_dir()``); ``~`` is expanded."""
+    text = str(spec)
+    if text.startswith("data:"):
+        from aligngemini.paths import home_dir
+
+        return home_dir() / "data" / text[len("data:") :]
+    return Path(text).expanduser()
+
+
 def read_rows(manifest: str | Path) -> list[Row]:
     """Rows of a pair manifest, paths made absolute against the manifest's folder."""
-    manifest = Path(manifest).expanduser()
+    manifest = manifest_path(manifest)
     if not manifest.is_file():
         raise FileNotFoundError(
             f"{manifest}: no such manifest; build one (aligngemini data ...) or set data.manifest=PATH"
