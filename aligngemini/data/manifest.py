@@ -138,6 +138,9 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike) -> Path
                     except ValueError:
                         d["path"] = str(p)
                 f.write(json.dumps(d, ensure_ascii=False, sort_keys=False) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a manifest is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
