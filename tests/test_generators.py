@@ -573,3 +573,13 @@ def test_reconstruct_cli_writes_pngs_and_refuses_to_overwrite(tmp_path):
         )
         == 2
     )
+
+
+def test_train_vae_time_budget_plans_fewer_steps(tmp_path):
+    write_photos(tmp_path / "photos", 3)
+    cfg = TrainVAEConfig(images=str(tmp_path / "photos"), out=str(tmp_path / "o"), steps=1000, size=32, batch=1,
+                         block_out_channels=(8, 8, 16, 16), crops_per_image=2, threads=1, device="cpu",
+                         eval_every=1000, save_every=1000, max_seconds=1e-3)  # fmt: skip
+    result = train_vae(cfg)
+    assert result.steps == 20  # measured over 20 steps, then no time is left
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["steps"] == 20

@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     p.add_argument("--save-every", type=int, default=250, help="checkpoint interval in steps")
     p.add_argument("--eval-every", type=int, default=250, help="held-out PSNR interval in steps")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="time budget: plan fewer steps (and their learning-rate schedule) when --steps would not fit",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=_train_vae)
@@ -86,6 +92,7 @@ def _train_vae(args: argparse.Namespace) -> int:
         threads=args.threads,
         save_every=args.save_every,
         eval_every=args.eval_every,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None,
         resume=args.resume,
         overwrite=args.overwrite,
     )

@@ -64,6 +64,8 @@ class TrainVAEConfig:
     threads: int | None = 2  # CPU threads; None leaves torch's default
     save_every: int = 250
     eval_every: int = 250
+    # time budget: after 20 steps, fewer steps (and their schedule) are planned when ``steps`` would not fit
+    max_seconds: float | None = None
     resume: bool = False
     overwrite: bool = False
 
@@ -155,18 +157,20 @@ def _split(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path
 
 
 def _cut_crops(img: Image.Image, size: int, n: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """``n`` random crops; even ones at native resolution, odd ones from a copy down-scaled by a random factor
-    (never below the crop size), so the VAE sees both sensor-level texture and whole-object structure."""
-    crops: list[np.ndarray] = []
+    """``n`` random crops: half at native resolution, half from one copy down-scaled by a random factor (never
+    below the crop size), so the VAE sees both sensor-level texture and whole-object structure."""
     w, h = img.size
     small_side = min(w, h)
+    sources = [img]
+    lo = max(size / small_side, 0.25)
+    if n > 1 and lo < 1.0:
+        s = float(rng.uniform(lo, 1.0))
+        sources.append(
+            img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.LANCZOS)
+        )
+    crops: list[np.ndarray] = []
     for k in range(n):
-        src = img
-        if k % 2 == 1 and small_side > size:
-            lo = max(size / small_side, 0.25)
-            if lo < 1.0:
-                s = float(rng.uniform(lo, 1.0))
-                src = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.LANCZOS)
+        src = sources[k % len(sources)]
         sw, sh = src.size
         x0 = int(rng.integers(0, sw - size + 1))
         y0 = int(rng.integers(0, sh - size + 1))
@@ -321,10 +325,10 @@ def _load_checkpoint(ckpt: Path, model: AutoencoderKL, opt: torch.optim.Optimize
 # ------------------------------------------------------------------------------------------ training
 
 
-def _lr_at(step: int, cfg: TrainVAEConfig) -> float:
+def _lr_at(step: int, cfg: TrainVAEConfig, total: int) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -366,12 +370,14 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         raise TrainVAEError(f"--size {cfg.size}: use a multiple of 8, at least 16")
     if cfg.steps < 1 or cfg.batch < 1:
         raise TrainVAEError("--steps and --batch must be positive")
+    paths = list_training_images(cfg.images)  # before touching --out, so a bad input leaves nothing behind
     out = _prepare_out(cfg)
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop shapes
 
-    paths = list_training_images(cfg.images)
     if cfg.max_images:
         paths = paths[: cfg.max_images]
     train_paths, val_paths = _split(paths, cfg.val_fraction, cfg.seed)
@@ -415,8 +421,11 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     n_params = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter() - elapsed
     running: list[float] = []
-    bar = tqdm(total=cfg.steps, initial=start, desc="train-vae", unit="step", file=sys.stderr)
-    for step in range(start, cfg.steps):
+    total = cfg.steps  # may shrink to fit max_seconds
+    bar = tqdm(total=total, initial=start, desc="train-vae", unit="step", file=sys.stderr)
+    t_loop = time.perf_counter()
+    step = start
+    while step < total:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(len(pool), (cfg.batch,), generator=gen)
         x = pool[idx]
@@ -424,7 +433,7 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         x[flip] = x[flip].flip(-1)
         x = x.to(device).float().div_(255)
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+            group["lr"] = _lr_at(step, cfg, total)
         torch.manual_seed(cfg.seed + step)  # the posterior sample
         with autocast:
             posterior = model.encode(x * 2 - 1).latent_dist
@@ -439,31 +448,32 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         opt.step()
         running.append(float(loss.detach()))
         bar.update(1)
-        done = step + 1
-        if done % 10 == 0 or done == cfg.steps:
-            bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", l1=f"{float(l1):.4f}")
-        if done % cfg.eval_every == 0 or done == cfg.steps:
+        step += 1
+        if cfg.max_seconds and step == start + 20 and step < total:
+            per_step = (time.perf_counter() - t_loop) / 20
+            fits = step + int((cfg.max_seconds - (time.perf_counter() - t0)) / per_step)
+            if fits < total:
+                total = max(step, fits)
+                bar.total = total
+                bar.write(
+                    f"time budget {cfg.max_seconds:.0f} s at {per_step * 1000:.0f} ms/step: {total} steps"
+                )
+        if step % 10 == 0 or step == total:
+            bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", l1=f"{float(l1.detach()):.4f}")
+        if step % cfg.eval_every == 0 or step == total:
             v = _evaluate(model, val, device, cfg.batch)
+            loss_avg = float(np.mean(running[-50:]))
             history.append(
-                {
-                    "step": done,
-                    "loss": float(np.mean(running[-50:])),
-                    "val_psnr": v,
-                    "seconds": time.perf_counter() - t0,
-                }
+                {"step": step, "loss": loss_avg, "val_psnr": v, "seconds": time.perf_counter() - t0}
             )
-            bar.write(f"step {done}: loss {history[-1]['loss']:.4f}, held-out PSNR {v:.2f} dB")
-        if done % cfg.save_every == 0 and done < cfg.steps:
-            _save_checkpoint(
-                ckpt,
-                model,
-                opt,
-                {"step": done, "elapsed": time.perf_counter() - t0, "arch": cfg.arch(), "data_digest": data_digest,
-                 "history": history},
-            )  # fmt: skip
+            bar.write(f"step {step}: loss {loss_avg:.4f}, held-out PSNR {v:.2f} dB")
+        if step % cfg.save_every == 0 and step < total:
+            state = {"step": step, "elapsed": time.perf_counter() - t0, "arch": cfg.arch(),
+                     "data_digest": data_digest, "history": history}  # fmt: skip
+            _save_checkpoint(ckpt, model, opt, state)
     bar.close()
     seconds = time.perf_counter() - t0
-    steps_done = max(start, cfg.steps)
+    steps_done = max(start, total)
     val_psnr = history[-1]["val_psnr"] if history else _evaluate(model, val, device, cfg.batch)
     bicubic = _bicubic_psnr(val)
 

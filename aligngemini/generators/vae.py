@@ -154,15 +154,15 @@ class VAEGenerator:
             dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.dtype = dtype
         if isinstance(source, AutoencoderKL):
-            vae, default_name = source, "vae:custom"
+            vae, default_name = source.to(dtype=self.dtype), "vae:custom"
         else:
-            vae = load_autoencoder(source, dtype=torch.float32)
+            vae = load_autoencoder(source, dtype=self.dtype)
             text = str(source)
             default_name = (
                 f"vae:{Path(text).expanduser().name}" if Path(text).expanduser().exists() else f"vae:{text}"
             )
         self.name = name or default_name
-        self.vae = vae.to(self.device, dtype=self.dtype).eval()
+        self.vae = vae.to(self.device).eval()
         self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         if tile is not None:
             if tile % self.factor:
