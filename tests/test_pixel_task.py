@@ -183,3 +183,17 @@ def test_pixel_training_resumes_exactly(tmp_path):
     logged = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     train_events = [e for e in logged if e["event"] == "train"]
     assert train_events and all(e["grad_norm"] > 0 for e in train_events)  # it did train
+
+
+def test_rows_without_group_or_split(tmp_path):
+    photo(0, (40, 40)).save(tmp_path / "a.png")
+    photo(1, (40, 40)).save(tmp_path / "b.png")
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"path": "a.png", "label": "real", "split": "train"})
+        + "\n"
+        + json.dumps({"path": "b.png", "label": "fake"})
+        + "\n"
+    )
+    rows = read_rows(tmp_path / "m.jsonl")
+    assert rows[0].group != rows[1].group and rows[1].split == ""
+    assert len(pair_units(rows)) == 2  # no pair is invented across unrelated images

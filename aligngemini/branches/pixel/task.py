@@ -118,8 +118,8 @@ def read_rows(manifest: str | Path) -> list[Row]:
                 Row(
                     p if p.is_absolute() else base / p,
                     _label(r.label, f"{manifest}:{i + 1}"),
-                    str(r.split),
-                    str(r.group),
+                    str(r.split or ""),
+                    str(r.group or p),  # no group: a pair of its own
                 )
             )
         return rows
@@ -134,8 +134,8 @@ def read_rows(manifest: str | Path) -> list[Row]:
                     Row(
                         p if p.is_absolute() else base / p,
                         _label(d["label"], f"{manifest}:{i}"),
-                        str(d.get("split", "train")),
-                        str(d.get("group", d["path"])),
+                        str(d.get("split") or ""),
+                        str(d.get("group") or p),
                     )
                 )
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
