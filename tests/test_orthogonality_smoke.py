@@ -216,3 +216,14 @@ def test_bootstrap_interval_brackets_the_estimate() -> None:
     lo, hi = ortho.bootstrap_ci(labels, decisions)
     assert lo < (15 / 20 + 12 / 20) / 2 < hi
     assert ortho.bootstrap_ci(labels[:20], decisions[:20]) is None  # one class: undefined
+
+
+def test_a_set_still_being_built_is_refused(tmp_path: Path) -> None:
+    folder = _write(tmp_path / "set", [{"path": "a.png", "label": "real", "split": "val"}])
+    (folder / "build.json").write_text("{}")
+    with pytest.raises(ortho.ExperimentError, match="still being built"):
+        ortho.find_set(None, [tmp_path / "missing", folder], "pure-pixel set", "hint")
+    (folder / "build_report.json").write_text("{}")
+    assert ortho.find_set(None, [tmp_path / "missing", folder], "pure-pixel set", "hint") == folder
+    with pytest.raises(ortho.ExperimentError, match="no pure-pixel set found"):
+        ortho.find_set(tmp_path / "missing", [folder], "pure-pixel set", "hint")
