@@ -138,7 +138,7 @@ def tiny_sets(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_audit_end_to_end_on_tiny_sets(tiny_sets: tuple[Path, Path], tmp_path: Path) -> None:
     pixel_dir, semantic_dir = tiny_sets
-    cfg = AuditConfig(pixel_probe=TINY_PROBE)
+    cfg = AuditConfig(pixel_probe=TINY_PROBE, content_view=32)
     cache = EmbeddingCache(tmp_path / "emb.npz")
     report = run_audit(
         pixel_dir,
@@ -148,12 +148,13 @@ def test_audit_end_to_end_on_tiny_sets(tiny_sets: tuple[Path, Path], tmp_path: P
         embedder=mean_colour_embedder,
         embedder_name="colour",
         embedding_cache=cache,
+        content_manifest=tmp_path / "ssrc" / "manifest.jsonl",
         progress=False,
     )
     checks = {c["name"]: c for c in report["checks"]}
     assert checks["pixel probe on the pixel set"]["balanced_accuracy"] >= 0.8
-    assert checks["colour probe on the semantic set"]["balanced_accuracy"] >= 0.9
-    assert abs(checks["colour probe on the pixel set"]["balanced_accuracy"] - 0.5) <= 0.1
+    assert checks["colour probe (32 px view) on the semantic set"]["balanced_accuracy"] >= 0.9
+    assert abs(checks["colour probe (32 px view) on the pixel set"]["balanced_accuracy"] - 0.5) <= 0.1
     assert abs(checks["pixel probe on the semantic set"]["balanced_accuracy"] - 0.5) <= 0.25
     assert checks["metadata probe on the pixel set"]["verdict"] == "pass"  # pairs share size and format
     for c in report["checks"]:
@@ -164,9 +165,12 @@ def test_audit_end_to_end_on_tiny_sets(tiny_sets: tuple[Path, Path], tmp_path: P
     cs = report["content_separability"]["semantic set"]
     assert cs["split"]["auc"] > 0.9 and cs["cross_validated_auc_optimistic"] > 0.9
     assert cs["leave_one_source_out"]["n_total"] == report["sets"]["semantic"]["per_class"]["real"]["n"] * 2
-    assert (tmp_path / "emb.npz").is_file() and len(cache.data) == sum(
-        s["per_class"][c]["n"] for s in report["sets"].values() for c in ("real", "fake")
-    )
+    # Input manifest: the 112 sources, all scored when holding out each of their 4 sources in turn.
+    src = report["content_separability"][f"input manifest {tmp_path / 'ssrc'}"]
+    assert src["leave_one_source_out"]["n_total"] == 112 and src["leave_one_source_out"]["n_scored"] == 112
+    assert src["leave_one_source_out"]["auc"] > 0.9
+    n_set_images = sum(s["per_class"][c]["n"] for s in report["sets"].values() for c in ("real", "fake"))
+    assert (tmp_path / "emb.npz").is_file() and len(cache.data) == n_set_images + 112
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["checks"] == report["checks"]
     md = (tmp_path / "report" / "report.md").read_text()

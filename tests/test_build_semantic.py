@@ -182,3 +182,19 @@ def test_embed_rows_uses_the_cache(tmp_path: Path) -> None:
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0)
     emb2, _ = embed_rows(rows, manifest.parent, embedder, cache=EmbeddingCache(cache_path), progress=False)
     assert calls == [2] and np.allclose(emb, emb2)
+
+
+def test_content_view_keeps_scene_and_drops_texture() -> None:
+    from aligngemini.data import transforms as T
+    from aligngemini.data.build.balance import content_view, embedder_id
+
+    rng = np.random.default_rng(0)
+    base = Image.new("RGB", (256, 192), (120, 90, 60))
+    noisy = T.add_noise(base, 20.0, rng)
+    small_a, small_b = content_view(base, 48), content_view(noisy, 48)
+    assert small_a.size == (64, 48)
+    # 16 pixels averaged per output pixel: the noise shrinks 4x, the colour stays.
+    diff = np.asarray(small_b, np.float64) - np.asarray(small_a, np.float64)
+    assert abs(diff.mean()) < 1.0 and diff.std() < 6.0
+    assert content_view(base, 512) is base
+    assert embedder_id(mean_colour_embedder, "colour", 64) != embedder_id(mean_colour_embedder, "colour", 0)

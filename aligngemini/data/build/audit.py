@@ -52,6 +52,7 @@ class AuditConfig:
     train_split: str = "train"
     eval_split: str = "val"
     fallback_eval_fraction: float = 0.3  # used when a set has no eval split: a split by group
+    content_view: int = 64  # embedding probes see images reduced to this short side (0: full image)
     chance_margin: float = 0.08  # near chance: |balanced accuracy - 0.5| <= margin
     clearly_above: float = 0.65  # sanity: balanced accuracy >= this and its 95% interval above 0.5
     seed: int = 0
@@ -257,13 +258,19 @@ def pixel_probe_on(image_set: ImageSet, cfg: AuditConfig, *, progress: bool = Tr
 
 
 def set_embeddings(
-    image_set: ImageSet, embedder: Embedder, cache: EmbeddingCache | None = None, *, progress: bool = True
+    image_set: ImageSet,
+    embedder: Embedder,
+    cache: EmbeddingCache | None = None,
+    *,
+    view: int = 0,
+    progress: bool = True,
 ) -> tuple[np.ndarray, list[ManifestRow]]:
     emb, kept = embed_rows(
         image_set.rows,
         image_set.root,
         embedder,
         cache=cache,
+        view=view,
         progress=progress,
         desc=f"embed ({image_set.name})",
     )
@@ -357,7 +364,7 @@ def run_audit(
             else:
                 _embedder = embedder
         if _cache is None:
-            _cache = EmbeddingCache.default(embedder_id(_embedder, embedder_name))
+            _cache = EmbeddingCache.default(embedder_id(_embedder, embedder_name, cfg.content_view))
         return _embedder, _cache
 
     report: dict[str, Any] = {"config": _jsonable(asdict(cfg)), "sets": {}, "checks": []}
@@ -371,15 +378,16 @@ def run_audit(
         expect = "above" if name == "pixel" else "chance"
         report["checks"].append(_check(f"pixel probe on the {name} set", name, result, expect, cfg))
     for name, s in sets.items():
-        emb, rows = set_embeddings(s, *get_embedder(), progress=progress)
+        emb, rows = set_embeddings(s, *get_embedder(), view=cfg.content_view, progress=progress)
         result = embedding_probe_on(emb, rows, cfg)
         expect = "above" if name == "semantic" else "chance"
-        report["checks"].append(_check(f"{embedder_name} probe on the {name} set", name, result, expect, cfg))
+        probe_name = f"{embedder_name} probe" + (f" ({cfg.content_view} px view)" if cfg.content_view else "")
+        report["checks"].append(_check(f"{probe_name} on the {name} set", name, result, expect, cfg))
         if name == "semantic":
             report["content_separability"] = {"semantic set": content_separability(emb, rows, cfg)}
     if content_manifest is not None:
         source = ImageSet.load("source", content_manifest)
-        emb, rows = set_embeddings(s, *get_embedder(), progress=progress)
+        emb, rows = set_embeddings(source, *get_embedder(), view=cfg.content_view, progress=progress)
         report.setdefault("content_separability", {})[f"input manifest {source.root}"] = content_separability(
             emb, rows, cfg
         )

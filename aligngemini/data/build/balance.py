@@ -46,11 +46,25 @@ def clip_embedder(batch_size: int = 16, tower: str | None = None) -> Embedder:
     return embed
 
 
-def embedder_id(embedder: Embedder, name: str | None = None) -> str:
-    """A file-name-safe id for an embedder's cache: its given name, plus a hash of its tower source."""
+def embedder_id(embedder: Embedder, name: str | None = None, view: int = 0) -> str:
+    """A file-name-safe id for an embedder's cache: its given name, a hash of its tower source, and the
+    content view (embeddings of different views must not share a cache)."""
     tower = getattr(embedder, "tower", None)
-    base = name or getattr(embedder, "name", None) or "embedder"
-    return f"{base}-{hashlib.sha256(str(tower).encode()).hexdigest()[:8]}" if tower else str(base)
+    base = str(name or getattr(embedder, "name", None) or "embedder")
+    if tower:
+        base += f"-{hashlib.sha256(str(tower).encode()).hexdigest()[:8]}"
+    return f"{base}-view{view}" if view else base
+
+
+def content_view(image: Image.Image, short: int) -> Image.Image:
+    """The image reduced (area filter) so its short side is ``short`` pixels: scene, layout and colour
+    survive, pixel-level texture (decoder smoothing, noise, JPEG blocks) does not. A CLIP probe on this
+    view measures content; on the full image it also sees image quality, which is a pixel cue."""
+    if short <= 0 or min(image.size) <= short:
+        return image
+    factor = short / min(image.size)
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    return image.resize(size, Image.Resampling.BOX)
 
 
 class EmbeddingCache:
@@ -90,12 +104,14 @@ def embed_rows(
     cache: EmbeddingCache | None = None,
     batch_size: int = 16,
     max_side: int = 1024,
+    view: int = 0,
     progress: bool = True,
     desc: str = "embedding",
 ) -> tuple[np.ndarray, list[int]]:
     """L2-normalised embeddings of the rows that load, and the indices of those rows.
 
-    Images are shrunk to ``max_side`` before embedding (the tower resizes to 224 anyway) to bound memory."""
+    Images are shrunk to ``max_side`` before embedding (the tower resizes to 224 anyway) to bound memory;
+    ``view`` > 0 embeds :func:`content_view` of each image instead. The cache must be the view's own."""
     cache = cache or EmbeddingCache(None)
     keys = [content_key(r, base) for r in rows]
     todo = [i for i, k in enumerate(keys) if k not in cache.data]
@@ -110,7 +126,9 @@ def embed_rows(
             except ImageLoadError:
                 failed.add(i)
                 continue
-            if max(img.size) > max_side:
+            if view > 0:
+                img = content_view(img, view)
+            elif max(img.size) > max_side:
                 img = img.copy()
                 img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
             images.append(img)

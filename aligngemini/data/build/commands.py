@@ -120,6 +120,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--group-key", default="extra.topic", help="manifest field for --balance groups")
     p.add_argument(
+        "--content-view",
+        type=int,
+        default=64,
+        help="knn: embed images reduced to this short side, so matching is by scene, not texture (0: full)",
+    )
+    p.add_argument(
         "--min-similarity", type=float, help="knn: drop matched pairs below this cosine similarity"
     )
     p.set_defaults(func=_build_semantic)
@@ -135,6 +141,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--semantic-set", help="a directory made by build-semantic")
     p.add_argument("--report", required=True, help="directory for report.json and report.md")
     p.add_argument("--content-manifest", help="also report the content separability of this (input) manifest")
+    p.add_argument(
+        "--content-view",
+        type=int,
+        help="CLIP probes see images reduced to this short side (default 64; 0: full image)",
+    )
     p.add_argument("--config", help="YAML/JSON with AuditConfig keys (section 'audit' if present)")
     p.add_argument(
         "--set",
@@ -225,9 +236,15 @@ def _build_semantic(args: argparse.Namespace) -> int:
         embeddings = None
         if args.balance == "knn":
             embedder = clip_embedder()
-            cache = EmbeddingCache.default(embedder_id(embedder))
+            cache = EmbeddingCache.default(embedder_id(embedder, view=args.content_view))
             emb, kept = embed_rows(
-                rows, base, embedder, cache=cache, progress=not args.quiet, desc="embed sources"
+                rows,
+                base,
+                embedder,
+                cache=cache,
+                view=args.content_view,
+                progress=not args.quiet,
+                desc="embed sources",
             )
             rows = [rows[i] for i in kept]
             embeddings = emb
@@ -276,6 +293,8 @@ def _audit(args: argparse.Namespace) -> int:
             probe["threads"] = args.threads
         if args.max_images is not None:
             data["max_images_per_class"] = args.max_images
+        if args.content_view is not None:
+            data["content_view"] = args.content_view
         cfg = from_dict(
             AuditConfig,
             {**data, "pixel_probe": from_dict(PixelProbeConfig, probe, "audit pixel_probe")},
