@@ -88,6 +88,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("bundle", nargs="?", default="starter")
     f.set_defaults(func=run_fetch)
 
+    a = sub.add_parser(
+        "assemble",
+        help="make a bundle from trained branches (the output folders of 'aligngemini train')",
+        description="Combine the branches exported by training runs into one detector bundle: weights are "
+        "copied, checksums recorded, the fusion rule and a model card written.",
+        epilog="example:\n  aligngemini assemble --pixel runs/pixel-starter --semantic runs/semantic-starter "
+        "--name mine --card CARD.md --out bundles/mine",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a.add_argument("--pixel", type=Path, help="training output folder of the pixel branch")
+    a.add_argument("--semantic", type=Path, help="training output folder of the semantic branch")
+    a.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    a.add_argument("--name", default=None, help="bundle name (default: the folder name)")
+    a.add_argument(
+        "--rule", choices=("or", "noisy-or", "mean"), default="or", help="fusion rule (default: or)"
+    )
+    a.add_argument("--card", type=Path, help="MODEL_CARD.md to include")
+    a.add_argument("--overwrite", action="store_true", help="replace an existing bundle in --out")
+    a.set_defaults(func=run_assemble)
+
 
 # -- detect ------------------------------------------------------------------------------------
 def _expand_inputs(items: list[str]) -> Iterator[str]:
@@ -307,3 +327,46 @@ def run_fetch(args: argparse.Namespace) -> int:
             print(f"aligngemini fetch: {role}.{key}: {exc}", file=sys.stderr)
             status = 1
     return status
+
+
+def run_assemble(args: argparse.Namespace) -> int:
+    from aligngemini.bundle import BundleError, save_bundle
+
+    runs = {role: path for role, path in (("pixel", args.pixel), ("semantic", args.semantic)) if path}
+    if not runs:
+        print(
+            "aligngemini assemble: give at least one of --pixel RUN_DIR, --semantic RUN_DIR", file=sys.stderr
+        )
+        return 2
+    branches: dict[str, Any] = {}
+    files: dict[str, Path] = {}
+    for role, run in runs.items():
+        summary_path = run / "train_summary.json"
+        if not summary_path.is_file():
+            print(f"aligngemini assemble: {summary_path} not found; is {run} an 'aligngemini train' output?",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        section = json.loads(summary_path.read_text()).get("export")
+        if not section or "family" not in section:
+            print(f"aligngemini assemble: {summary_path} holds no exported branch section", file=sys.stderr)
+            return 2
+        branches[role] = section
+        for path in sorted((run / "branch").rglob("*")):
+            if path.is_file():
+                rel = str(path.relative_to(run / "branch"))
+                if rel in files:
+                    print(f"aligngemini assemble: both branches export a file named {rel!r}", file=sys.stderr)
+                    return 2
+                files[rel] = path
+    config = {"name": args.name or args.out.name, "branches": branches,
+              "fusion": {"rule": args.rule, "uncertain_band": None}}  # fmt: skip
+    card = args.card.read_text(encoding="utf-8") if args.card else ""
+    try:
+        bundle = save_bundle(args.out, config, files=files, card=card, overwrite=args.overwrite)
+    except BundleError as exc:
+        print(f"aligngemini assemble: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote bundle {bundle.name!r} to {bundle.dir} ({', '.join(sorted(branches))}); id {bundle.bundle_id}"
+    )
+    return 0

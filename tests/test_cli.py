@@ -120,3 +120,33 @@ def test_help_teaches() -> None:
     )
     assert proc.returncode == 0
     assert "examples:" in proc.stdout and "--resume" in proc.stdout and "exit status" in proc.stdout
+
+
+def test_assemble_from_training_outputs(tmp_path: Path, tiny_bundle_dir: Path, capsys) -> None:
+    """Two 'aligngemini train' output folders (export section + branch/ files) become one working bundle."""
+    cfg = json.loads((tiny_bundle_dir / "config.json").read_text())
+    runs = {}
+    for role, section in cfg["branches"].items():
+        run = tmp_path / f"run-{role}"
+        (run / "branch").mkdir(parents=True)
+        for src in tiny_bundle_dir.rglob("*"):
+            rel = src.relative_to(tiny_bundle_dir)
+            if src.is_file() and rel.parts[0] in json.dumps(section):  # the files this branch names
+                dst = run / "branch" / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+        (run / "train_summary.json").write_text(json.dumps({"export": section}))
+        runs[role] = run
+    out = tmp_path / "assembled"
+    args = ["assemble", "--pixel", str(runs["pixel"]), "--semantic", str(runs["semantic"]), "--out", str(out)]
+    assert main(args) == 0
+    assert "wrote bundle 'assembled'" in capsys.readouterr().out
+    assert main(args) == 2  # no silent overwrite
+    assert "not empty" in capsys.readouterr().err
+    from aligngemini import Detector
+
+    det = Detector.load(out, device="cpu")
+    ref = Detector.load(tiny_bundle_dir, device="cpu")
+    img = Image.new("RGB", (48, 40), (120, 30, 200))
+    assert det.predict(img)[0].to_dict()["branches"] == ref.predict(img)[0].to_dict()["branches"]
+    assert main(["assemble", "--out", str(tmp_path / "x")]) == 2
