@@ -101,6 +101,11 @@ def _train_vae(args: argparse.Namespace) -> int:
     except TrainVAEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if result.val_psnr < result.bicubic_psnr:
+        print(
+            "warning: held-out PSNR is below bicubic x8 interpolation: undertrained, see MODEL_CARD.md",
+            file=sys.stderr,
+        )
     print(
         f"trained {result.steps} steps in {result.seconds:.0f} s on {result.n_train_images} images; held-out PSNR "
         f"{result.val_psnr:.2f} dB (bicubic x8: {result.bicubic_psnr:.2f} dB); load it as 'vae:{result.out}'",

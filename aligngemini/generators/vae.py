@@ -2,7 +2,7 @@
 
 The image is reflect-padded to the VAE's down-sampling multiple, encoded, decoded from the latent mean (or a
 sample), and cropped back, so that every pixel of the original has its reconstruction and nothing is lost at
-the borders. Large images go through diffusers' tiled encode/decode; equal sizes are batched.
+the borders. Very large images go through diffusers' tiled encode/decode; equal sizes are batched.
 """
 
 from __future__ import annotations
@@ -131,7 +131,12 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 class VAEGenerator:
     """Reconstruct images through an ``AutoencoderKL``: fp16 on GPU (falling back to fp32 on overflow),
-    fp32 on CPU; latent mean by default, a seeded latent sample with ``sample=True``."""
+    fp32 on CPU; latent mean by default, a seeded latent sample with ``sample=True``.
+
+    Images with a side above ``tile`` go through diffusers' tiled encode/decode, which changes the result
+    (GroupNorm statistics are taken per tile and tiles are blended: measured 25 dB PSNR between tiled-512 and
+    whole-image reconstructions of 1280x720 photos); hence a high default, so that ordinary photos are
+    reconstructed whole and tiling only bounds memory for very large ones. ``None`` never tiles."""
 
     def __init__(
         self,
@@ -143,7 +148,7 @@ class VAEGenerator:
         seed: int = 0,
         batch_size: int = 8,
         max_batch_pixels: int = 4 * 512 * 512,
-        tile: int | None = 1024,
+        tile: int | None = 2048,
         name: str | None = None,
     ):
         import torch
