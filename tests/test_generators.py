@@ -219,13 +219,20 @@ def test_train_vae_resume_matches_an_uninterrupted_run(tmp_path):
 def test_training_images_from_a_manifest_use_real_rows_only(tmp_path):
     paths = write_photos(tmp_path / "imgs", 3)
     rows = [
-        {"path": "imgs/photo_0.png", "label": "real"},
-        {"path": str(paths[1]), "label": "fake"},
-        {"path": str(paths[2]), "label": "real"},
+        {"path": "imgs/photo_0.png", "label": "real", "split": "train"},
+        {"path": str(paths[1]), "label": "fake", "split": "train"},
+        {"path": str(paths[2]), "label": "real", "split": "val"},
     ]
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert list_training_images(manifest) == sorted([tmp_path / "imgs" / "photo_0.png", paths[2]])
+    assert list_training_images(manifest, split="val") == [paths[2]]
+    with pytest.raises(TrainVAEError, match="split 'test'"):
+        list_training_images(manifest, split="test")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"path": "x.png", "label": "real"}\nnot json\n')
+    with pytest.raises(TrainVAEError, match="broken.jsonl:2"):
+        list_training_images(broken)
     only_fake = tmp_path / "fake.jsonl"
     only_fake.write_text(json.dumps(rows[1]) + "\n")
     with pytest.raises(TrainVAEError, match="label 'real'"):

@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--images", required=True, help="folder of photos (searched recursively) or a manifest.jsonl "
                    "(only rows with label 'real' are used)")  # fmt: skip
+    p.add_argument("--split", default=None, help="with a manifest: use only rows of this split (e.g. train)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--size", type=int, default=128, help="crop side in pixels (a multiple of 8)")
@@ -74,6 +75,7 @@ def _train_vae(args: argparse.Namespace) -> int:
         return 2
     cfg = TrainVAEConfig(
         images=args.images,
+        split=args.split,
         out=args.out,
         steps=args.steps,
         size=args.size,

@@ -44,6 +44,7 @@ class TrainVAEError(ValueError):
 class TrainVAEConfig:
     images: str  # a folder of photos (recursive) or a manifest.jsonl (rows with label "real" are used)
     out: str
+    split: str | None = None  # with a manifest: only rows of this split (e.g. "train")
     steps: int = 2000
     size: int = 128  # crop side, a multiple of 8
     batch: int = 8
@@ -94,15 +95,19 @@ class TrainVAEResult:
 # ----------------------------------------------------------------------------------------------- data
 
 
-def _read_manifest_rows(path: Path) -> list[tuple[str, str | None]]:
-    """(path, label) per row, through the project's manifest reader when it exists, else minimal JSONL."""
+def _read_manifest_rows(path: Path) -> list[tuple[str, str | None, str | None]]:
+    """(path, label, split) per row, through the project's manifest reader when it exists, else minimal JSONL."""
     try:
         from aligngemini.data.manifest import read_manifest  # type: ignore[import-not-found]
     except ImportError:
         read_manifest = None
     if read_manifest is not None:
-        return [(str(row.path), getattr(row, "label", None)) for row in read_manifest(path)]
-    rows: list[tuple[str, str | None]] = []
+        try:
+            rows = read_manifest(path)
+        except ValueError as exc:
+            raise TrainVAEError(str(exc)) from exc
+        return [(str(row.path), row.label, getattr(row, "split", None)) for row in rows]
+    out: list[tuple[str, str | None, str | None]] = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -113,28 +118,31 @@ def _read_manifest_rows(path: Path) -> list[tuple[str, str | None]]:
                 raise TrainVAEError(f"{path}:{lineno}: not JSON ({exc})") from exc
             if "path" not in obj:
                 raise TrainVAEError(f"{path}:{lineno}: row has no 'path'")
-            rows.append((str(obj["path"]), obj.get("label")))
-    return rows
+            out.append((str(obj["path"]), obj.get("label"), obj.get("split")))
+    return out
 
 
-def list_training_images(source: str | Path) -> list[Path]:
-    """Photos to train on: every image under a folder, or the rows labelled ``real`` of a manifest
-    (relative paths resolve against the manifest's folder)."""
+def list_training_images(source: str | Path, split: str | None = None) -> list[Path]:
+    """Photos to train on: every image under a folder, or the rows labelled ``real`` of a manifest (only those
+    of ``split`` when given; relative paths resolve against the manifest's folder)."""
     from aligngemini.imageio import iter_image_paths
 
     src = Path(source).expanduser()
     if src.is_dir():
+        if split is not None:
+            raise TrainVAEError(f"{src}: --split needs a manifest, not a folder")
         paths = list(iter_image_paths([src]))
     elif src.is_file() and src.suffix.lower() in MANIFEST_SUFFIXES:
         rows = _read_manifest_rows(src)
         paths = []
-        for p, label in rows:
-            if label != "real":
+        for p, label, row_split in rows:
+            if label != "real" or (split is not None and row_split != split):
                 continue
             q = Path(p).expanduser()
             paths.append(q if q.is_absolute() else src.parent / q)
         if rows and not paths:
-            raise TrainVAEError(f"{src}: no row has label 'real'; the VAE trains on real photos only")
+            which = f" in split {split!r}" if split else ""
+            raise TrainVAEError(f"{src}: no row has label 'real'{which}; the VAE trains on real photos only")
     else:
         raise TrainVAEError(f"{src}: expected a folder of images or a manifest .jsonl file")
     if not paths:
@@ -370,7 +378,9 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         raise TrainVAEError(f"--size {cfg.size}: use a multiple of 8, at least 16")
     if cfg.steps < 1 or cfg.batch < 1:
         raise TrainVAEError("--steps and --batch must be positive")
-    paths = list_training_images(cfg.images)  # before touching --out, so a bad input leaves nothing behind
+    paths = list_training_images(
+        cfg.images, cfg.split
+    )  # before touching --out, so a bad input leaves nothing behind
     out = _prepare_out(cfg)
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.threads:
