@@ -167,6 +167,30 @@ def test_no_endpoint_takes_a_server_path_or_url(client: TestClient) -> None:
                 assert param["name"] not in ("path", "url", "file", "uri")
 
 
+def test_uploads_stay_in_memory(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No temporary file is made for an upload larger than Starlette's in-memory spool (1 MB), and Starlette's
+    spooling form parser is never used."""
+    import tempfile
+
+    import starlette.formparsers
+
+    made: list[str] = []
+    for name in ("TemporaryFile", "NamedTemporaryFile", "mkstemp", "mkdtemp"):
+        real = getattr(tempfile, name)
+        monkeypatch.setattr(
+            tempfile, name, lambda *a, _n=name, _r=real, **k: (made.append(_n), _r(*a, **k))[1]
+        )
+    monkeypatch.setattr(starlette.formparsers.MultiPartParser, "parse", lambda self: made.append("starlette"))
+    flat = io.BytesIO()
+    Image.new("RGB", (390, 390), (10, 20, 30)).save(flat, "BMP")  # 456 kB, under the limits
+    big_settings = ServeSettings(max_file_bytes=3_000_000, max_request_bytes=4_000_000)
+    with TestClient(create_app(client.app.state.serve.detector, big_settings)) as c:
+        payload = flat.getvalue() * 3  # 1.4 MB: a valid BMP followed by trailing bytes
+        resp = c.post("/v1/detect", files=files(("big.bmp", payload)))
+        assert resp.status_code == 200 and resp.json()["results"][0]["error"] is None
+    assert made == []
+
+
 # -- limits -----------------------------------------------------------------------------------------
 def test_per_file_bytes_limit_is_413(client: TestClient) -> None:
     big = image_bytes(6, w=200, h=150)  # noisy PNG, ~90 kB > 60 kB
