@@ -85,7 +85,11 @@ def test_split_rows_prefers_manifest_splits_and_falls_back_by_group(tmp_path: Pa
     )
     rows = read_manifest(manifest)
     train, ev, how = split_rows(rows, AuditConfig())
-    assert {r.split for r in train} == {"train"} and {r.split for r in ev} == {"val"} and "manifest" in how
+    assert (
+        {r.split for r in train} == {"train"}
+        and {r.split for r in ev} == {"val"}
+        and "sources shared: s" in how
+    )
     unsplit = [r for r in rows]
     for r in unsplit:
         r.split = None
@@ -159,6 +163,7 @@ def test_audit_end_to_end_on_tiny_sets(tiny_sets: tuple[Path, Path], tmp_path: P
     assert checks["metadata probe on the pixel set"]["verdict"] == "pass"  # pairs share size and format
     for c in report["checks"]:
         assert "split" in c["measured_on"] and c["n_eval"]["real"] > 0 and c["n_eval"]["fake"] > 0
+        assert "sources disjoint" in c["measured_on"]
     sem = report["sets"]["semantic"]["per_class"]
     assert sem["real"]["format"] == sem["fake"]["format"] == {"JPEG": sem["real"]["n"]}
     assert report["sets"]["pixel"]["counts_by_split"]["val"] == {"fake:cam-b": 10, "real:cam-b": 10}

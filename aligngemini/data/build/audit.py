@@ -100,7 +100,9 @@ def split_rows(
         and {r.label for r in ev} == set(LABEL_INDEX)
         and {r.label for r in train} == set(LABEL_INDEX)
     ):
-        return train, ev, f"'{cfg.eval_split}' split, trained on '{cfg.train_split}' (manifest splits)"
+        shared = sorted({str(r.source) for r in train} & {str(r.source) for r in ev})
+        sources = f"sources shared: {', '.join(shared)}" if shared else "sources disjoint"
+        return train, ev, f"'{cfg.eval_split}' split, trained on '{cfg.train_split}' ({sources})"
     cut = int(cfg.fallback_eval_fraction * 1000)
     in_eval = [int(stable_id("audit-split", r.group or r.path, length=8), 16) % 1000 < cut for r in rows]
     train = [r for r, e in zip(rows, in_eval, strict=True) if not e]
