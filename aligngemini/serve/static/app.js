@@ -72,6 +72,7 @@
       "Bundle " + b.name + " · " + parts.join(" · ") + " · " + b.fusion_rule.toUpperCase() + " rule · " +
       bandText(b.uncertain_band);
     $("#rule-name").textContent = b.fusion_rule.toUpperCase();
+    $("#legend-band").hidden = !b.uncertain_band;
     const mb = (info.limits.max_file_bytes / (1024 * 1024)).toFixed(0);
     $("#drop-hint").textContent =
       "JPEG, PNG, WebP, GIF, BMP or TIFF, up to " + mb + " MB each. Images are checked in memory and never stored.";
@@ -105,6 +106,7 @@
       state.waiting.push(item);
     }
     $("#clear").hidden = false;
+    $("#legend").hidden = false;
     setStatus();
     pump();
   }
@@ -301,6 +303,7 @@
     state.waiting = [];
     $("#results").replaceChildren();
     $("#clear").hidden = true;
+    $("#legend").hidden = true;
     setStatus();
     $("#drop").focus();
   }
