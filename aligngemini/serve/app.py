@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -66,7 +66,6 @@ class ServeSettings:
     max_pixels: int = Limits.max_pixels
     max_images: int = Limits.max_images
     token: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.limits  # noqa: B018 - validates the limits

@@ -12,8 +12,6 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from PIL import Image
-
 DEFAULT_MAX_FILE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -116,6 +114,8 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the image header without decoding pixels; None when the header cannot be read
     (the decoder then reports the image as corrupt)."""
     import io
+
+    from PIL import Image
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
