@@ -220,8 +220,19 @@ def build_esrgan_set(
         limit=limit,
         progress=progress,
     )
+    # Pairs from reals no longer in the held-out split (the corpus was re-split since an earlier build)
+    # stay in the builder's manifest; the test reads only the current ones.
+    current = {str(r.sha256 or r.path) for r in reals}
+    rows_now = [r for r in result.rows if (r.extra or {}).get("scene") in current]
+    manifest = out_dir / "manifest.jsonl"
+    if len(rows_now) != len(result.rows):
+        from aligngemini.data.manifest import write_manifest
+
+        manifest = write_manifest(rows_now, out_dir / "manifest.current.jsonl")
     return {
         "dir": str(out_dir),
+        "manifest": str(manifest),
+        "stale_rows_left_out": len(result.rows) - len(rows_now),
         "generator": spec,
         "source_split": split,
         "source_reals": len(reals),
@@ -230,7 +241,7 @@ def build_esrgan_set(
         "pairs_written_now": result.stats.written,
         "pairs_done_before": result.stats.done_before,
         "skipped": dict(result.stats.skipped),
-        "rows": len(result.rows),
+        "rows": len(rows_now),
         "config": {k: v for k, v in vars(cfg).items() if k != "batch_size"},
     }
 
@@ -378,15 +389,17 @@ class TestSets:
         return np.array([it.label for it in self.items], dtype=np.int64)
 
 
-def load_test_sets(esrgan_dir: Path, semantic_dir: Path, pixel_dir: Path, split: str = "val") -> TestSets:
-    """The four tests as eval items (the eval package's manifest reader), de-duplicated by path."""
+def load_test_sets(esrgan: Path, semantic: Path, pixel: Path, split: str = "val") -> TestSets:
+    """The four tests as eval items (the eval package's manifest reader), de-duplicated by path.
+    Each argument is a set's manifest (or its folder, for ``manifest.jsonl``)."""
     from aligngemini.eval.layouts import read_data
 
     parts = {
-        "esrgan": esrgan_dir / "manifest.jsonl",
-        "semantic_val": semantic_dir / "manifest.jsonl",
-        "vae_val": pixel_dir / "manifest.jsonl",
+        "esrgan": esrgan,
+        "semantic_val": semantic,
+        "vae_val": pixel,
     }
+    parts = {k: (v / "manifest.jsonl" if v.is_dir() else v) for k, v in parts.items()}
     items: list[Any] = []
     where: dict[str, int] = {}
     index: dict[str, np.ndarray] = {}
@@ -800,6 +813,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             )  # fmt: skip
             if info["pairs_written_now"]:
                 rec["work"] = "more" if info["pairs_done_before"] else "all"
+            if info["stale_rows_left_out"]:
+                notes.append(
+                    f"test (i): {info['stale_rows_left_out']} rows of {esrgan_set} come from reals no longer "
+                    f"in the {args.split!r} split; left out"
+                )
 
     with stages.stage("locate sets"):
         pixel_set = find_pixel_set()
@@ -857,7 +875,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             )
 
     with stages.stage("read test sets"):
-        tests = load_test_sets(esrgan_set, semantic_set, pixel_set, split=args.split)
+        esrgan_manifest = Path(data["esrgan_set"].get("manifest") or esrgan_set / "manifest.jsonl")
+        tests = load_test_sets(esrgan_manifest, semantic_set, pixel_set, split=args.split)
         for t, idx in tests.index.items():
             lab = tests.labels[idx]
             data.setdefault("tests", {})[t] = {
