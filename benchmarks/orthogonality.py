@@ -283,6 +283,21 @@ def _fingerprint(recipe: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def recipe_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> dict[str, list[Any]]:
+    """Dotted keys whose values differ between two recipes (``[a, b]``), ignoring where data and output
+    live: what makes a reused run a different experiment from the mixed one trained here."""
+    ignore = {"data.manifest", "train.output_dir"}
+    out: dict[str, list[Any]] = {}
+    for key in sorted(set(a) | set(b)):
+        name = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out.update(recipe_differences(va, vb, name + "."))
+        elif name not in ignore and va != vb:
+            out[name] = [va, vb]
+    return out
+
+
 def run_summary(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "train_summary.json"
     if not path.is_file():
@@ -650,7 +665,8 @@ def render_markdown(res: Mapping[str, Any]) -> str:
     for key, info in res["data"].items():
         lines.append(f"- {key}: `{json.dumps(info, sort_keys=True, default=str)}`")
     lines += ["", "## Runs", ""]
-    for name, info in res["runs"].items():
+    for name in RUNS:
+        info = res["runs"][name]
         summary = info.get("summary") or {}
         lines.append(
             f"- {MODEL_TITLES[name]}: {info['source']}, `{info['dir']}`; {summary.get('steps')} steps, "
@@ -836,11 +852,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             pixel_set / "manifest.jsonl", semantic_set / "manifest.jsonl", work / "mixed" / "manifest.jsonl"
         )
 
+    # The mixed runs first: a run reused from another command (--reuse-*) may still be finishing meanwhile.
     plans = {
-        "pixel_pure": (args.pixel_recipe, args.pixel_opt, pixel_set / "manifest.jsonl", args.reuse_pixel),
-        "semantic_pure": (args.semantic_recipe, args.semantic_opt, semantic_set / "manifest.jsonl", args.reuse_semantic),
         "pixel_mixed": (args.pixel_recipe, args.pixel_opt, work / "mixed" / "manifest.jsonl", None),
         "semantic_mixed": (args.semantic_recipe, args.semantic_opt, work / "mixed" / "manifest.jsonl", None),
+        "pixel_pure": (args.pixel_recipe, args.pixel_opt, pixel_set / "manifest.jsonl", args.reuse_pixel),
+        "semantic_pure": (args.semantic_recipe, args.semantic_opt, semantic_set / "manifest.jsonl", args.reuse_semantic),
     }  # fmt: skip
     runs: dict[str, dict[str, Any]] = {}
     for name, (recipe, opts, manifest, reuse) in plans.items():
@@ -853,9 +870,16 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             rec["work"] = {"trained here": "all", "resumed here": "more"}.get(rec["source"])
             if reuse is not None:  # trained by another command: its own recorded training time
                 rec["seconds_elsewhere"] = runs[name]["summary"].get("seconds")
-        trained_on = str((runs[name]["summary"].get("recipe") or {}).get("data", {}).get("manifest"))
-        if reuse is not None and Path(trained_on).expanduser().resolve() != manifest.resolve():
-            notes.append(f"{name} was reused from {reuse}, trained on {trained_on}, not on {manifest}")
+        if reuse is not None:
+            from aligngemini.config import load_config
+
+            used = runs[name]["summary"].get("recipe") or {}
+            trained_on = str(used.get("data", {}).get("manifest"))
+            if Path(trained_on).expanduser().resolve() != manifest.resolve():
+                notes.append(f"{name} was reused from {reuse}, trained on {trained_on}, not on {manifest}")
+            differ = recipe_differences(load_config(recipe, overrides), used)
+            if differ:
+                notes.append(f"{name} was reused from {reuse}, whose recipe differs from {recipe}: {differ}")
 
     with stages.stage("bundles") as rec:
         rec["work"] = "all"

@@ -227,3 +227,18 @@ def test_a_set_still_being_built_is_refused(tmp_path: Path) -> None:
     assert ortho.find_set(None, [tmp_path / "missing", folder], "pure-pixel set", "hint") == folder
     with pytest.raises(ortho.ExperimentError, match="no pure-pixel set found"):
         ortho.find_set(tmp_path / "missing", [folder], "pure-pixel set", "hint")
+
+
+def test_recipe_differences_ignore_where_data_and_output_live() -> None:
+    a = {
+        "task": "pixel",
+        "data": {"manifest": "a.jsonl", "paired": True},
+        "train": {"max_steps": 200, "output_dir": "x"},
+    }
+    b = {
+        "task": "pixel",
+        "data": {"manifest": "b.jsonl", "paired": True},
+        "train": {"max_steps": 100, "output_dir": "y"},
+    }
+    assert ortho.recipe_differences(a, b) == {"train.max_steps": [200, 100]}
+    assert ortho.recipe_differences(a, a) == {}
