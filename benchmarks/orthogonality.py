@@ -283,6 +283,15 @@ def _fingerprint(recipe: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def data_path(text: str) -> Path:
+    """A recipe's path: ``data:REL`` is REL under the data home (as the tasks read it); ``~`` expanded."""
+    if text.startswith("data:"):
+        from aligngemini.paths import home_dir
+
+        return home_dir() / "data" / text[len("data:") :]
+    return Path(text).expanduser()
+
+
 def recipe_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> dict[str, list[Any]]:
     """Dotted keys whose values differ between two recipes (``[a, b]``), ignoring where data and output
     live: what makes a reused run a different experiment from the mixed one trained here."""
@@ -875,7 +884,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
 
             used = runs[name]["summary"].get("recipe") or {}
             trained_on = str(used.get("data", {}).get("manifest"))
-            if Path(trained_on).expanduser().resolve() != manifest.resolve():
+            if data_path(trained_on).resolve() != manifest.resolve():
                 notes.append(f"{name} was reused from {reuse}, trained on {trained_on}, not on {manifest}")
             differ = recipe_differences(load_config(recipe, overrides), used)
             if differ:
