@@ -161,6 +161,9 @@ def test_audit_end_to_end_on_tiny_sets(tiny_sets: tuple[Path, Path], tmp_path: P
     assert abs(checks["colour probe (32 px view) on the pixel set"]["balanced_accuracy"] - 0.5) <= 0.1
     assert abs(checks["pixel probe on the semantic set"]["balanced_accuracy"] - 0.5) <= 0.25
     assert checks["metadata probe on the pixel set"]["verdict"] == "pass"  # pairs share size and format
+    per_source = checks["pixel probe on the pixel set"]["notes"]["by_source"]
+    assert set(per_source) == {"fake:cam-b", "real:cam-b"} and per_source["fake:cam-b"]["n"] == 10
+    assert "Probe accuracy by eval source" in (tmp_path / "report" / "report.md").read_text()
     for c in report["checks"]:
         assert "split" in c["measured_on"] and c["n_eval"]["real"] > 0 and c["n_eval"]["fake"] > 0
         assert "sources disjoint" in c["measured_on"]

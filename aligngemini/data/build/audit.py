@@ -244,11 +244,32 @@ def metadata_probe(image_set: ImageSet, facts: list[dict[str, Any]], cfg: AuditC
 # probes on sets
 
 
+def by_source(result: ProbeResult, eval_rows: Sequence[ManifestRow]) -> dict[str, Any]:
+    """Per eval source: how many images, how often the probe was right, its mean P(fake). Says which
+    sources carry the signal when a probe sits off chance."""
+    if result.eval_scores is None or result.eval_index is None:
+        return {}
+    groups: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for i, p in zip(result.eval_index, result.eval_scores, strict=True):
+        row = eval_rows[int(i)]
+        groups[f"{row.label}:{row.source}"].append((LABEL_INDEX[row.label], float(p)))
+    out = {}
+    for key, items in sorted(groups.items()):
+        y = np.asarray([a for a, _ in items])
+        p = np.asarray([b for _, b in items])
+        out[key] = {
+            "n": len(items),
+            "accuracy": round(float(np.mean((p >= 0.5) == (y == 1))), 4),
+            "mean_p_fake": round(float(p.mean()), 4),
+        }
+    return out
+
+
 def pixel_probe_on(image_set: ImageSet, cfg: AuditConfig, *, progress: bool = True) -> ProbeResult:
     train, ev, how = split_rows(image_set.rows, cfg)
     train = _cap_per_class(train, cfg.max_images_per_class, cfg.seed)
     ev = _cap_per_class(ev, cfg.max_images_per_class, cfg.seed + 1)
-    return run_pixel_probe(
+    result = run_pixel_probe(
         _LazyImages(image_set, train),
         labels_of(train),
         _LazyImages(image_set, ev),
@@ -257,6 +278,8 @@ def pixel_probe_on(image_set: ImageSet, cfg: AuditConfig, *, progress: bool = Tr
         measured_on=how,
         progress=progress,
     )
+    result.notes["by_source"] = by_source(result, ev)
+    return result
 
 
 def set_embeddings(
@@ -282,13 +305,15 @@ def set_embeddings(
 def embedding_probe_on(emb: np.ndarray, rows: Sequence[ManifestRow], cfg: AuditConfig) -> ProbeResult:
     index = {id(r): i for i, r in enumerate(rows)}
     train, ev, how = split_rows(rows, cfg)
-    return run_embedding_probe(
+    result = run_embedding_probe(
         emb[[index[id(r)] for r in train]],
         labels_of(train),
         emb[[index[id(r)] for r in ev]],
         labels_of(ev),
         measured_on=how,
     )
+    result.notes["by_source"] = by_source(result, ev)
+    return result
 
 
 def content_separability(emb: np.ndarray, rows: Sequence[ManifestRow], cfg: AuditConfig) -> dict[str, Any]:
@@ -469,7 +494,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{_fmt(cs['cross_validated_auc_optimistic'])}"
         )
         lines.append("")
+    lines += ["## Probe accuracy by eval source", ""]
+    for c in report["checks"]:
+        per = c.get("notes", {}).get("by_source") or {}
+        if per:
+            cells = ", ".join(f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in per.items())
+            lines.append(f"- {c['name']}: {cells}")
     lines += [
+        "",
         "## Per-class statistics",
         "",
         "| set | class | n | formats | short side (min/median/max) | JPEG quality (min/median/max) | bits/pixel (median) |",

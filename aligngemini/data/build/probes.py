@@ -77,9 +77,15 @@ class ProbeResult:
     train_balanced_accuracy: float | None = None
     seconds: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
+    # Per-image P(fake) on the eval images that were scored, and their indices in the eval input
+    # (the pixel probe leaves out images smaller than its crop); kept out of the JSON.
+    eval_scores: np.ndarray | None = field(default=None, repr=False)
+    eval_index: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("eval_scores")
+        d.pop("eval_index")
         for key in ("balanced_accuracy", "real_accuracy", "fake_accuracy", "auc", "train_balanced_accuracy"):
             if isinstance(d[key], float):
                 d[key] = round(d[key], 4)
@@ -98,6 +104,7 @@ def summarize(
     train_scores: np.ndarray | None = None,
     seconds: float = 0.0,
     notes: dict[str, Any] | None = None,
+    eval_index: np.ndarray | None = None,
 ) -> ProbeResult:
     y_eval = np.asarray(y_eval)
     scores = np.asarray(scores)
@@ -117,6 +124,8 @@ def summarize(
         train_balanced_accuracy=None if train_scores is None else balanced_accuracy(y_train, train_scores),
         seconds=seconds,
         notes=notes or {},
+        eval_scores=scores,
+        eval_index=np.arange(len(scores)) if eval_index is None else np.asarray(eval_index),
     )
 
 
@@ -289,8 +298,8 @@ def run_pixel_probe(
     started = time.perf_counter()
     rng = np.random.default_rng(cfg.seed + 1)
 
-    def crops_of(images: Any, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, int]:
-        arrays, kept, small = [], [], 0
+    def crops_of(images: Any, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray, list[int], int]:
+        arrays, kept, index, small = [], [], [], 0
         for i in tqdm(
             range(len(labels)), desc=f"crops ({what})", unit="img", file=sys.stderr, disable=not progress
         ):
@@ -300,12 +309,13 @@ def run_pixel_probe(
                 continue
             arrays.append(c)
             kept.append(labels[i])
+            index.append(i)
         if not arrays:
             raise ValueError(f"pixel probe: no {what} image is at least {cfg.crop_max} px on each side")
-        return np.stack(arrays), np.asarray(kept), small
+        return np.stack(arrays), np.asarray(kept), index, small
 
-    xtr, ytr, small_tr = crops_of(train_images, np.asarray(train_labels), "train")
-    xev, yev, small_ev = crops_of(eval_images, np.asarray(eval_labels), "eval")
+    xtr, ytr, _, small_tr = crops_of(train_images, np.asarray(train_labels), "train")
+    xev, yev, ev_index, small_ev = crops_of(eval_images, np.asarray(eval_labels), "eval")
     model = train_pixel_probe(xtr, ytr, cfg, progress=progress)
     scores = score_pixel_probe(model, xev, threads=cfg.threads)
     train_scores = score_pixel_probe(model, xtr, threads=cfg.threads)
@@ -318,6 +328,7 @@ def run_pixel_probe(
         train_scores=train_scores,
         seconds=time.perf_counter() - started,
         notes={"too_small": {"train": small_tr, "eval": small_ev}, "config": asdict(cfg)},
+        eval_index=np.asarray(ev_index),
     )
 
 
