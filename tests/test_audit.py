@@ -140,6 +140,7 @@ def tiny_sets(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "pixel", tmp_path / "semantic"
 
 
+@pytest.mark.slow  # ~10-20 s on a shared 2-core box: two probe trainings plus two set builds
 def test_audit_end_to_end_on_tiny_sets(tiny_sets: tuple[Path, Path], tmp_path: Path) -> None:
     pixel_dir, semantic_dir = tiny_sets
     cfg = AuditConfig(pixel_probe=TINY_PROBE, content_view=32)
