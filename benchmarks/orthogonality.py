@@ -53,6 +53,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE = "2-core CPU dev box"
 DEFAULT_ESRGAN = "esrgan:medium:x2"
+WORKING_INVOCATION = "_last_invocation_that_did_work"
 CHANCE_BAND = 0.08  # "near chance": balanced accuracy within 0.5 +/- this (the audit's own band)
 TESTS = ("esrgan", "semantic_val", "union", "vae_val")
 TEST_TITLES = {
@@ -62,6 +63,7 @@ TEST_TITLES = {
     "vae_val": "VAE pairs, val split",
 }
 MODELS = ("pixel_pure", "semantic_pure", "pixel_mixed", "semantic_mixed", "fusion_pure", "fusion_mixed")
+STARTER_ROW = "fusion_pure_starter_thresholds"
 MODEL_TITLES = {
     "pixel_pure": "(a) pixel, pure-pixel data",
     "semantic_pure": "(b) semantic, pure-semantic data",
@@ -69,6 +71,7 @@ MODEL_TITLES = {
     "semantic_mixed": "(c) semantic, mixed data",
     "fusion_pure": "(d) OR of (a) and (b)",
     "fusion_mixed": "OR of the two mixed models",
+    STARTER_ROW: "(d) at the starter bundle's thresholds (calibrated on these val splits: in-sample)",
 }
 RUNS = {  # run name -> (role, training data)
     "pixel_pure": ("pixel", "pixel"),
@@ -98,10 +101,24 @@ class Stages:
     ledger_path: Path | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     ledger: dict[str, dict[str, Any]] = field(default_factory=dict)
+    did_work: bool = False
 
     def __post_init__(self) -> None:
         if self.ledger_path is not None and self.ledger_path.is_file():
             self.ledger = json.loads(self.ledger_path.read_text(encoding="utf-8"))
+
+    def save(self) -> None:
+        if self.ledger_path is not None:
+            self.ledger_path.write_text(json.dumps(self.ledger, indent=1) + "\n", encoding="utf-8")
+
+    def close_invocation(self, seconds: float) -> dict[str, Any] | None:
+        """Record this invocation's wall time when it built, trained or scored something; return the
+        latest such invocation (``None`` if none is recorded)."""
+        if self.did_work:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self.ledger[WORKING_INVOCATION] = {"seconds": round(seconds, 1), "utc": stamp}
+            self.save()
+        return self.ledger.get(WORKING_INVOCATION)
 
     @contextlib.contextmanager
     def stage(self, name: str, **note: Any) -> Iterator[dict[str, Any]]:
@@ -116,11 +133,12 @@ class Stages:
             print(f"== {name}: {rec['seconds']:.1f} s", file=sys.stderr, flush=True)
         work = rec.pop("work", None)
         if work in ("all", "more"):
+            self.did_work = True
             before = float(self.ledger.get(name, {}).get("seconds", 0.0)) if work == "more" else 0.0
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             self.ledger[name] = {"seconds": round(before + rec["seconds"], 2), "utc": stamp}
             if self.ledger_path is not None:
-                self.ledger_path.write_text(json.dumps(self.ledger, indent=1) + "\n", encoding="utf-8")
+                self.save()
         if name in self.ledger:
             rec["seconds_when_done"] = self.ledger[name]["seconds"]
 
@@ -400,6 +418,31 @@ def bundle_from_runs(out_dir: Path, name: str, runs: Mapping[str, Path], card: s
     return out_dir
 
 
+def starter_bundle_match(fused: Path) -> tuple[str, dict[str, float]] | None:
+    """When models (a) and (b) are exactly the registered starter bundle's branches: a note, and that
+    bundle's thresholds."""
+    from aligngemini.bundle import registered_bundles
+
+    starter = registered_bundles().get("starter")
+    if starter is None:
+        return None
+    ours = json.loads((fused / "config.json").read_text()).get("files") or {}
+    config = json.loads((starter / "config.json").read_text())
+    theirs = config.get("files") or {}
+    if not ours or sorted(ours.values()) != sorted(theirs.values()):
+        return None
+    thresholds = {role: sec.get("threshold") for role, sec in (config.get("branches") or {}).items()}
+    note = (
+        f"models (a) and (b) carry the same weights as the registered starter bundle ({starter}); "
+        f"its own thresholds are {thresholds} and its fusion {config.get('fusion')}; every row uses each "
+        f"run's exported threshold except the row '{MODEL_TITLES[STARTER_ROW]}' (hard OR decision, "
+        "no uncertain band)"
+    )
+    if set(thresholds) != {"pixel", "semantic"} or None in thresholds.values():
+        return None
+    return note, {k: float(v) for k, v in thresholds.items()}
+
+
 @dataclass
 class TestSets:
     """All test images once (``items``), and which of them make up each named test."""
@@ -484,8 +527,11 @@ def measure_cell(labels: np.ndarray, p_fake: np.ndarray, decisions: np.ndarray) 
     return m
 
 
-def model_outputs(scored: Mapping[str, dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(p_fake, decision) per model: the single-branch runs at their thresholds, and the OR fusions."""
+def model_outputs(
+    scored: Mapping[str, dict], starter_thresholds: Mapping[str, float] | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(p_fake, decision) per model: the single-branch runs at their thresholds, and the OR fusions; with
+    ``starter_thresholds``, also the OR of (a) and (b) at those (the starter bundle's calibrated ones)."""
     from aligngemini.fusion import fuse
 
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -501,13 +547,20 @@ def model_outputs(scored: Mapping[str, dict]) -> dict[str, tuple[np.ndarray, np.
         }
         fr = fuse(scores, thresholds, "or")
         out[name] = (fr.p_fake, fr.fake)
+    if starter_thresholds:
+        scores = {
+            "pixel": scored["pixel_pure"]["scores"]["pixel"],
+            "semantic": scored["semantic_pure"]["scores"]["semantic"],
+        }
+        fr = fuse(scores, dict(starter_thresholds), "or")  # the hard OR decision; no uncertain band
+        out[STARTER_ROW] = (fr.p_fake, fr.fake)
     return out
 
 
 def results_table(tests: TestSets, outputs: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict]:
     labels = tests.labels
     table: dict[str, dict] = {}
-    for model in MODELS:
+    for model in [m for m in (*MODELS, STARTER_ROW) if m in outputs]:
         p, d = outputs[model]
         row = {test: measure_cell(labels[idx], p[idx], d[idx]) for test, idx in tests.index.items()}
         pair = [row[t]["balanced_acc"] for t in ("esrgan", "semantic_val")]
@@ -581,6 +634,48 @@ def findings(table: Mapping[str, dict]) -> dict[str, Any]:
     }
 
 
+def working_text(res: Mapping[str, Any]) -> str:
+    w = res.get("last_working_invocation")
+    if not w:
+        return ""
+    return f"{w['seconds'] / 60:.1f} min for the last invocation that built, trained or scored ({w['utc']}); "
+
+
+def _yes(x: bool | str | None) -> str:
+    return {True: "yes", False: "no", None: "undefined", "tie": "tie"}[x]
+
+
+def claim_lines(f: Mapping[str, Any]) -> list[str]:
+    """One line per claim of the paper, each answered from the numbers."""
+    bs, om, fu = f["blind_spots"], f["orthogonal_vs_mixed"], f["fusion"]
+    both_blind = None
+    if None not in (bs[k]["near_chance"] for k in bs):
+        both_blind = all(bs[k]["near_chance"] for k in bs)
+
+    def better(x: float | None) -> bool | str | None:
+        return None if x is None else ("tie" if x == 0 else x > 0)
+
+    gain = fu["fusion_pure"]["gain_over_best_branch"]
+    return [
+        f"1. Each pure expert is near chance on the other's test: {_yes(both_blind)} "
+        f"(pixel (a) on (ii) {_pct(bs['pixel_pure_on_semantic_val']['balanced_acc'])}, "
+        f"semantic (b) on (i) {_pct(bs['semantic_pure_on_esrgan']['balanced_acc'])}).",
+        "2. Orthogonal supervision beats mixed, on the union (iii): "
+        f"pixel {_yes(better(om['pixel']['union']['pure_minus_mixed']))} "
+        f"({_signed(om['pixel']['union']['pure_minus_mixed'])} points), "
+        f"semantic {_yes(better(om['semantic']['union']['pure_minus_mixed']))} "
+        f"({_signed(om['semantic']['union']['pure_minus_mixed'])}); "
+        "on each branch's own in-distribution test (VAE val pairs for pixel, (ii) for semantic): "
+        f"pixel {_yes(better(om['pixel']['vae_val']['pure_minus_mixed']))} "
+        f"({_signed(om['pixel']['vae_val']['pure_minus_mixed'])}), "
+        f"semantic {_yes(better(om['semantic']['semantic_val']['pure_minus_mixed']))} "
+        f"({_signed(om['semantic']['semantic_val']['pure_minus_mixed'])}).",
+        f"3. The OR of the two pure experts beats either alone on the union (iii): {_yes(better(gain))} "
+        f"({_signed(gain)} points over the best single branch); OR of pure minus OR of mixed: "
+        f"{_signed(fu['pure_minus_mixed_union'])} points.",
+    ]
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
@@ -595,9 +690,12 @@ def render_markdown(res: Mapping[str, Any]) -> str:
         "# The paper in miniature: orthogonal vs mixed supervision, and OR fusion",
         "",
         f"Machine: {res['machine']}. Time: {res['experiment_seconds'] / 60:.1f} min for the whole experiment "
-        f"(every stage timed when its work was done), {res['total_seconds'] / 60:.1f} min for the invocation "
-        "that wrote this report (it reuses finished work). "
-        "Thresholds: each branch's exported threshold (0.5, uncalibrated); fusion: OR.",
+        "(every stage timed when its work was done, including runs reused from other commands); "
+        f"{working_text(res)}{res['total_seconds'] / 60:.1f} min for the invocation that wrote this report "
+        "(it reuses finished work). "
+        "Thresholds: each branch's exported threshold (0.5, uncalibrated); fusion: OR. "
+        f"Load average at the end (1/5/15 min): {res.get('load_average_1_5_15min_at_end')} on 2 cores "
+        "(other work shared the CPU, so times are upper bounds).",
         "",
         "Command:",
         "",
@@ -610,7 +708,7 @@ def render_markdown(res: Mapping[str, Any]) -> str:
         "| model | " + " | ".join(TEST_TITLES[t] for t in TESTS) + " | mean of (i), (ii) |",
         "| --- | " + " | ".join("---" for _ in TESTS) + " | --- |",
     ]
-    for model in MODELS:
+    for model in table:
         cells = []
         for t in TESTS:
             m = table[model][t]
@@ -618,33 +716,54 @@ def render_markdown(res: Mapping[str, Any]) -> str:
             cells.append(f"{_pct(m['balanced_acc'])}{auc}")
         mean = _pct(table[model]["mean_i_ii"]["balanced_acc"])
         lines.append(f"| {MODEL_TITLES[model]} | " + " | ".join(cells) + f" | {mean} |")
-    lines += ["", "## What the table says (computed from it)", ""]
+    lines += [
+        "",
+        "## The paper's three claims, checked against this table (computed, not written by hand)",
+        "",
+    ]
+    lines += claim_lines(f)
+    lines += [
+        "",
+        "### Blind spots: each pure expert on the other's test",
+        "",
+        "| expert | test | balanced acc | within 50 +/- " + f"{100 * CHANCE_BAND:.0f} |",
+        "| --- | --- | --- | --- |",
+    ]
     bs = f["blind_spots"]
-    for key, text in (
-        ("pixel_pure_on_semantic_val", "Pixel expert (a) on the semantic test (ii)"),
-        ("semantic_pure_on_esrgan", "Semantic expert (b) on the ESRGAN pixel-only test (i)"),
+    for key, model, test in (
+        ("pixel_pure_on_semantic_val", "pixel_pure", "semantic_val"),
+        ("semantic_pure_on_esrgan", "semantic_pure", "esrgan"),
     ):
         v = bs[key]
-        verdict = {True: "near chance", False: "not near chance", None: "undefined"}[v["near_chance"]]
-        lines.append(
-            f"- {text}: {_pct(v['balanced_acc'])}% ({verdict}; band 50 +/- {100 * CHANCE_BAND:.0f})."
-        )
+        near = {True: "yes", False: "no", None: "n/a"}[v["near_chance"]]
+        lines.append(f"| {MODEL_TITLES[model]} | {TEST_TITLES[test]} | {_pct(v['balanced_acc'])} | {near} |")
+    lines += [
+        "",
+        "### Orthogonal vs mixed supervision: balanced accuracy, pure / mixed (pure minus mixed, points)",
+        "",
+        "| branch | " + " | ".join(TEST_TITLES[t] for t in TESTS) + " |",
+        "| --- | " + " | ".join("---" for _ in TESTS) + " |",
+    ]
     for role, tests in f["orthogonal_vs_mixed"].items():
-        parts = [
-            f"{TEST_TITLES[t].split(' ')[0] if t in ('esrgan', 'semantic_val', 'union') else 'VAE val'} "
-            f"{_pct(v['pure'])} vs {_pct(v['mixed'])} ({_signed(v['pure_minus_mixed'])})"
-            for t, v in tests.items()
+        cells = [
+            f"{_pct(tests[t]['pure'])} / {_pct(tests[t]['mixed'])} ({_signed(tests[t]['pure_minus_mixed'])})"
+            for t in TESTS
         ]
-        lines.append(f"- {role} branch, pure vs mixed supervision: " + "; ".join(parts) + ".")
+        lines.append(f"| {role} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "### OR fusion on the union (iii)",
+        "",
+        "| fusion | balanced acc | best single branch | gain (points) |",
+        "| --- | --- | --- | --- |",
+    ]
     for fusion in FUSIONS:
         v = f["fusion"][fusion]
         lines.append(
-            f"- {MODEL_TITLES[fusion]} on the union (iii): {_pct(v['union'])}% vs best single branch "
-            f"{_pct(v['best_single_branch_union'])}% (gain {_signed(v['gain_over_best_branch'])} points)."
+            f"| {MODEL_TITLES[fusion]} | {_pct(v['union'])} | {_pct(v['best_single_branch_union'])} | "
+            f"{_signed(v['gain_over_best_branch'])} |"
         )
-    lines.append(
-        f"- OR of pure experts minus OR of mixed models, union: {_signed(f['fusion']['pure_minus_mixed_union'])} points."
-    )
+    lines.append("")
     check = res.get("fusion_check") or {}
     for name, c in check.items():
         if c.get("checked"):
@@ -659,7 +778,7 @@ def render_markdown(res: Mapping[str, Any]) -> str:
         "| model | test | balanced acc (95% CI) | real acc | fake acc | AUC | AP | n real | n fake |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for model in MODELS:
+    for model in table:
         for t in TESTS:
             m = table[model][t]
             ci = m.get("bacc_ci95")
@@ -890,8 +1009,17 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             if differ:
                 notes.append(f"{name} was reused from {reuse}, whose recipe differs from {recipe}: {differ}")
 
+    comparable = {}
+    for role in ("pixel", "semantic"):  # pure and mixed must differ only in their data
+        differ = recipe_differences(
+            runs[f"{role}_pure"]["summary"].get("recipe") or {},
+            runs[f"{role}_mixed"]["summary"].get("recipe") or {},
+        )
+        comparable[role] = {"same_recipe_but_data": not differ, "differences_pure_vs_mixed": differ}
+        if differ:
+            notes.append(f"the {role} pure and mixed runs differ in more than their data: {differ}")
+
     with stages.stage("bundles") as rec:
-        rec["work"] = "all"
         bundles: dict[str, Path] = {}
         for name, (role, _) in RUNS.items():
             card = f"# {name}\n\n{MODEL_TITLES[name]}; made by benchmarks/orthogonality.py from {runs[name]['dir']}.\n"
@@ -906,6 +1034,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                 {"pixel": Path(runs[px]["dir"]), "semantic": Path(runs[se]["dir"])},
                 card,
             )
+
+    starter = starter_bundle_match(bundles["fusion_pure"])
+    if starter:
+        notes.append(starter[0])
 
     with stages.stage("read test sets"):
         esrgan_manifest = Path(data["esrgan_set"].get("manifest") or esrgan_set / "manifest.jsonl")
@@ -935,14 +1067,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             )
 
     with stages.stage("fuse and measure") as rec:
-        rec["work"] = "all"
-        outputs = model_outputs(scored)
+        outputs = model_outputs(scored, starter[1] if starter else None)
         table = results_table(tests, outputs)
         found = findings(table)
 
     fusion_check = {}
     with stages.stage("check fused bundles through Detector") as rec:
-        rec["work"] = "all"
         for name in FUSIONS:
             fusion_check[name] = check_fusion_through_detector(
                 bundles[name], tests.items, outputs[name][0], args.fusion_check
@@ -957,16 +1087,19 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         float(r.get("seconds_when_done") or r.get("seconds_elsewhere") or r["seconds"])
         for r in stages.records
     )
+    working = stages.close_invocation(total)
     return {
         "experiment": "orthogonality (AlignGemini's central claim, in miniature)",
         "machine": MACHINE,
         "platform": f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {args.threads}, "
         f"python {platform.python_version()}",
+        "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],  # CPU shared with other work
         "command": shlex.join(["python", "benchmarks/orthogonality.py", *argv]),
         "git_commit": git_commit(),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - total)),
         "total_seconds": round(total, 1),
         "experiment_seconds": round(experiment, 1),
+        "last_working_invocation": working,
         "stages": stages.records,
         "seeds": {
             "esrgan_build": args.seed,
@@ -988,7 +1121,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             }
             for n, r in runs.items()
         },  # fmt: skip
-        "bundles": {n: str(p) for n, p in bundles.items()},
+        "pure_vs_mixed_recipes": comparable,
+        "bundles": {
+            n: {"dir": str(p), "weights_sha256": json.loads((p / "config.json").read_text()).get("files")}
+            for n, p in bundles.items()
+        },
         "table": table,
         "findings": found,
         "fusion_check": fusion_check,

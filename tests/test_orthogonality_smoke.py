@@ -140,6 +140,7 @@ def test_end_to_end_twice_second_run_reuses_everything(setup: dict, monkeypatch:
     # Fusion is the OR of the two runs' decisions, checked against the fused bundle's own Detector.
     assert all(c["agree"] and c["checked"] == 3 for c in res["fusion_check"].values())
     assert {r["source"] for r in res["runs"].values()} == {"trained here"}
+    assert all(c["same_recipe_but_data"] for c in res["pure_vs_mixed_recipes"].values())
     mixed = res["data"]["mixed"]["counts"]
     assert mixed["pixel/train/real"] == 3 and mixed["semantic/train/fake"] == 3
     md = (out / "orthogonality.md").read_text()
@@ -152,6 +153,8 @@ def test_end_to_end_twice_second_run_reuses_everything(setup: dict, monkeypatch:
     scoring = [s for s in again["stages"] if s["stage"].startswith("score ")]
     assert scoring and all(s["images_scored"] == 0 for s in scoring)
     assert again["table"] == res["table"]
+    assert res["last_working_invocation"]["seconds"] == res["total_seconds"]
+    assert again["last_working_invocation"] == res["last_working_invocation"]  # the re-run did no work
     # The report still carries what each stage cost when its work was done (the work directory's ledger).
     first = {s["stage"]: s["seconds"] for s in res["stages"]}
     for s in again["stages"]:
@@ -208,6 +211,12 @@ def test_findings_follow_the_table() -> None:
     assert f["fusion"]["fusion_pure"]["best_single_branch_union"] == 0.7
     assert f["fusion"]["fusion_pure"]["gain_over_best_branch"] == pytest.approx(0.15)
     assert f["fusion"]["pure_minus_mixed_union"] == pytest.approx(0.15)
+    claims = ortho.claim_lines(f)
+    assert claims[0].startswith("1. Each pure expert is near chance on the other's test: no")
+    assert "pixel yes (+10.0 points)" in claims[1] and "semantic yes (+6.0)" in claims[1]
+    assert claims[2].startswith(
+        "3. The OR of the two pure experts beats either alone on the union (iii): yes"
+    )
 
 
 def test_bootstrap_interval_brackets_the_estimate() -> None:
