@@ -969,11 +969,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             args.semantic_set, args.default_semantic_sets, "pure-semantic set",
             "build one with 'aligngemini data build-semantic' (or benchmarks/audit_starter.py) or pass --semantic-set",
         )  # fmt: skip
-        data["pixel_set"] = {"dir": str(pixel_set), "rows": len(read_jsonl(pixel_set / "manifest.jsonl"))}
-        data["semantic_set"] = {
-            "dir": str(semantic_set),
-            "rows": len(read_jsonl(semantic_set / "manifest.jsonl")),
-        }
+        for key, folder in (("pixel_set", pixel_set), ("semantic_set", semantic_set)):
+            data[key] = {"dir": str(folder), "rows": len(read_jsonl(folder / "manifest.jsonl"))}
+            if (folder / "build.json").is_file():  # the builder's config: what the set is
+                data[key]["build_config"] = json.loads((folder / "build.json").read_text()).get("config")
 
     with stages.stage("write mixed manifest"):
         data["mixed"] = write_mixed_manifest(
