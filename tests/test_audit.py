@@ -162,6 +162,11 @@ def test_audit_end_to_end_on_tiny_sets(tiny_sets: tuple[Path, Path], tmp_path: P
     assert abs(checks["colour probe (32 px view) on the pixel set"]["balanced_accuracy"] - 0.5) <= 0.1
     assert abs(checks["pixel probe on the semantic set"]["balanced_accuracy"] - 0.5) <= 0.25
     assert checks["metadata probe on the pixel set"]["verdict"] == "pass"  # pairs share size and format
+    # The checkerboard (amplitude 4, i.e. ~36 dB) averages out at the 32 px view.
+    fidelity = report["sets"]["pixel"]["pair_fidelity"]
+    assert fidelity["pairs"] == 24 and 30 < fidelity["psnr_db"]["median"] < 45
+    assert fidelity["psnr_db_at_view"]["median"] > fidelity["psnr_db"]["median"] + 5
+    assert "pair_fidelity" not in report["sets"]["semantic"]
     per_source = checks["pixel probe on the pixel set"]["notes"]["by_source"]
     assert set(per_source) == {"fake:cam-b", "real:cam-b"} and per_source["fake:cam-b"]["n"] == 10
     assert "Probe accuracy by eval source" in (tmp_path / "report" / "report.md").read_text()

@@ -256,3 +256,31 @@ def test_limit_takes_a_nested_spread_out_subset(tmp_path: Path) -> None:
         rows, [gen], tmp_path / "out", PixelBuildConfig(), source_base=base, limit=6, progress=False
     )
     assert res.stats.done_before == 3 and res.stats.written == 3 and gen.images == 6
+
+
+def test_low_frequency_alignment_removes_a_colour_drift_and_keeps_the_fine_trace(tmp_path: Path) -> None:
+    rows, base = _sources(tmp_path, [Source("real", "cam", "train", "PNG", None, (96, 96))])
+
+    class DriftingGenerator(PatternGenerator):
+        def reconstruct(self, images: list[Image.Image]) -> list[Image.Image]:
+            out = super().reconstruct(images)  # checkerboard: the finest-scale trace
+            return [Image.fromarray(np.clip(np.asarray(o, np.int16) + [25, -10, 0], 0, 255).astype(np.uint8))
+                    for o in out]  # fmt: skip
+
+    cfg = PixelBuildConfig(**NO_OPS, lowfreq_align_prob=1.0)
+    build_pixel_set(
+        rows, [DriftingGenerator(amplitude=6)], tmp_path / "out", cfg, source_base=base, progress=False
+    )
+    (pair,) = _pairs(tmp_path / "out").values()
+    real = np.asarray(Image.open(tmp_path / "out" / pair["real"].path), np.float64)
+    fake = np.asarray(Image.open(tmp_path / "out" / pair["fake"].path), np.float64)
+    diff = fake - real
+    assert np.abs(diff.mean(axis=(0, 1))).max() < 1.0  # the colour drift is gone
+    assert diff.std() > 4.0  # the checkerboard is still there
+    assert pair["fake"].extra["ops"]["lowfreq_align"] == 0.25
+    assert json.loads((tmp_path / "out" / "build.json").read_text())["config"]["lowfreq_align_prob"] == 1.0
+    # Off (the default), the build stamp is the one sets made before the option existed carry.
+    build_pixel_set(
+        rows, [PatternGenerator()], tmp_path / "off", PixelBuildConfig(), source_base=base, progress=False
+    )
+    assert "lowfreq_align_prob" not in json.loads((tmp_path / "off" / "build.json").read_text())["config"]

@@ -16,6 +16,7 @@ sources, by construction of the starter corpus); the report says which split eac
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections import Counter, defaultdict
@@ -28,7 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from aligngemini.data.build.balance import Embedder, EmbeddingCache, embed_rows, embedder_id
+from aligngemini.data.build.balance import Embedder, EmbeddingCache, content_view, embed_rows, embedder_id
 from aligngemini.data.build.common import MANIFEST_NAME, row_path, stable_id
 from aligngemini.data.build.probes import (
     PixelProbeConfig,
@@ -204,6 +205,45 @@ def set_statistics(
     ):
         by_split_source[split][f"{label}:{source}"] = n
     return {"per_class": per_class, "counts_by_split": dict(by_split_source)}, facts
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def pair_fidelity(
+    image_set: ImageSet, view: int, *, max_pairs: int = 300, seed: int = 0
+) -> dict[str, Any] | None:
+    """PSNR between each real and its reconstruction, at full size and at the embedding probes' content
+    view: how visible the generator's change is at the scale a CLIP probe looks at. None when the set has
+    no (real, fake) groups of equal size."""
+    by_group: dict[str, dict[str, list[ManifestRow]]] = defaultdict(lambda: {"real": [], "fake": []})
+    for r in image_set.rows:
+        if r.group:
+            by_group[str(r.group)][r.label].append(r)
+    pairs = [(g["real"][0], f) for g in by_group.values() if len(g["real"]) == 1 for f in g["fake"]]
+    pairs = [(r, f) for r, f in pairs if (r.width, r.height) == (f.width, f.height)]
+    if not pairs:
+        return None
+    if len(pairs) > max_pairs:
+        pick = np.random.default_rng(seed).choice(len(pairs), size=max_pairs, replace=False)
+        pairs = [pairs[i] for i in sorted(pick.tolist())]
+    full, small = [], []
+    for real_row, fake_row in pairs:
+        real = load_image(image_set.path(real_row)).image
+        fake = load_image(image_set.path(fake_row)).image
+        if real.size != fake.size:
+            continue
+        full.append(_psnr(np.asarray(real), np.asarray(fake)))
+        if view:
+            small.append(_psnr(np.asarray(content_view(real, view)), np.asarray(content_view(fake, view))))
+    return {
+        "pairs": len(full),
+        "psnr_db": _quantiles(full),
+        "view": view,
+        "psnr_db_at_view": _quantiles(small),
+    }
 
 
 def metadata_probe(image_set: ImageSet, facts: list[dict[str, Any]], cfg: AuditConfig) -> ProbeResult:
@@ -399,6 +439,9 @@ def run_audit(
         stats, facts = set_statistics(s, progress=progress)
         meta = metadata_probe(s, facts, cfg)
         report["sets"][name] = {"path": str(s.root), **stats, "metadata_probe": meta.to_dict()}
+        fidelity = pair_fidelity(s, cfg.content_view, seed=cfg.seed)
+        if fidelity is not None:
+            report["sets"][name]["pair_fidelity"] = fidelity
         report["checks"].append(_check(f"metadata probe on the {name} set", name, meta, "chance", cfg))
     for name, s in sets.items():
         result = pixel_probe_on(s, cfg, progress=progress)
@@ -494,6 +537,16 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{_fmt(cs['cross_validated_auc_optimistic'])}"
         )
         lines.append("")
+    for set_name, st in report["sets"].items():
+        fid = st.get("pair_fidelity")
+        if fid:
+            at_view = fid["psnr_db_at_view"] or {}
+            lines += [
+                f"Pairs of the {set_name} set ({fid['pairs']}): PSNR real vs reconstruction, median "
+                f"{_fmt(fid['psnr_db']['median'])} dB at full size, {_fmt(at_view.get('median'))} dB at the "
+                f"{fid['view']} px view the CLIP probe sees (higher: the change is less visible at that scale).",
+                "",
+            ]
     lines += ["## Probe accuracy by eval source", ""]
     for c in report["checks"]:
         per = c.get("notes", {}).get("by_source") or {}

@@ -6,7 +6,8 @@ in this order, every random choice drawn from the pair's own seed:
 1. crop the real to at most ``crop_size`` per side (centre or random, offsets on a 16-pixel grid so a
    JPEG's block grid survives; never resized) and to a multiple of ``multiple_of``;
 2. reconstruct the crop with the generator (batched);
-3. optionally pixel-blend and frequency-blend the real into the fake;
+3. optionally align the fake's coarse scales to the real (``lowfreq_align_prob``, off by default), then
+   pixel-blend and frequency-blend the real into the fake;
 4. format alignment: when the real is a JPEG, with ``jpeg_align_prob`` both images are JPEG-encoded at
    the real's estimated quality and chroma subsampling (the real's re-encode on its own grid is nearly
    lossless), so "carries JPEG traces" says nothing about the label;
@@ -66,6 +67,11 @@ class PixelBuildConfig:
     freq_blend_low: float = 0.25  # band [low, inf) of normalised DCT frequency
     resize_prob: float = 0.2
     resize_scale: tuple[float, float] = (0.5, 1.5)
+    # Low-frequency alignment: the fake takes the real's DCT band [0, lowfreq_cut). Off by default (DDA
+    # does not do it); turn it on when the audit's CLIP probe separates pairs because an imperfect decoder
+    # drifts in colour or tone, an error visible at the scale semantic models see, not a fine-scale trace.
+    lowfreq_align_prob: float = 0.0
+    lowfreq_cut: float = 0.25
     resize_methods: tuple[str, ...] = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
     batch_size: int = 8
     seed: int = 0
@@ -75,7 +81,15 @@ class PixelBuildConfig:
         self.freq_blend_alpha = _pair(self.freq_blend_alpha, "freq_blend_alpha", 0.0, 1.0)
         self.resize_scale = _pair(self.resize_scale, "resize_scale", 1e-3, 16.0)
         self.resize_methods = tuple(self.resize_methods)
-        for name in ("jpeg_align_prob", "pixel_blend_prob", "freq_blend_prob", "resize_prob"):
+        if not 0.0 < self.lowfreq_cut <= 1.5:
+            raise ValueError(f"pixel config: lowfreq_cut must be in (0, 1.5], got {self.lowfreq_cut}")
+        for name in (
+            "jpeg_align_prob",
+            "pixel_blend_prob",
+            "freq_blend_prob",
+            "resize_prob",
+            "lowfreq_align_prob",
+        ):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"pixel config: {name} must be a probability in [0, 1], got {value}")
@@ -206,6 +220,10 @@ class _PixelBuilder:
         fake = fake.convert("RGB")
         rng = np.random.default_rng([*seed_for(cfg.seed, job.pair_id), 1])
         ops: dict[str, Any] = {}
+        # Drawn only when enabled, so that sets built before this option existed keep their random streams.
+        if cfg.lowfreq_align_prob > 0 and rng.random() < cfg.lowfreq_align_prob:
+            fake = T.frequency_blend(real, fake, 1.0, band=(0.0, cfg.lowfreq_cut))
+            ops["lowfreq_align"] = cfg.lowfreq_cut
         if rng.random() < cfg.pixel_blend_prob:
             alpha = float(rng.uniform(*cfg.pixel_blend_alpha))
             fake = T.pixel_blend(real, fake, alpha)
@@ -356,4 +374,7 @@ def build_pixel_set(
 def _stamp(cfg: PixelBuildConfig) -> dict[str, Any]:
     data = asdict(cfg)
     data.pop("batch_size")  # does not change what is written
+    if not cfg.lowfreq_align_prob:  # off: stamp as before the option existed, so older sets still resume
+        data.pop("lowfreq_align_prob")
+        data.pop("lowfreq_cut")
     return data
