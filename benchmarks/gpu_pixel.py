@@ -101,8 +101,13 @@ def main() -> int:
     }  # fmt: skip
     model = build(name, size, lora=False, device=device)
     for b in fwd_batches:
-        result["forward_images_per_s"][str(b)] = round(time_forward(model, b, size, device, dtype, iters, warmup), 1)
-        print(f"forward autocast  batch {b:4d}: {result['forward_images_per_s'][str(b)]:8.1f} images/s", flush=True)
+        result["forward_images_per_s"][str(b)] = round(
+            time_forward(model, b, size, device, dtype, iters, warmup), 1
+        )
+        print(
+            f"forward autocast  batch {b:4d}: {result['forward_images_per_s'][str(b)]:8.1f} images/s",
+            flush=True,
+        )
     if device.type == "cuda":  # weights cast to bf16 once: no per-op casts
         mb = model.to(dtype)
         for b in fwd_batches:

@@ -73,13 +73,17 @@ def test_exif_orientation_applied() -> None:
 
 @pytest.mark.parametrize(
     "mode,value",
-    [("P", None), ("RGBA", (255, 0, 0, 0)), ("LA", (0, 255)), ("CMYK", (0, 0, 0, 0)), ("L", 128), ("I;16", 65535)],
+    [
+        ("P", None),
+        ("RGBA", (255, 0, 0, 0)),
+        ("LA", (0, 255)),
+        ("CMYK", (0, 0, 0, 0)),
+        ("L", 128),
+        ("I;16", 65535),
+    ],
 )
 def test_modes_convert_consistently(mode: str, value) -> None:
-    if mode == "P":
-        img = _photo(16, 16).convert("P")
-    else:
-        img = Image.new(mode, (16, 16), value)
+    img = _photo(16, 16).convert("P") if mode == "P" else Image.new(mode, (16, 16), value)
     fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
     loaded = decode_bytes(_encode(img, fmt), f"m.{fmt.lower()}")
     assert loaded.image.mode == "RGB"
@@ -99,10 +103,20 @@ def _png_header_only(w: int, h: int) -> bytes:
     """A PNG that *declares* w x h but carries one tiny IDAT: a bomb's header without the payload."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_refused_before_decoding() -> None:

@@ -39,7 +39,10 @@ def _build_wheel(folder: Path, name: str, version: str, files: dict[str, bytes])
 
 def test_parse_sources() -> None:
     assert parse_source("pypi:foo==1.0#a/b.onnx").member == "a/b.onnx"
-    assert parse_source("npm:@upscalerjs/esrgan-medium@1.0.0#models").package == "@upscalerjs/esrgan-medium@1.0.0"
+    assert (
+        parse_source("npm:@upscalerjs/esrgan-medium@1.0.0#models").package
+        == "@upscalerjs/esrgan-medium@1.0.0"
+    )
     assert parse_source("org/model").scheme == "hf"
     with pytest.raises(ResolveError, match="pin the version"):
         parse_source("pypi:foo#x")
