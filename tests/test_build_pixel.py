@@ -278,7 +278,8 @@ def test_low_frequency_alignment_removes_a_colour_drift_and_keeps_the_fine_trace
     assert np.abs(diff.mean(axis=(0, 1))).max() < 1.0  # the colour drift is gone
     assert diff.std() > 4.0  # the checkerboard is still there
     assert pair["fake"].extra["ops"]["lowfreq_align"] == 0.25
-    assert json.loads((tmp_path / "out" / "build.json").read_text())["config"]["lowfreq_align_prob"] == 1.0
+    stamp = json.loads((tmp_path / "out" / "build.json").read_text())["config"]
+    assert stamp["lowfreq_align_prob"] == 1.0 and stamp["lowfreq_band"] == "square"
     # Off (the default), the build stamp is the one sets made before the option existed carry.
     build_pixel_set(
         rows, [PatternGenerator()], tmp_path / "off", PixelBuildConfig(), source_base=base, progress=False

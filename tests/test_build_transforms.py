@@ -67,6 +67,23 @@ def test_frequency_blend_moves_only_the_chosen_band() -> None:
     ) < 1e-3 * T.high_frequency_energy(fake, low)
 
 
+def test_square_band_is_what_a_downscale_keeps() -> None:
+    radial = T.frequency_mask(64, 32, (0.0, 0.25))
+    square = T.frequency_mask(64, 32, (0.0, 0.25), square=True)
+    assert square.sum() == 16 * 8 and square[:16, :8].all()  # u < 0.25 H and v < 0.25 W, corners included
+    assert radial.sum() < square.sum() and not radial[15, 7]
+    # Aligning the square band makes the two images equal at a quarter-size DCT view.
+    real, fake = photo(9, 64, 64), photo(10, 64, 64)
+    out = T.frequency_blend(real, fake, 1.0, band=(0.0, 0.25), square=True)
+
+    def coarse(img: Image.Image) -> np.ndarray:
+        d = T.sfft.dctn(np.asarray(img, np.float64), axes=(0, 1), norm="ortho")
+        return d[:16, :16]
+
+    assert np.abs(coarse(out) - coarse(real)).max() < 0.02 * np.abs(coarse(real)).max()
+    assert np.abs(coarse(fake) - coarse(real)).max() > 0.1 * np.abs(coarse(real)).max()
+
+
 def test_resize_by_scale_and_size() -> None:
     img = photo(8, 100, 60)
     assert T.resize(img, scale=0.5).size == (50, 30)

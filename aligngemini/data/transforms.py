@@ -191,17 +191,18 @@ def pixel_blend(real: Image.Image, fake: Image.Image, alpha: float) -> Image.Ima
     return _to_image(alpha * r + (1.0 - alpha) * f)
 
 
-def frequency_mask(height: int, width: int, band: tuple[float, float]) -> np.ndarray:
-    """Boolean DCT-coefficient mask selecting normalised radial frequencies in ``[lo, hi)``.
+def frequency_mask(height: int, width: int, band: tuple[float, float], *, square: bool = False) -> np.ndarray:
+    """Boolean DCT-coefficient mask selecting normalised frequencies in ``[lo, hi)``.
 
-    A coefficient (u, v) has frequency ``sqrt((u/H)^2 + (v/W)^2)``: 0 is DC, 1 is Nyquist along one
-    axis, sqrt(2) the diagonal corner."""
+    A coefficient (u, v) has radial frequency ``sqrt((u/H)^2 + (v/W)^2)``: 0 is DC, 1 is Nyquist along
+    one axis, sqrt(2) the diagonal corner. With ``square`` the frequency is ``max(u/H, v/W)`` instead, so
+    ``[0, c)`` is exactly what survives a separable down-scale by ``c``."""
     lo, hi = band
     if lo < 0 or hi <= lo:
         raise ValueError(f"band must satisfy 0 <= lo < hi, got {band}")
     fu = np.arange(height, dtype=np.float64)[:, None] / height
     fv = np.arange(width, dtype=np.float64)[None, :] / width
-    radius = np.sqrt(fu**2 + fv**2)
+    radius = np.maximum(fu, fv) if square else np.sqrt(fu**2 + fv**2)
     return (radius >= lo) & (radius < hi)
 
 
@@ -210,9 +211,12 @@ def frequency_blend(
     fake: Image.Image,
     alpha: float,
     band: tuple[float, float] = (0.25, math.inf),
+    *,
+    square: bool = False,
 ) -> Image.Image:
-    """Mix the real's DCT coefficients in a frequency ``band`` into the fake's (weight ``alpha`` on the
-    real), leaving the fake's other frequencies untouched.
+    """Mix the real's DCT coefficients in a frequency ``band`` (radial, or square: see
+    :func:`frequency_mask`) into the fake's (weight ``alpha`` on the real), leaving the fake's other
+    frequencies untouched.
 
     Why: reconstructions restore high-frequency detail that JPEG removed from the real photo, so a
     detector can learn "rich high frequencies = fake". Pulling the fake's high band towards the
@@ -221,7 +225,7 @@ def frequency_blend(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     r, f = _pair_arrays(real, fake)
-    mask = frequency_mask(r.shape[0], r.shape[1], band)[:, :, None]
+    mask = frequency_mask(r.shape[0], r.shape[1], band, square=square)[:, :, None]
     rd = sfft.dctn(r, axes=(0, 1), norm="ortho")
     fd = sfft.dctn(f, axes=(0, 1), norm="ortho")
     mixed = fd + mask * alpha * (rd - fd)

@@ -67,7 +67,8 @@ class PixelBuildConfig:
     freq_blend_low: float = 0.25  # band [low, inf) of normalised DCT frequency
     resize_prob: float = 0.2
     resize_scale: tuple[float, float] = (0.5, 1.5)
-    # Low-frequency alignment: the fake takes the real's DCT band [0, lowfreq_cut). Off by default (DDA
+    # Low-frequency alignment: the fake takes the real's square DCT band [0, lowfreq_cut) in both axes,
+    # i.e. the real's image down-scaled by lowfreq_cut. Off by default (DDA
     # does not do it); turn it on when the audit's CLIP probe separates pairs because an imperfect decoder
     # drifts in colour or tone, an error visible at the scale semantic models see, not a fine-scale trace.
     lowfreq_align_prob: float = 0.0
@@ -222,7 +223,7 @@ class _PixelBuilder:
         ops: dict[str, Any] = {}
         # Drawn only when enabled, so that sets built before this option existed keep their random streams.
         if cfg.lowfreq_align_prob > 0 and rng.random() < cfg.lowfreq_align_prob:
-            fake = T.frequency_blend(real, fake, 1.0, band=(0.0, cfg.lowfreq_cut))
+            fake = T.frequency_blend(real, fake, 1.0, band=(0.0, cfg.lowfreq_cut), square=True)
             ops["lowfreq_align"] = cfg.lowfreq_cut
         if rng.random() < cfg.pixel_blend_prob:
             alpha = float(rng.uniform(*cfg.pixel_blend_alpha))
@@ -377,4 +378,6 @@ def _stamp(cfg: PixelBuildConfig) -> dict[str, Any]:
     if not cfg.lowfreq_align_prob:  # off: stamp as before the option existed, so older sets still resume
         data.pop("lowfreq_align_prob")
         data.pop("lowfreq_cut")
+    else:
+        data["lowfreq_band"] = "square"  # sets from the radial-band version must not resume into this one
     return data
