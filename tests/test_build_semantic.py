@@ -197,4 +197,21 @@ def test_content_view_keeps_scene_and_drops_texture() -> None:
     diff = np.asarray(small_b, np.float64) - np.asarray(small_a, np.float64)
     assert abs(diff.mean()) < 1.0 and diff.std() < 6.0
     assert content_view(base, 512) is base
-    assert embedder_id(mean_colour_embedder, "colour", 64) != embedder_id(mean_colour_embedder, "colour", 0)
+    ids = {embedder_id(mean_colour_embedder, "colour", 64, m) for m in ("aa", "lanczos", "box")}
+    assert len(ids) == 3 and embedder_id(mean_colour_embedder, "colour", 0) not in ids
+    with pytest.raises(ValueError, match="view method"):
+        content_view(base, 48, "bilinear")
+
+
+def test_content_view_does_not_alias_fine_texture() -> None:
+    """Stripes finer than the view can hold must fade, not fold into coarse stripes (a box filter lets
+    them through, and CLIP reads them)."""
+    from aligngemini.data.build.balance import content_view
+
+    x = np.arange(256, dtype=np.float64)
+    # period 3.2 px: above the 64-px view's Nyquist (period 8 px of the 256-px image)
+    stripes = 128 + 100 * np.sin(2 * np.pi * x / 3.2)
+    img = Image.fromarray(np.repeat(np.tile(stripes, (256, 1))[:, :, None], 3, axis=2).astype(np.uint8))
+    leak = {m: np.asarray(content_view(img, 64, m), np.float64).std() for m in ("aa", "box")}
+    assert leak["box"] > 10.0  # the box view shows stripes that are not in the scene at that scale
+    assert leak["aa"] < 2.0

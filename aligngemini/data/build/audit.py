@@ -213,7 +213,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def pair_fidelity(
-    image_set: ImageSet, view: int, *, max_pairs: int = 300, seed: int = 0
+    image_set: ImageSet, view: int, *, max_pairs: int = 300, seed: int = 0, view_method: str = "aa"
 ) -> dict[str, Any] | None:
     """PSNR between each real and its reconstruction, at full size and at the embedding probes' content
     view: how visible the generator's change is at the scale a CLIP probe looks at. None when the set has
@@ -237,7 +237,12 @@ def pair_fidelity(
             continue
         full.append(_psnr(np.asarray(real), np.asarray(fake)))
         if view:
-            small.append(_psnr(np.asarray(content_view(real, view)), np.asarray(content_view(fake, view))))
+            small.append(
+                _psnr(
+                    np.asarray(content_view(real, view, view_method)),
+                    np.asarray(content_view(fake, view, view_method)),
+                )
+            )
     return {
         "pairs": len(full),
         "psnr_db": _quantiles(full),
