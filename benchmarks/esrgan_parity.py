@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aligngemini.generators.esrgan import PACKAGES, SCALES, ESRGANGenerator, fetch_npm
+from aligngemini.generators.esrgan import PACKAGES, SCALES, ESRGANGenerator
+from aligngemini.npm import fetch_npm
 from aligngemini.paths import cache_dir
 
 TFJS_VERSION = "4.11.0"  # the packages' peerDependency (~4.11.0)

@@ -18,10 +18,11 @@ from PIL import Image
 
 from aligngemini.cli import main as cli_main
 from aligngemini.generators.base import GeneratorSpecError, build_generator, pad_to_multiple
-from aligngemini.generators.esrgan import ESRGANGenerator, NpmFetchError, fetch_npm, parse_esrgan_spec
+from aligngemini.generators.esrgan import ESRGANGenerator, parse_esrgan_spec
 from aligngemini.generators.tfjs import TFJSError, depth_to_space, load_tfjs_model, read_weights
 from aligngemini.generators.train_vae import TrainVAEConfig, TrainVAEError, list_training_images, train_vae
 from aligngemini.generators.vae import VAEGenerator, VAELoadError
+from aligngemini.npm import NpmFetchError, fetch_npm
 
 torch.set_num_threads(1)
 
@@ -549,7 +550,7 @@ def test_fetch_npm_caches_checks_integrity_and_refuses_unsafe_tarballs(tmp_path)
 
 
 def test_default_fetcher_reads_a_local_tarball_folder(tmp_path, monkeypatch):
-    from aligngemini.generators.esrgan import npm_pack
+    from aligngemini.npm import npm_pack
 
     tarball = make_tarball(tmp_path / "upscalerjs-esrgan-medium-1.0.0.tgz", {"package/x": b"y"})
     monkeypatch.setenv("ALIGNGEMINI_NPM_DIR", str(tmp_path))

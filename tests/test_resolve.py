@@ -97,3 +97,24 @@ def test_pypi_missing_member_and_offline_errors(tmp_path: Path, monkeypatch: pyt
         resolve("pypi:never==1.0#x")
     with pytest.raises(ResolveError, match="pass DIR as the source"):
         resolve("hf:org/some-model")
+
+
+def test_npm_member_from_the_offline_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`npm:` sources use the same fetcher as the ESRGAN packages: a tarball in $ALIGNGEMINI_NPM_DIR is
+    used without the npm client, its top `package/` folder is dropped, and a missing member is named."""
+    import io
+    import tarfile
+
+    tarballs = tmp_path / "tarballs"
+    tarballs.mkdir()
+    with tarfile.open(tarballs / "scope-pkg-1.2.3.tgz", "w:gz") as tar:
+        for name, data in {"package/package.json": b"{}", "package/models/model.json": b'{"ok": 1}'}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    monkeypatch.setenv("ALIGNGEMINI_NPM_DIR", str(tarballs))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-npm-here"))  # the npm client must not be needed
+    got = resolve("npm:@scope/pkg@1.2.3#models/model.json")
+    assert got.read_bytes() == b'{"ok": 1}'
+    with pytest.raises(ResolveError, match="nothing.json"):
+        resolve("npm:@scope/pkg@1.2.3#models/nothing.json")
