@@ -69,8 +69,8 @@ def main() -> int:
     ap.add_argument("--vae", type=Path, default=data_dir("models") / "vae-starter")
     ap.add_argument(
         "--fallback-generator",
-        default="esrgan:medium:x2",
-        help="pixel-set generator when the starter VAE is missing",
+        help="pixel-set generator when the VAE is missing (e.g. esrgan:medium:x2; by default a missing VAE "
+        "is an error, since ESRGAN is the family the pixel branch is meant never to train on)",
     )
     ap.add_argument(
         "--work", type=Path, default=data_dir("audit-starter"), help="where the sets and report go"
@@ -103,6 +103,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per command (OMP_NUM_THREADS)")
     ap.add_argument("--tag", default="audit_starter", help="results file stem under benchmarks/results/")
+    ap.add_argument(
+        "--note", action="append", default=[], help="a line recorded with the results (repeatable)"
+    )
     args = ap.parse_args()
 
     if not args.manifest.is_file():
@@ -111,9 +114,16 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    notes = []
+    notes = list(args.note)
     if (args.vae / "config.json").is_file() or (args.vae / "vae" / "config.json").is_file():
         generator = f"vae:{args.vae}"
+    elif not args.fallback_generator:
+        print(
+            f"{args.vae}: no VAE there; train one with 'aligngemini generators train-vae' and pass --vae DIR, "
+            "or choose another pixel-set generator with --fallback-generator",
+            file=sys.stderr,
+        )
+        return 2
     else:
         generator = args.fallback_generator
         notes.append(
