@@ -68,10 +68,11 @@ def content_view(image: Image.Image, short: int, method: str = "aa") -> Image.Im
     measures content; on the full image it also sees image quality, which is a pixel cue.
 
     Why a Gaussian low-pass before the Lanczos resize: a box filter lets fine texture alias into the small
-    image, and CLIP reads it. Measured on the starter pixel set (VAE reconstructions aligned below the
-    view's Nyquist, 39.8 dB apart at the view): a CLIP probe on box views told real from fake at balanced
-    accuracy 0.67, on Lanczos views at 0.60, on these views at 0.51; on the semantic set it stayed at
-    0.66 (benchmarks/results/audit_views.md). ``method`` "lanczos" and "box" are those weaker filters,
+    image, and CLIP reads it. Measured on the starter pixel set, whose fakes take the real's coarse DCT band
+    (``python benchmarks/audit_views.py``, benchmarks/results/audit_views.md): a CLIP probe told real from
+    fake at balanced accuracy 0.67 on box views, 0.60 on Lanczos views, 0.51 on these; on the semantic set
+    it scored 0.65-0.66 with each, and on pairs without that alignment 0.92 with each. ``method`` "lanczos"
+    and "box" are the weaker filters,
     kept for that comparison."""
     if short <= 0 or min(image.size) <= short:
         return image
