@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from aligngemini.data.manifest import ManifestRow, read_manifest, write_manifest
+from aligngemini.imageio import ImageLoadError, LoadedImage, load_image
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -92,6 +93,15 @@ class BuildStats:
     def wrote(self) -> None:
         with self._lock:
             self.written += 1
+
+
+def load_source(path: Path, stats: BuildStats) -> LoadedImage | None:
+    """A builder's source image, or None after counting it as skipped ("unreadable", with the reason)."""
+    try:
+        return load_image(path)
+    except ImageLoadError as exc:
+        stats.skip("unreadable", f"{path}: {exc.reason}")
+        return None
 
 
 class OutputDir:

@@ -35,6 +35,7 @@ from aligngemini.data.build.common import (
     BuildError,
     BuildStats,
     OutputDir,
+    load_source,
     row_key,
     row_path,
     run_batched,
@@ -45,7 +46,6 @@ from aligngemini.data.build.common import (
 )
 from aligngemini.data.manifest import ManifestRow
 from aligngemini.generators.base import Generator
-from aligngemini.imageio import ImageLoadError, load_image
 
 JPEG_GRID = 16  # 8x8 luma blocks, 16x16 MCUs under 4:2:0
 
@@ -184,10 +184,8 @@ class _PixelBuilder:
     def prepare(self, job: _Job) -> _Prepared | None:
         cfg = self.cfg
         path = row_path(job.row, self.source_base)
-        try:
-            loaded = load_image(path)
-        except ImageLoadError as exc:
-            self.stats.skip("unreadable", f"{path}: {exc.reason}")
+        loaded = load_source(path, self.stats)
+        if loaded is None:
             return None
         w, h = loaded.image.size
         cw, ch = min(w, cfg.crop_size), min(h, cfg.crop_size)

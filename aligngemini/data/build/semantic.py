@@ -34,6 +34,7 @@ from aligngemini.data.build.common import (
     BuildError,
     BuildStats,
     OutputDir,
+    load_source,
     row_key,
     row_path,
     run_batched,
@@ -44,7 +45,6 @@ from aligngemini.data.build.common import (
 )
 from aligngemini.data.manifest import ManifestRow
 from aligngemini.generators.base import Generator
-from aligngemini.imageio import ImageLoadError, load_image
 
 LABELS = ("real", "fake")
 
@@ -151,10 +151,8 @@ class _SemanticBuilder:
     def prepare(self, job: _Job) -> _Prepared | None:
         cfg = self.cfg
         path = row_path(job.row, self.source_base)
-        try:
-            loaded = load_image(path)
-        except ImageLoadError as exc:
-            self.stats.skip("unreadable", f"{path}: {exc.reason}")
+        loaded = load_source(path, self.stats)
+        if loaded is None:
             return None
         img = loaded.image
         rng = np.random.default_rng([*seed_for(cfg.seed, job.item_id), 0])
