@@ -5,8 +5,8 @@
 
 Runs the real commands (``aligngemini data build-pixel | build-semantic | audit``) as subprocesses, so the
 recorded numbers come from exactly the command lines written into the results. Needs the starter corpus
-(``aligngemini data fetch-starter``) and, for the pixel set, the starter VAE
-(``aligngemini generators train-vae``); without the VAE it says so and uses ``--fallback-generator``.
+(``aligngemini data fetch-starter``) and, for the pixel set, a VAE (``aligngemini generators train-vae``,
+passed with ``--vae DIR``); without one it stops, unless ``--fallback-generator`` names another generator.
 Builds are resumable, so a second run only audits.
 """
 

@@ -31,12 +31,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> int:
-    from aligngemini.data.build.audit import AuditConfig, ImageSet, embedding_probe_on, pair_fidelity, verdict
+    from aligngemini.data.build.audit import (
+        AuditConfig,
+        ImageSet,
+        embedding_probe_on,
+        pair_fidelity,
+        set_embeddings,
+        verdict,
+    )
     from aligngemini.data.build.balance import (
         VIEW_METHODS,
         EmbeddingCache,
         clip_embedder,
-        embed_rows,
         embedder_id,
     )
 
@@ -61,17 +67,7 @@ def main() -> int:
         cache = EmbeddingCache.default(embedder_id(embedder, "clip", args.view, method))
         for name, kind, image_set in sets:
             started = time.perf_counter()
-            emb, kept = embed_rows(
-                image_set.rows,
-                image_set.root,
-                embedder,
-                cache=cache,
-                view=args.view,
-                view_method=method,
-                desc=f"{method} {name}",
-            )
-            cache.save()
-            rows = [image_set.rows[i] for i in kept]
+            emb, rows = set_embeddings(image_set, embedder, cache, view=args.view, view_method=method)
             result = embedding_probe_on(emb, rows, cfg)
             expect = "above" if kind == "semantic" else "chance"
             fidelity = pair_fidelity(image_set, args.view, seed=cfg.seed, view_method=method)

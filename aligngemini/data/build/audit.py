@@ -333,6 +333,7 @@ def set_embeddings(
     cache: EmbeddingCache | None = None,
     *,
     view: int = 0,
+    view_method: str = "aa",
     progress: bool = True,
 ) -> tuple[np.ndarray, list[ManifestRow]]:
     emb, kept = embed_rows(
@@ -341,6 +342,7 @@ def set_embeddings(
         embedder,
         cache=cache,
         view=view,
+        view_method=view_method,
         progress=progress,
         desc=f"embed ({image_set.name})",
     )

@@ -54,12 +54,16 @@ def embedder_id(embedder: Embedder, name: str | None = None, view: int = 0, meth
     base = str(name or getattr(embedder, "name", None) or "embedder")
     if tower:
         base += f"-{hashlib.sha256(str(tower).encode()).hexdigest()[:8]}"
-    if method not in VIEW_METHODS:
-        raise ValueError(f"view method {method!r}: expected one of {', '.join(VIEW_METHODS)}")
+    _check_view_method(method)
     return f"{base}-view{view}{'' if method == 'box' else method}" if view else base
 
 
 VIEW_METHODS = ("aa", "lanczos", "box")
+
+
+def _check_view_method(method: str) -> None:
+    if method not in VIEW_METHODS:
+        raise ValueError(f"view method {method!r}: expected one of {', '.join(VIEW_METHODS)}")
 
 
 def content_view(image: Image.Image, short: int, method: str = "aa") -> Image.Image:
@@ -72,18 +76,16 @@ def content_view(image: Image.Image, short: int, method: str = "aa") -> Image.Im
     (``python benchmarks/audit_views.py``, benchmarks/results/audit_views.md): a CLIP probe told real from
     fake at balanced accuracy 0.67 on box views, 0.60 on Lanczos views, 0.51 on these; on the semantic set
     it scored 0.65-0.66 with each, and on pairs without that alignment 0.92 with each. ``method`` "lanczos"
-    and "box" are the weaker filters,
-    kept for that comparison."""
+    and "box" are the weaker filters, kept for that comparison."""
     if short <= 0 or min(image.size) <= short:
         return image
     factor = short / min(image.size)
     size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    _check_view_method(method)
     if method == "box":
         return image.resize(size, Image.Resampling.BOX)
     if method == "lanczos":
         return image.resize(size, Image.Resampling.LANCZOS)
-    if method != "aa":
-        raise ValueError(f"view method {method!r}: expected one of {', '.join(VIEW_METHODS)}")
     # sigma of half the reduction factor: the response at the view's Nyquist is about 0.3
     blurred = image.filter(ImageFilter.GaussianBlur(0.5 / factor))
     return blurred.resize(size, Image.Resampling.LANCZOS)

@@ -68,9 +68,9 @@ class PixelBuildConfig:
     resize_prob: float = 0.2
     resize_scale: tuple[float, float] = (0.5, 1.5)
     # Low-frequency alignment: the fake takes the real's square DCT band [0, lowfreq_cut) in both axes,
-    # i.e. the real's image down-scaled by lowfreq_cut. Off by default (DDA
-    # does not do it); turn it on when the audit's CLIP probe separates pairs because an imperfect decoder
-    # drifts in colour or tone, an error visible at the scale semantic models see, not a fine-scale trace.
+    # i.e. the real's image down-scaled by lowfreq_cut. Off by default (DDA does not do it); turn it on
+    # when the audit's CLIP probe separates pairs because an imperfect decoder drifts in colour or tone,
+    # an error visible at the scale semantic models see, not a fine-scale trace.
     lowfreq_align_prob: float = 0.0
     lowfreq_cut: float = 0.25
     resize_methods: tuple[str, ...] = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
