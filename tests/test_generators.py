@@ -193,7 +193,7 @@ def test_train_vae_cli_writes_a_loadable_folder_and_resumes(tmp_path):
     card = (out / "MODEL_CARD.md").read_text()
     assert np.isfinite(metrics["val_psnr_db"]) and "PSNR" in card
     assert "Undertrained" in card  # 3 steps cannot beat bicubic x8, and the card says so
-    vae = AutoencoderKL.from_pretrained(out)
+    vae = AutoencoderKL.from_pretrained(out, local_files_only=True)  # the folder just written; never a hub
     assert vae.config.latent_channels == 4 and len(vae.config.block_out_channels) == 4
     assert build_generator(f"vae:{out}", device="cpu").reconstruct([photo_like(21, 19)])[0].size == (21, 19)
     # an existing output is refused without --resume/--overwrite; --resume continues to the new step count
