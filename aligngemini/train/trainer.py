@@ -208,6 +208,17 @@ def _barrier(acc: Any) -> None:
         acc.wait_for_everyone()
 
 
+def _close_process_group() -> None:
+    """Destroy the process group this run created (torchrun launches). Left to interpreter shutdown,
+    gloo's worker threads still hold work objects whose tensors need the GIL while Python is being torn
+    down, and a worker aborts with SIGABRT ("terminate called without an active exception") after
+    training has finished: the failure is timing-dependent, so it shows under load."""
+    from accelerate.state import AcceleratorState
+
+    torch.distributed.destroy_process_group()
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -307,8 +318,13 @@ class Trainer:
     def fit(self, resume: bool | str | Path | None = None) -> TrainResult:
         """Train to the end (or until stopped). ``resume``: True/"latest" for the newest checkpoint in
         the output directory, or a checkpoint directory."""
-        with self._signals():
-            return self._fit(resume)
+        owns_group = not torch.distributed.is_initialized()
+        try:
+            with self._signals():
+                return self._fit(resume)
+        finally:
+            if owns_group and torch.distributed.is_initialized():
+                _close_process_group()
 
     # ------------------------------------------------------------------------------------ internals
 
