@@ -8,7 +8,7 @@ import glob
 import hashlib
 import io
 import os
-import warnings
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,48 +196,57 @@ def load_image(
     return decode_bytes(data, source, max_pixels=max_pixels, max_bytes=max_bytes)
 
 
+def _bomb_reason(pillow_message: str, max_pixels: int) -> str:
+    """Our wording for Pillow's own refusal (a size over twice ``PIL.Image.MAX_IMAGE_PIXELS``)."""
+    found = re.search(r"\((\d+) pixels\)", pillow_message)
+    size = f"{found.group(1)} decoded pixels" if found else "the decoded size"
+    return f"{size} exceeds the limit of {max_pixels} (decompression bomb?)"
+
+
 def decode_bytes(
     data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> LoadedImage:
+    """Decode encoded bytes to RGB, refusing more than ``max_pixels`` decoded pixels before decoding.
+
+    Pillow's process-wide guard (``PIL.Image.MAX_IMAGE_PIXELS``) is left exactly as the application set
+    it: changing it per call would race between threads and could switch it off for the whole process.
+    So Pillow still refuses anything over twice its own limit (about 179 M pixels by default), reported
+    here in the same words; a ``max_pixels`` above that needs the application to raise Pillow's limit.
+    """
     if len(data) == 0:
         raise ImageLoadError(source, "empty file (0 bytes)")
     if len(data) > max_bytes:
         raise ImageLoadError(source, f"{len(data)} bytes, over the limit of {max_bytes}")
     digest = hashlib.sha256(data).hexdigest()
-    with warnings.catch_warnings():
-        # We enforce our own bound below; PIL's bomb warning would otherwise be noise or an error.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        old_limit = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            try:
-                img = Image.open(io.BytesIO(data))
-            except UnidentifiedImageError:
-                raise ImageLoadError(source, "not a recognised image format") from None
-            except Exception as exc:  # noqa: BLE001 - decoders raise many types
-                raise ImageLoadError(source, f"cannot open image: {exc}") from None
-            w, h = img.size
-            if w <= 0 or h <= 0:
-                raise ImageLoadError(source, f"invalid dimensions {w}x{h}")
-            if w * h > max_pixels:
-                raise ImageLoadError(
-                    source,
-                    f"{w}x{h} = {w * h} decoded pixels exceeds the limit of {max_pixels} (decompression bomb?)",
-                )
-            fmt = img.format
-            mode = img.mode
-            quality = estimate_jpeg_quality(img) if fmt == "JPEG" else None
-            n_frames = int(getattr(img, "n_frames", 1) or 1)
-            try:
-                img.seek(0)
-                img.load()
-                oriented = ImageOps.exif_transpose(img) or img
-                rgb = _to_rgb(oriented)
-                rgb.load()
-            except Exception as exc:  # noqa: BLE001 - truncated data surfaces as OSError, SyntaxError, ...
-                raise ImageLoadError(source, f"corrupt or truncated image data: {exc}") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = old_limit
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageLoadError(source, "not a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(source, _bomb_reason(str(exc), max_pixels)) from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types
+        raise ImageLoadError(source, f"cannot open image: {exc}") from None
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageLoadError(source, f"invalid dimensions {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageLoadError(
+            source, f"{w}x{h} = {w * h} decoded pixels exceeds the limit of {max_pixels} (decompression bomb?)"
+        )
+    fmt = img.format
+    mode = img.mode
+    quality = estimate_jpeg_quality(img) if fmt == "JPEG" else None
+    n_frames = int(getattr(img, "n_frames", 1) or 1)
+    try:
+        img.seek(0)
+        img.load()
+        oriented = ImageOps.exif_transpose(img) or img
+        rgb = _to_rgb(oriented)
+        rgb.load()
+    except Image.DecompressionBombError as exc:  # a later frame or tile can declare more
+        raise ImageLoadError(source, _bomb_reason(str(exc), max_pixels)) from None
+    except Exception as exc:  # noqa: BLE001 - truncated data surfaces as OSError, SyntaxError, ...
+        raise ImageLoadError(source, f"corrupt or truncated image data: {exc}") from None
     facts = ImageFacts(source, fmt, w, h, mode, quality, n_frames, digest)
     return LoadedImage(rgb, facts)
 

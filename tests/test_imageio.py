@@ -120,8 +120,49 @@ def _png_header_only(w: int, h: int) -> bytes:
 
 
 def test_decompression_bomb_refused_before_decoding() -> None:
-    with pytest.raises(ImageLoadError, match="30000x30000 = 900000000 decoded pixels exceeds"):
+    # over twice Pillow's own limit: Pillow refuses on open, and we say it in our words with our limit
+    with pytest.raises(ImageLoadError, match="900000000 decoded pixels exceeds the limit of 64000000"):
         decode_bytes(_png_header_only(30000, 30000), "bomb.png")
+    # under Pillow's limit, over ours: refused from the header, before any pixel is decoded
+    with pytest.raises(
+        ImageLoadError, match="9000x8000 = 72000000 decoded pixels exceeds the limit of 64000000"
+    ):
+        decode_bytes(_png_header_only(9000, 8000), "bomb.png")
+
+
+def test_bomb_guard_holds_in_16_threads() -> None:
+    """Decoding never touches Pillow's process-wide limit, so no interleaving of threads can switch it off:
+    every bomb is refused in our words, every good image decodes, every corrupt one is reported."""
+    good = _encode(_photo(), "JPEG")
+    cases = [
+        (good, None),
+        (_encode(_photo(20, 20), "PNG"), None),
+        (_png_header_only(30000, 30000), "900000000 decoded pixels exceeds the limit of 64000000"),
+        (_png_header_only(9000, 8000), "72000000 decoded pixels exceeds the limit of 64000000"),
+        (good[: len(good) // 2], "corrupt or truncated"),
+        (b"not an image at all", "not a recognised image format"),
+    ]
+    limit_before = Image.MAX_IMAGE_PIXELS
+
+    def decode(i: int) -> tuple[int, str | None]:
+        data, _ = cases[i % len(cases)]
+        try:
+            decode_bytes(data, f"case{i}")
+        except ImageLoadError as exc:
+            return i, exc.reason
+        return i, None
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(decode, range(600)))
+    for i, reason in results:
+        expected = cases[i % len(cases)][1]
+        if expected is None:
+            assert reason is None, (i, reason)
+        else:
+            assert reason is not None and expected in reason, (i, reason)
+    assert Image.MAX_IMAGE_PIXELS == limit_before
 
 
 def test_pixel_limit_configurable() -> None:
