@@ -44,6 +44,10 @@ class ImageLoadError(ValueError):
         self.reason = reason
 
 
+class PixelLimitError(ImageLoadError):
+    """An image whose declared size is over the decoded-pixel limit (refused before decoding)."""
+
+
 @dataclass(frozen=True)
 class ImageFacts:
     """What the original bytes said, kept for branches and builders that need format facts."""
@@ -95,6 +99,29 @@ def estimate_jpeg_quality(image: Image.Image) -> int | None:
         ref = _ijg_table(q)
         errs.append(min(np.abs(ref - luma).mean(), np.abs(np.sort(ref) - np.sort(luma)).mean()))
     return int(np.argmin(errs) + 1)
+
+
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    """The image media type the leading bytes announce, or None. Names and headers are never trusted."""
+    head = data[:32]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head.startswith(b"BM") and len(head) >= 14:
+        return "image/bmp"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "image/tiff"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "image/avif" if head[8:12] in (b"avif", b"avis") else "image/heic"
+    return None
 
 
 def _describe(src: ImageSource) -> str:
@@ -196,11 +223,62 @@ def load_image(
     return decode_bytes(data, source, max_pixels=max_pixels, max_bytes=max_bytes)
 
 
-def _bomb_reason(pillow_message: str, max_pixels: int) -> str:
+def _over_limit(w: int, h: int, limit: int) -> str:
+    return f"{w}x{h} = {w * h} decoded pixels exceeds the limit of {limit} (decompression bomb?)"
+
+
+def _bytes_of(src: bytes | str | os.PathLike) -> bytes | None:
+    if isinstance(src, bytes):
+        return src
+    try:
+        with open(src, "rb") as fh:
+            return fh.read(1 << 20)  # headers sit at the start; a bomb's payload is never needed
+    except OSError:
+        return None
+
+
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """The size a header declares, read with the format's own parser but without Pillow's bomb check:
+    used only to name the size in the refusal of an image Pillow will not open."""
+    Image.init()
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and accept(data[:16]) is not True:
+            continue
+        try:
+            return factory(io.BytesIO(data), "").size
+        except Exception:  # noqa: BLE001, S112 - not this format's header; try the next
+            continue
+    return None
+
+
+def _bomb_reason(data: bytes | None, pillow_message: str, max_pixels: int | None) -> str:
     """Our wording for Pillow's own refusal (a size over twice ``PIL.Image.MAX_IMAGE_PIXELS``)."""
+    limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    size = _declared_size(data) if data is not None else None
+    if size is not None:
+        return _over_limit(*size, limit)
     found = re.search(r"\((\d+) pixels\)", pillow_message)
-    size = f"{found.group(1)} decoded pixels" if found else "the decoded size"
-    return f"{size} exceeds the limit of {max_pixels} (decompression bomb?)"
+    count = f"{found.group(1)} decoded pixels" if found else "the decoded size"
+    return f"{count} exceeds the limit of {limit} (decompression bomb?)"
+
+
+def read_header(
+    src: bytes | str | os.PathLike, source: str | None = None, *, max_pixels: int | None = None
+) -> tuple[int, int, str | None, int]:
+    """(width, height, PIL format, frames) from the header alone: no pixel is decoded. Raises
+    ImageLoadError for data that is not an image, and PixelLimitError for sizes Pillow itself refuses
+    (``max_pixels`` is only named in that message)."""
+    label = source or _describe(src)
+    try:
+        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as img:
+            return img.width, img.height, img.format, int(getattr(img, "n_frames", 1) or 1)
+    except Image.DecompressionBombError as exc:
+        raise PixelLimitError(label, _bomb_reason(_bytes_of(src), str(exc), max_pixels)) from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(label, "not a recognised image format") from None
+    except Exception as exc:  # noqa: BLE001 - header parsers raise many types
+        raise ImageLoadError(label, f"cannot read the image header: {exc}") from None
 
 
 def decode_bytes(
@@ -223,16 +301,14 @@ def decode_bytes(
     except UnidentifiedImageError:
         raise ImageLoadError(source, "not a recognised image format") from None
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(source, _bomb_reason(str(exc), max_pixels)) from None
+        raise PixelLimitError(source, _bomb_reason(data, str(exc), max_pixels)) from None
     except Exception as exc:  # noqa: BLE001 - decoders raise many types
         raise ImageLoadError(source, f"cannot open image: {exc}") from None
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageLoadError(source, f"invalid dimensions {w}x{h}")
     if w * h > max_pixels:
-        raise ImageLoadError(
-            source, f"{w}x{h} = {w * h} decoded pixels exceeds the limit of {max_pixels} (decompression bomb?)"
-        )
+        raise PixelLimitError(source, _over_limit(w, h, max_pixels))
     fmt = img.format
     mode = img.mode
     quality = estimate_jpeg_quality(img) if fmt == "JPEG" else None
@@ -244,7 +320,7 @@ def decode_bytes(
         rgb = _to_rgb(oriented)
         rgb.load()
     except Image.DecompressionBombError as exc:  # a later frame or tile can declare more
-        raise ImageLoadError(source, _bomb_reason(str(exc), max_pixels)) from None
+        raise PixelLimitError(source, _bomb_reason(data, str(exc), max_pixels)) from None
     except Exception as exc:  # noqa: BLE001 - truncated data surfaces as OSError, SyntaxError, ...
         raise ImageLoadError(source, f"corrupt or truncated image data: {exc}") from None
     facts = ImageFacts(source, fmt, w, h, mode, quality, n_frames, digest)

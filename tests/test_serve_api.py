@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from aligngemini.api import Detector
+from aligngemini.imageio import sniff_image_type
 from aligngemini.serve.app import ServeSettings, _finite, branch_sources, create_app
 from aligngemini.serve.commands import check_exposure, is_loopback
-from aligngemini.serve.limits import sniff_image_type
 
 RECORD_KEYS = {"path", "p_fake", "verdict", "branches", "fired", "error"}
 

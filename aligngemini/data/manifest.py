@@ -17,15 +17,14 @@ import json
 import os
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from aligngemini.imageio import IMAGE_SUFFIXES
+from aligngemini.imageio import IMAGE_SUFFIXES, read_header
 
 LABELS = ("real", "fake")
 REAL_DIRS = frozenset({"real", "0_real", "nature"})
@@ -75,17 +74,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def image_header(path: str | os.PathLike) -> tuple[int, int, str | None, int]:
-    """(width, height, PIL format, frames) from the header only: no pixel is decoded."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
-            return img.width, img.height, img.format, int(getattr(img, "n_frames", 1) or 1)
-
-
 def describe_image(path: str | os.PathLike, label: str, **kwargs: Any) -> ManifestRow:
     """A row for one file: sha256 of its bytes and size/format from its header."""
-    w, h, fmt, frames = image_header(path)
+    w, h, fmt, frames = read_header(path)
     row = ManifestRow(
         path=str(Path(path).resolve()),
         label=label,

@@ -381,7 +381,6 @@ class _StatsCache:
                 pass
         from PIL import Image
 
-        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 200_000_000)
         with Image.open(io.BytesIO(data)) as img:
             st = image_stats(img)
         self.data[sha] = st.to_dict()

@@ -7,7 +7,6 @@ Uploads are parsed from the request body held in memory (never spooled to disk) 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -63,30 +62,6 @@ class ApiError(Exception):
         return {"error": {"kind": self.kind, "message": self.message, "limit": limit}}
 
 
-# -- type sniffing ---------------------------------------------------------------------------------
-_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
-
-
-def sniff_image_type(data: bytes) -> str | None:
-    """The image media type the leading bytes announce, or None. Names and headers are never trusted."""
-    head = data[:32]
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    if head.startswith(b"BM") and len(head) >= 14:
-        return "image/bmp"
-    if head.startswith((b"II*\x00", b"MM\x00*")):
-        return "image/tiff"
-    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
-        return "image/avif" if head[8:12] in (b"avif", b"avis") else "image/heic"
-    return None
-
-
 def check_image_bytes(data: bytes, name: str, limits: Limits) -> str:
     """Refuse a file that is too big, empty, not an image by its content, or over the decoded-pixel limit
     (read from the header, before any pixel is decoded). Returns the sniffed media type."""
@@ -96,38 +71,25 @@ def check_image_bytes(data: bytes, name: str, limits: Limits) -> str:
                        limit=("max_file_bytes", limits.max_file_bytes))  # fmt: skip
     if not data:
         raise ApiError(422, "empty_file", f"{name}: the file is empty (0 bytes)")
+    from aligngemini.imageio import ImageLoadError, PixelLimitError, read_header, sniff_image_type
+
     media = sniff_image_type(data)
     if media is None:
         raise ApiError(415, "unsupported_media_type",
                        f"{name}: the content is not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF, "
                        "HEIC/AVIF); the type is read from the file's bytes, not its name or header")  # fmt: skip
-    size = header_size(data)
-    if size is not None and size[0] * size[1] > limits.max_pixels:
-        w, h = size
+    try:
+        w, h, _, _ = read_header(data, name, max_pixels=limits.max_pixels)
+    except PixelLimitError as exc:  # over Pillow's own bomb limit, so over ours too
+        raise ApiError(422, "too_many_pixels", f"{name}: {exc.reason}",
+                       limit=("max_pixels", limits.max_pixels)) from None  # fmt: skip
+    except ImageLoadError:
+        return media  # an unreadable header: the decoder reports the image as corrupt
+    if w * h > limits.max_pixels:
         raise ApiError(422, "too_many_pixels",
                        f"{name}: {w}x{h} = {w * h} decoded pixels is over the limit of {limits.max_pixels}",
                        limit=("max_pixels", limits.max_pixels))  # fmt: skip
     return media
-
-
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image header without decoding pixels; None when the header cannot be read
-    (the decoder then reports the image as corrupt)."""
-    import io
-
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None  # our own limit applies, not PIL's bomb check
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                return int(img.size[0]), int(img.size[1])
-        except Exception:  # noqa: BLE001 - any unreadable header is a decode error reported later
-            return None
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
 
 
 def clean_name(raw: str | None, fallback: str) -> str:
