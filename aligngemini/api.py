@@ -11,7 +11,6 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,46 +20,10 @@ from aligngemini.branches.base import Branch, build_branch
 from aligngemini.bundle import Bundle, load_bundle
 from aligngemini.fusion import fuse
 from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, LoadedImage, load_image
+from aligngemini.record import ROLES, BranchResult, Verdict
 
 log = logging.getLogger(__name__)
-ROLES = ("pixel", "semantic")
-
-
-@dataclass
-class BranchResult:
-    p_fake: float | None
-    fake: bool | None
-    threshold: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"p_fake": self.p_fake, "fake": self.fake}
-
-
-@dataclass
-class Verdict:
-    """One image's result. ``verdict`` is "real", "fake", "uncertain", or None when ``error`` is set."""
-
-    path: str | None
-    p_fake: float | None = None
-    verdict: str | None = None
-    branches: dict[str, BranchResult] = field(default_factory=dict)
-    fired: list[str] = field(default_factory=list)
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        branches = {
-            role: (self.branches[role].to_dict() if role in self.branches else None) for role in ROLES
-        }
-        for role, res in self.branches.items():
-            branches.setdefault(role, res.to_dict())
-        return {
-            "path": self.path,
-            "p_fake": self.p_fake,
-            "verdict": self.verdict,
-            "branches": branches,
-            "fired": list(self.fired),
-            "error": self.error,
-        }
+__all__ = ["BranchResult", "Detector", "Verdict"]
 
 
 def default_device() -> torch.device:
@@ -207,7 +170,7 @@ class Detector:
             try:
                 return self.load_input(item, name=label)
             except ImageLoadError as exc:
-                return Verdict(label, error=exc.reason)
+                return Verdict.failed(label, exc.reason)
 
         def pairs() -> Iterator[tuple[ImageSource, str | None]]:
             for item in inputs:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import io
 import json
 import sys
-from collections.abc import Iterator
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aligngemini.record import SCHEMA_TEXT
+
 FORMATS = ("table", "json", "jsonl", "csv")
+NAMED_SKIPS = 20  # files skipped as not images that are named one by one on stderr; the rest are counted
 
 DETECT_EPILOG = """\
 inputs:
@@ -21,13 +24,15 @@ inputs:
 
 output:
   table  a human-readable table (default on a terminal)
-  jsonl  one JSON object per input, written as each batch finishes:
-         {"path", "p_fake", "verdict", "branches": {"pixel": {"p_fake", "fake"},
-          "semantic": {"p_fake", "fake"}}, "fired", "error"}
-  json   one JSON array at the end;  csv  one row per input
+  jsonl  one JSON object per input, written as each batch finishes (default otherwise)
+  json   one JSON array at the end;  csv  one row per input, the same fields flattened
+  The record:
+{schema}
 
-exit status: 0 every input was scored, 1 some inputs could not be read (they are still
-reported, with "error"), 2 usage error.
+exit status: 0 every input was scored; 1 some inputs could not be read (they are still
+reported, with "error") or matched no file; 2 usage error, or nothing to score at all.
+Inside folders and globs, files are recognised as images by their content, not their name;
+other files are named on stderr as skipped.
 
 examples:
   aligngemini detect photo.jpg
@@ -42,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "detect",
         help="judge images: real, fake or uncertain, with each branch's score",
         description="Judge images with a detector bundle (default: the embedded 'starter').",
-        epilog=DETECT_EPILOG,
+        epilog=DETECT_EPILOG.format(schema=textwrap.indent(SCHEMA_TEXT, "    ")),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders, globs, or - for stdin")
@@ -70,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-pixels", type=int, default=None, help="refuse images with more decoded pixels (default: 64M)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
+                   help="no progress bars on stderr (ours and the model libraries'); messages still print")  # fmt: skip
     p.set_defaults(func=run_detect)
 
     i = sub.add_parser("info", help="what a bundle holds: branches, sources, thresholds, checksums, card",
@@ -110,104 +116,113 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 # -- detect ------------------------------------------------------------------------------------
-def _expand_inputs(items: list[str]) -> Iterator[str]:
+@dataclass
+class _Expansion:
+    """What the inputs named: files to score, files skipped as not images, inputs that matched nothing."""
+
+    paths: list[str] = field(default_factory=list)
+    not_images: list[tuple[str, str]] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+
+def _expand_inputs(items: list[str]) -> _Expansion:
     from aligngemini.imageio import iter_image_paths
 
+    found = _Expansion()
+
+    def skip(path: Path, reason: str) -> None:
+        found.not_images.append((str(path), reason))
+
     for item in items:
+        before = len(found.paths)
         if item == "-":
-            for line in sys.stdin:
-                line = line.strip()
-                if line:
-                    yield line
+            found.paths.extend(line.strip() for line in sys.stdin if line.strip())
         else:
-            for path in iter_image_paths([item]):
-                yield str(path)
+            found.paths.extend(str(p) for p in iter_image_paths([item], on_skip=skip))
+        if len(found.paths) == before:
+            found.unmatched.append("- (standard input, no paths)" if item == "-" else item)
+    return found
 
 
 def _done_paths(path: Path) -> set[str]:
+    """Paths already in a JSONL output. A last line cut short (the run was killed while writing it) is
+    truncated away, so that its input is scored again and the file holds only whole records."""
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        cut = data.rfind(b"\n") + 1
+        if cut < len(data):
+            print(f"aligngemini detect: {path}: dropping an unfinished last line ({len(data) - cut} bytes) "
+                  "left by an interrupted run; its input is scored again", file=sys.stderr)  # fmt: skip
+            fh.truncate(cut)
     done: set[str] = set()
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                done.add(json.loads(line)["path"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise SystemExit(
-                    f"aligngemini detect: {path}:{n} is not a result line; cannot --resume from it"
-                ) from None
+    for n, line in enumerate(data[:cut].decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            done.add(json.loads(line)["path"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise SystemExit(
+                f"aligngemini detect: {path}:{n} is not a result line; cannot --resume from it"
+            ) from None
     return done
 
 
-def _fmt(p: float | None) -> str:
-    return "-" if p is None else f"{p:.3f}"
-
-
-def _table_row(rec: dict[str, Any]) -> list[str]:
-    b = rec["branches"]
-    pix = b.get("pixel") or {}
-    sem = b.get("semantic") or {}
-    note = rec["error"] or (("fired: " + ",".join(rec["fired"])) if rec["fired"] else "")
-    return [rec["path"] or "", rec["verdict"] or "error", _fmt(rec["p_fake"]), _fmt(pix.get("p_fake")),
-            _fmt(sem.get("p_fake")), note]  # fmt: skip
-
-
-CSV_FIELDS = [
-    "path",
-    "verdict",
-    "p_fake",
-    "pixel_p_fake",
-    "pixel_fake",
-    "semantic_p_fake",
-    "semantic_fake",
-    "fired",
-    "error",
-]
-
-
-def _csv_row(rec: dict[str, Any]) -> dict[str, Any]:
-    pix = rec["branches"].get("pixel") or {}
-    sem = rec["branches"].get("semantic") or {}
-    return {"path": rec["path"], "verdict": rec["verdict"], "p_fake": rec["p_fake"],
-            "pixel_p_fake": pix.get("p_fake"), "pixel_fake": pix.get("fake"),
-            "semantic_p_fake": sem.get("p_fake"), "semantic_fake": sem.get("fake"),
-            "fired": ";".join(rec["fired"]), "error": rec["error"]}  # fmt: skip
+def _say(message: str) -> None:
+    print(f"aligngemini detect: {message}", file=sys.stderr)
 
 
 def run_detect(args: argparse.Namespace) -> int:
     fmt = args.format or ("table" if (args.output is None and sys.stdout.isatty()) else "jsonl")
     if args.batch_size < 1:
-        print("aligngemini detect: --batch-size must be at least 1", file=sys.stderr)
+        _say("--batch-size must be at least 1")
+        return 2
+    if args.resume and fmt != "jsonl":
+        _say("--resume needs --format jsonl")
         return 2
     done: set[str] = set()
     if args.output is not None and args.output.exists():
         if args.resume:
-            if fmt != "jsonl":
-                print("aligngemini detect: --resume needs --format jsonl", file=sys.stderr)
-                return 2
             done = _done_paths(args.output)
         elif not args.overwrite:
-            print(f"aligngemini detect: {args.output} exists; pass --overwrite to replace it, "
-                  "or --resume (jsonl) to continue it", file=sys.stderr)  # fmt: skip
+            _say(f"{args.output} exists; pass --overwrite to replace it, or --resume (jsonl) to continue it")
             return 2
-    paths = [p for p in _expand_inputs(args.inputs) if p not in done]
+    found = _expand_inputs(args.inputs)
+    for item in found.unmatched:
+        _say(f"{item}: matched no file")
+    for path, reason in found.not_images[:NAMED_SKIPS]:
+        _say(f"skipped {path}: {reason}")
+    if len(found.not_images) > NAMED_SKIPS:
+        _say(f"... and {len(found.not_images) - NAMED_SKIPS} more file(s) that are not images")
+    unique = list(dict.fromkeys(found.paths))
+    if len(unique) < len(found.paths):
+        _say(f"{len(found.paths) - len(unique)} path(s) named more than once; each is scored once")
+    paths = [p for p in unique if p not in done]
+    if not unique:
+        _say("nothing to score: no input named an image file")
+        return 2
+    if not paths:
+        _say(f"all {len(unique)} input(s) are already in {args.output}; nothing left to score")
+        return 0
 
     from tqdm import tqdm
 
     from aligngemini.api import Detector
     from aligngemini.bundle import BundleError
     from aligngemini.imageio import DEFAULT_MAX_PIXELS
+    from aligngemini.progress import silence_library_bars
+    from aligngemini.record import Verdict, render_table
     from aligngemini.resolve import ResolveError
 
+    if args.quiet:
+        silence_library_bars()
     try:
         det = Detector.load(args.bundle, device=args.device, dtype=args.dtype, only=args.only,
                             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)  # fmt: skip
     except (BundleError, ResolveError, ValueError) as exc:
-        print(f"aligngemini detect: cannot load bundle {args.bundle!r}: {exc}", file=sys.stderr)
+        _say(f"cannot load bundle {args.bundle!r}: {exc}")
         return 2
     for role in det.missing_branches:
-        print(f"aligngemini detect: note: bundle {det.bundle.name!r} has no {role} branch", file=sys.stderr)
+        _say(f"note: bundle {det.bundle.name!r} has no {role} branch")
 
     stack = contextlib.ExitStack()
     out = (
@@ -216,53 +231,39 @@ def run_detect(args: argparse.Namespace) -> int:
         else sys.stdout
     )
     progress = tqdm(total=len(paths), unit="img", file=sys.stderr,
-                    disable=args.no_progress or len(paths) <= 3, desc="detect")  # fmt: skip
+                    disable=args.quiet or len(paths) <= 3, desc="detect")  # fmt: skip
     failed = 0
-    records: list[dict[str, Any]] = []
+    verdicts: list[Verdict] = []
     writer = None
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(out, fieldnames=Verdict.CSV_FIELDS)
         writer.writeheader()
     try:
         for verdict in det.iter_predict(paths, batch_size=args.batch_size, names=paths):
-            rec = verdict.to_dict()
-            failed += rec["error"] is not None
+            failed += verdict.error is not None
             progress.update(1)
             if fmt == "jsonl":
-                out.write(json.dumps(rec) + "\n")
+                out.write(verdict.to_json() + "\n")
                 out.flush()
             elif fmt == "csv":
-                writer.writerow(_csv_row(rec))
+                writer.writerow(verdict.to_csv_row())
             else:
-                records.append(rec)
+                verdicts.append(verdict)
         if fmt == "json":
-            json.dump(records, out, indent=1)
+            json.dump([v.to_dict() for v in verdicts], out, indent=1, allow_nan=False)
             out.write("\n")
         elif fmt == "table":
-            out.write(_render_table(records))
+            out.write(render_table(verdicts, det.uncertain_band))
     finally:
         progress.close()
         stack.close()
     if failed:
-        print(
-            f"aligngemini detect: {failed} of {len(paths)} input(s) could not be read (see 'error')",
-            file=sys.stderr,
-        )
-    return 1 if failed else 0
-
-
-def _render_table(records: list[dict[str, Any]]) -> str:
-    header = ["path", "verdict", "p_fake", "pixel", "semantic", "note"]
-    rows = [header] + [_table_row(r) for r in records]
-    widths = [min(max(len(r[i]) for r in rows), 60 if i == 0 else 200) for i in range(len(header))]
-    buf = io.StringIO()
-    for r in rows:
-        cells = [
-            (c if len(c) <= widths[i] else "..." + c[-(widths[i] - 3) :]).ljust(widths[i])
-            for i, c in enumerate(r)
-        ]
-        buf.write("  ".join(cells).rstrip() + "\n")
-    return buf.getvalue()
+        _say(f"{failed} of {len(paths)} input(s) could not be read (see 'error')")
+    if found.not_images:
+        _say(f"{len(found.not_images)} file(s) skipped as not images (see above)")
+    if found.unmatched:
+        _say(f"{len(found.unmatched)} input(s) matched no file (named above)")
+    return 1 if failed or found.unmatched else 0
 
 
 # -- info / fetch --------------------------------------------------------------------------------

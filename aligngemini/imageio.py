@@ -9,7 +9,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,21 +327,41 @@ def decode_bytes(
     return LoadedImage(rgb, facts)
 
 
-def iter_image_paths(inputs: Iterable[str | os.PathLike], *, recursive: bool = True) -> Iterator[Path]:
-    """Expand files, folders (recursively, image suffixes only, sorted) and glob patterns, in input order.
-    A named file is always yielded, whatever its suffix, so that a bad input gets reported rather than dropped."""
+def is_image_file(path: Path) -> bool:
+    """Whether the file's first bytes announce a supported image format (its name is not consulted)."""
+    try:
+        with open(path, "rb") as fh:
+            return sniff_image_type(fh.read(32)) is not None
+    except OSError:
+        return True  # unreadable: let the decoder report it with its reason rather than drop it here
+
+
+def iter_image_paths(
+    inputs: Iterable[str | os.PathLike],
+    *,
+    recursive: bool = True,
+    on_skip: Callable[[Path, str], None] | None = None,
+) -> Iterator[Path]:
+    """Expand files, folders (recursively, sorted) and glob patterns, in input order.
+
+    Inside a folder or glob, a file is an image by its content (magic bytes), whatever its name: an image
+    stored under a content hash with no suffix is found, and a ``notes.txt`` is passed to ``on_skip`` with
+    the reason instead of being dropped unsaid. A file named explicitly is always yielded, so that a bad
+    input gets reported by the decoder."""
     for item in inputs:
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            for child in sorted(path.glob(pattern)):
-                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
-                    yield child
+            children = sorted(path.glob("**/*" if recursive else "*"))
         elif any(ch in text for ch in "*?[") and not path.exists():
-            for match in sorted(glob.glob(text, recursive=True)):
-                m = Path(match)
-                if m.is_file():
-                    yield m
+            children = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
         else:
             yield path
+            continue
+        for child in children:
+            if not child.is_file():
+                continue
+            if is_image_file(child):
+                yield child
+            elif on_skip is not None:
+                on_skip(child, "not an image (its first bytes match no supported format)")

@@ -29,7 +29,11 @@ def mixed_folder(tmp_path: Path) -> Path:
     good = (root / "a.jpg").read_bytes()
     (root / "corrupt.jpg").write_bytes(good[: len(good) // 3])
     (root / "notes.jpg").write_text("this is a text file with an image name\n")
+    (root / "notes.txt").write_text("a note\n")
     (root / "bomb.png").write_bytes(_png_header_only(30000, 30000))
+    buf = io.BytesIO()  # an image stored under its content hash, no suffix (as crawls and object stores do)
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    (root / "sub" / "3f9a0c1e7b").write_bytes(buf.getvalue())
     return root
 
 
@@ -45,17 +49,86 @@ def test_entry_point_mixed_folder_reports_each_and_exits_1(mixed_folder: Path, t
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr
     recs = _records(proc.stdout)
-    assert set(recs) == {"a.jpg", "b.png", "c.webp", "corrupt.jpg", "notes.jpg", "bomb.png"}
-    for name in ("a.jpg", "b.png", "c.webp"):
+    # images are found by content: the hash-named JPEG is scored, the text files are named as skipped
+    assert set(recs) == {"a.jpg", "b.png", "c.webp", "3f9a0c1e7b", "corrupt.jpg", "bomb.png"}
+    for name in ("a.jpg", "b.png", "c.webp", "3f9a0c1e7b"):
         r = recs[name]
         assert r["error"] is None and r["verdict"] in ("real", "fake", "uncertain")
-        assert set(r["branches"]) >= {"pixel", "semantic"}
+        assert set(r["branches"]) == {"pixel", "semantic"}
         assert set(r["branches"]["pixel"]) == {"p_fake", "fake"}
     assert "corrupt or truncated" in recs["corrupt.jpg"]["error"]
-    assert "not a recognised image format" in recs["notes.jpg"]["error"]
-    assert "30000x30000" in recs["bomb.png"]["error"] and "exceeds" in recs["bomb.png"]["error"]
-    assert all(recs[n]["p_fake"] is None for n in ("corrupt.jpg", "notes.jpg", "bomb.png"))
-    assert "3 of 6 input(s) could not be read" in proc.stderr
+    assert (
+        "30000x30000" in recs["bomb.png"]["error"]
+        and "exceeds the limit of 64000000" in recs["bomb.png"]["error"]
+    )
+    assert all(recs[n]["p_fake"] is None for n in ("corrupt.jpg", "bomb.png"))
+    assert all(
+        recs[n]["branches"]["semantic"] == {"p_fake": None, "fake": None} for n in ("corrupt.jpg", "bomb.png")
+    )
+    for name in ("notes.jpg", "notes.txt"):
+        assert f"skipped {mixed_folder / name}: not an image" in proc.stderr
+    assert "2 file(s) skipped as not images (see above)" in proc.stderr
+    assert "2 of 6 input(s) could not be read" in proc.stderr
+
+
+def test_a_file_named_explicitly_is_always_reported(
+    mixed_folder: Path, tiny_bundle_dir: Path, capsys
+) -> None:
+    notes = mixed_folder / "notes.jpg"
+    assert (
+        main(["detect", str(notes), "--bundle", str(tiny_bundle_dir), "--format", "jsonl", "--device", "cpu"])
+        == 1
+    )
+    (rec,) = map(json.loads, capsys.readouterr().out.splitlines())
+    assert rec["path"] == str(notes) and "not a recognised image format" in rec["error"]
+
+
+@pytest.mark.parametrize("what", ["glob", "empty folder", "empty stdin"])
+def test_nothing_to_score_exits_2_before_loading_the_bundle(
+    what: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    def no_load(*a, **k):  # noqa: ANN002, ANN003
+        raise AssertionError("the bundle was loaded although there was nothing to score")
+
+    monkeypatch.setattr("aligngemini.api.Detector.load", no_load)
+    (tmp_path / "empty").mkdir()
+    item = {"glob": str(tmp_path / "*.png"), "empty folder": str(tmp_path / "empty"), "empty stdin": "-"}[
+        what
+    ]
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["detect", item, "--format", "jsonl"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    name = "standard input" if what == "empty stdin" else item
+    assert f"{name}" in captured.err and "matched no file" in captured.err
+    assert "nothing to score" in captured.err
+
+
+def test_an_input_that_matches_nothing_beside_others_is_named_and_exits_1(
+    tmp_path: Path, tiny_bundle_dir: Path, capsys
+) -> None:
+    img = tmp_path / "one.png"
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(img)
+    typo = str(tmp_path / "*.jgp")
+    assert (
+        main(
+            [
+                "detect",
+                str(img),
+                typo,
+                "--bundle",
+                str(tiny_bundle_dir),
+                "--format",
+                "jsonl",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1
+    assert f"{typo}: matched no file" in captured.err
 
 
 def test_formats_and_exit_zero(tmp_path: Path, tiny_bundle_dir: Path, capsys) -> None:

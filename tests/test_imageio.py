@@ -207,10 +207,19 @@ def test_arrays_pil_and_bytes() -> None:
 
 def test_iter_image_paths_folders_globs_and_named_files(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
-    for rel in ("a/1.jpg", "a/b/2.PNG", "a/b/notes.txt", "c.webp"):
-        (tmp_path / rel).write_bytes(b"x")
-    found = [p.relative_to(tmp_path).as_posix() for p in iter_image_paths([tmp_path / "a"])]
-    assert found == ["a/1.jpg", "a/b/2.PNG"]  # the .txt inside a folder is not an image file
+    image = _encode(_photo(), "PNG")
+    for rel in ("a/1.jpg", "a/b/2.PNG", "a/b/9e107d9d372bb6826bd81d3542a419d6", "c.webp"):
+        (tmp_path / rel).write_bytes(image)
+    (tmp_path / "a/b/notes.txt").write_text("a note")
+    (tmp_path / "a/b/fake.jpg").write_text("not an image, whatever its name")
+    skipped: list[tuple[str, str]] = []
+    found = iter_image_paths([tmp_path / "a"], on_skip=lambda p, why: skipped.append((p.name, why)))
+    # by content: the hash-named image is found, the text files are reported to on_skip with the reason
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "a/1.jpg", "a/b/2.PNG", "a/b/9e107d9d372bb6826bd81d3542a419d6"
+    ]  # fmt: skip
+    assert sorted(name for name, _ in skipped) == ["fake.jpg", "notes.txt"]
+    assert all("not an image" in why for _, why in skipped)
     assert [p.name for p in iter_image_paths([str(tmp_path / "*.webp")])] == ["c.webp"]
-    # a file named explicitly is always yielded so that it gets reported, whatever its suffix
+    # a file named explicitly is always yielded so that it gets reported, whatever its content
     assert [p.name for p in iter_image_paths([tmp_path / "a/b/notes.txt"])] == ["notes.txt"]

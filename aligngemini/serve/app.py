@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aligngemini import __version__
 from aligngemini.imageio import ImageLoadError, LoadedImage, decode_bytes
+from aligngemini.record import Verdict, record_model
 from aligngemini.serve.batcher import Batcher, QueueFull, WorkerStopped
 from aligngemini.serve.limits import (
     ApiError,
@@ -83,27 +83,9 @@ class ServeSettings:
 
 
 # -- response schemas (for the OpenAPI document and output validation) --------------------------------
-class BranchScore(BaseModel):
-    p_fake: float | None = Field(description="this branch's P(fake)")
-    fake: bool | None = Field(description="p_fake reached this branch's threshold")
-
-
-class Record(BaseModel):
-    """One image's result, in the same schema as ``aligngemini detect --format jsonl``."""
-
-    path: str | None = Field(description="the uploaded file name (never a server path)")
-    p_fake: float | None = Field(description="fused P(fake); null when the image could not be scored")
-    verdict: Literal["real", "fake", "uncertain", "error"] | None
-    branches: dict[str, BranchScore | None] = Field(
-        description="per-branch scores; null for a missing branch"
-    )
-    fired: list[str] = Field(description="branches whose score reached their threshold")
-    error: str | None = Field(description="why this image could not be scored, else null")
-
-
 class DetectResponse(BaseModel):
     bundle: str = Field(description="bundle id: name@config-digest")
-    results: list[Record]
+    results: list[record_model()]  # type: ignore[valid-type]
 
 
 class ExplainResponse(BaseModel):
@@ -308,7 +290,7 @@ class ServeState:
         det = self.detector
         scores = det.score_loaded(images)
         verdicts = det.verdicts_from_scores([im.source for im in images], scores)
-        return [_finite(v.to_dict()) for v in verdicts]
+        return [v.to_dict() for v in verdicts]
 
     def _explain(self, image: LoadedImage) -> str:
         return str(self.detector.explain(image.image))
@@ -360,17 +342,6 @@ class ServeState:
             "limits": s.limits.to_dict(),
             "batching": {"max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms, "max_queue": s.max_queue},
         }
-
-
-def _finite(rec: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN: a score no branch could produce becomes null with an error."""
-    if rec.get("p_fake") is not None and not math.isfinite(rec["p_fake"]):
-        rec["p_fake"] = None
-        rec["error"] = rec.get("error") or "no branch could score this image"
-    for b in rec.get("branches", {}).values():
-        if b is not None and b.get("p_fake") is not None and not math.isfinite(b["p_fake"]):
-            b["p_fake"], b["fake"] = None, None
-    return rec
 
 
 # -- metrics and security headers, as plain ASGI middleware ---------------------------------------------
@@ -499,7 +470,7 @@ def create_app(detector: Any, settings: ServeSettings | None = None) -> FastAPI:
                                         max_bytes=limits.max_file_bytes))  # fmt: skip
             except ImageLoadError as exc:
                 state.metrics.errors.labels("decode_error").inc()
-                out.append(_error_record(up.name, exc.reason))
+                out.append(Verdict.failed(up.name, exc.reason).to_dict())
         return out
 
     def queue(batcher: Batcher, fn: Callable[[], Any]) -> Any:
@@ -545,7 +516,7 @@ def create_app(detector: Any, settings: ServeSettings | None = None) -> FastAPI:
                     raise ApiError(503, "shutting_down", str(ans), headers={"Retry-After": "5"})
                 state.metrics.errors.labels("scoring_failed").inc()
                 log.error("scoring %s failed: %r", d.source, ans)
-                ans = _error_record(d.source, f"scoring failed: {type(ans).__name__}: {ans}")
+                ans = Verdict.failed(d.source, f"scoring failed: {type(ans).__name__}: {ans}").to_dict()
             results.append(ans)
         for r in results:
             state.metrics.images.labels(r["verdict"] or "error").inc()
@@ -615,8 +586,3 @@ def create_app(detector: Any, settings: ServeSettings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(_Instrument, metrics=state.metrics)
     return app
-
-
-def _error_record(name: str, reason: str) -> dict[str, Any]:
-    return {"path": name, "p_fake": None, "verdict": None, "branches": {"pixel": None, "semantic": None},
-            "fired": [], "error": reason}  # fmt: skip

@@ -1,0 +1,154 @@
+"""One image's result, defined once: the ``Verdict`` and every form it is written in.
+
+The Python object, ``detect``'s JSON/JSONL/CSV/table output and the REST API's records all come from
+here, so a field added to the record is added in one place. ``SCHEMA_TEXT`` below is the schema as the
+CLI's help shows it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+ROLES = ("pixel", "semantic")
+VERDICTS = ("real", "fake", "uncertain")
+SCHEMA_TEXT = """\
+{"path": str, "p_fake": float | null, "verdict": "real" | "fake" | "uncertain" | null,
+ "branches": {"pixel": {"p_fake": float | null, "fake": bool | null},
+              "semantic": {"p_fake": float | null, "fake": bool | null}},
+ "fired": [branch, ...], "error": str | null}
+Every branch is always present, with nulls where the bundle lacks it or the image could not
+be scored; "error" says why exactly when "verdict" is null."""
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+@dataclass
+class BranchResult:
+    """One branch's score for one image; all None when the branch is missing or could not score it."""
+
+    p_fake: float | None = None
+    fake: bool | None = None
+    threshold: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        p = _finite(self.p_fake)
+        return {"p_fake": p, "fake": None if p is None else self.fake}
+
+
+@dataclass
+class Verdict:
+    """One image's result. ``verdict`` is "real", "fake" or "uncertain"; None exactly when ``error`` says why
+    the image could not be scored. ``branches`` holds every role in ``ROLES``."""
+
+    path: str | None
+    p_fake: float | None = None
+    verdict: str | None = None
+    branches: dict[str, BranchResult] = field(default_factory=dict)
+    fired: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    CSV_FIELDS: ClassVar[tuple[str, ...]] = (
+        "path", "verdict", "p_fake",
+        *(f"{role}_{key}" for role in ROLES for key in ("p_fake", "fake")),
+        "fired", "error",
+    )  # fmt: skip
+    TABLE_HEADER: ClassVar[tuple[str, ...]] = ("path", "verdict", "p_fake", *ROLES, "note")
+
+    def __post_init__(self) -> None:
+        for role in ROLES:
+            self.branches.setdefault(role, BranchResult())
+        if self.error is None and (_finite(self.p_fake) is None or self.verdict not in VERDICTS):
+            self.error = "no branch could score this image"
+        if self.error is not None:
+            self.p_fake, self.verdict, self.fired = None, None, []
+
+    @classmethod
+    def failed(cls, path: str | None, reason: str) -> Verdict:
+        """The record of an input that could not be scored, and why."""
+        return cls(path, error=reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "p_fake": _finite(self.p_fake),
+            "verdict": self.verdict,
+            "branches": {role: res.to_dict() for role, res in self.branches.items()},
+            "fired": list(self.fired),
+            "error": self.error,
+        }
+
+    def to_json(self) -> str:
+        """One JSONL line, without the newline."""
+        return json.dumps(self.to_dict(), allow_nan=False)
+
+    def to_csv_row(self) -> dict[str, Any]:
+        rec = self.to_dict()
+        row = {key: rec[key] for key in ("path", "verdict", "p_fake", "error")}
+        for role in ROLES:
+            row[f"{role}_p_fake"] = rec["branches"][role]["p_fake"]
+            row[f"{role}_fake"] = rec["branches"][role]["fake"]
+        row["fired"] = ";".join(self.fired)
+        return {key: row[key] for key in self.CSV_FIELDS}
+
+    def to_table_row(self, uncertain_band: tuple[float, float] | None = None) -> list[str]:
+        """Cells under ``TABLE_HEADER``. The note says why: the error, which branches fired, and for an
+        uncertain verdict that the fused score fell inside the band."""
+        if self.error is not None:
+            note = self.error
+        else:
+            parts = [("fired: " + ",".join(self.fired)) if self.fired else "no branch fired"]
+            if self.verdict == "uncertain":
+                band = f" [{uncertain_band[0]:.2f}, {uncertain_band[1]:.2f})" if uncertain_band else ""
+                parts.append(f"fused score inside the uncertain band{band}")
+            note = "; ".join(parts)
+        scores = [_fmt(self.branches[role].p_fake) for role in ROLES]
+        return [self.path or "", self.verdict or "error", _fmt(self.p_fake), *scores, note]
+
+
+@functools.cache
+def record_model() -> type:
+    """The record as a pydantic model, for the REST API's schema and response validation (built on first
+    use so that the CLI does not import pydantic for ``--help``)."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field, create_model
+
+    class BranchScore(BaseModel):
+        p_fake: float | None = Field(description="this branch's P(fake); null when it did not score")
+        fake: bool | None = Field(description="p_fake reached this branch's threshold")
+
+    branches = create_model(
+        "Branches", **{role: (BranchScore, Field(description=f"the {role} branch")) for role in ROLES}
+    )
+    return create_model(
+        "Record",
+        __doc__="One image's result, in the same schema as `aligngemini detect --format jsonl`.",
+        path=(str | None, Field(description="the input's name (an upload's file name, never a server path)")),
+        p_fake=(float | None, Field(description="fused P(fake); null when the image could not be scored")),
+        verdict=(Literal[VERDICTS] | None, Field(description="null exactly when error is set")),
+        branches=(branches, Field(description="every branch; nulls where it is missing or did not score")),
+        fired=(list[str], Field(description="branches whose score reached their threshold")),
+        error=(str | None, Field(description="why this image could not be scored, else null")),
+    )
+
+
+def _fmt(p: float | None) -> str:
+    return "-" if _finite(p) is None else f"{p:.3f}"
+
+
+def render_table(verdicts: list[Verdict], uncertain_band: tuple[float, float] | None = None) -> str:
+    """A fixed-width text table, long paths shortened from the left."""
+    rows = [list(Verdict.TABLE_HEADER)] + [v.to_table_row(uncertain_band) for v in verdicts]
+    widths = [min(max(len(r[i]) for r in rows), 60 if i == 0 else 200) for i in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        cells = [(c if len(c) <= widths[i] else "..." + c[-(widths[i] - 3) :]).ljust(widths[i])
+                 for i, c in enumerate(r)]  # fmt: skip
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
