@@ -30,3 +30,29 @@ def tiny_pixel_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_bundles import make_tiny_bundle
 
     return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny-pixel", semantic=False).dir
+
+
+@pytest.fixture(scope="session")
+def starter_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An aligngemini home for tests of the shipped starter bundle: the package cache that the set-up
+    command filled is linked in read-only use, everything the tests write (the converted CLIP tower)
+    goes to a temporary folder. Fails, naming the fix, when the set-up command has not been run."""
+    import os
+
+    real = Path(os.environ.get("ALIGNGEMINI_REAL_HOME") or Path.home() / ".cache" / "aligngemini")
+    packages = real / "cache" / "pypi"
+    if not packages.is_dir():
+        pytest.fail(f"the starter bundle's packages are not in {packages}: run `bash scripts/setup.sh` "
+                    "(or `aligngemini fetch starter`) once before the tests")  # fmt: skip
+    home = tmp_path_factory.mktemp("starter-home")
+    (home / "cache").mkdir()
+    (home / "cache" / "pypi").symlink_to(packages, target_is_directory=True)
+    return home
+
+
+@pytest.fixture
+def starter_env(starter_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point this test at ``starter_home``, offline: a missing package is an error, never a download."""
+    monkeypatch.setenv("ALIGNGEMINI_HOME", str(starter_home))
+    monkeypatch.setenv("ALIGNGEMINI_OFFLINE", "1")
+    return starter_home
