@@ -10,7 +10,7 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from aligngemini.record import SCHEMA_TEXT
 
@@ -167,6 +167,13 @@ def _done_paths(path: Path) -> set[str]:
     return done
 
 
+def _append_line(out: TextIO, line: str) -> None:
+    """One whole record per line, flushed at once, so that a killed run loses at most the line it was
+    writing (which ``--resume`` truncates away and scores again)."""
+    out.write(line + "\n")
+    out.flush()
+
+
 def _say(message: str) -> None:
     print(f"aligngemini detect: {message}", file=sys.stderr)
 
@@ -243,8 +250,7 @@ def run_detect(args: argparse.Namespace) -> int:
             failed += verdict.error is not None
             progress.update(1)
             if fmt == "jsonl":
-                out.write(verdict.to_json() + "\n")
-                out.flush()
+                _append_line(out, verdict.to_json())
             elif fmt == "csv":
                 writer.writerow(verdict.to_csv_row())
             else:

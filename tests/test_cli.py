@@ -170,6 +170,63 @@ def test_stdin_output_file_resume_and_no_overwrite(
     assert [json.loads(x)["path"] for x in out.read_text().splitlines()] == paths
 
 
+KILLING_LAUNCHER = """\
+import os, signal, sys
+import aligngemini.commands as commands
+
+kill_at, torn = int(os.environ["KILL_AT"]), os.environ.get("TORN") == "1"
+written = 0
+original = commands._append_line
+
+def append_then_die(out, line):
+    global written
+    if written == kill_at:
+        if torn:  # the record is half on disk when the process dies
+            out.write(line[: len(line) // 2])
+            out.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    original(out, line)
+    written += 1
+
+commands._append_line = append_then_die
+from aligngemini.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_resume_after_kill_9_scores_every_input_exactly_once(tmp_path: Path, tiny_bundle_dir: Path) -> None:
+    """SIGKILL between records, in the middle of writing one, and before the first: each resumed run scores
+    only what is missing, and the final file has every input once, every line whole."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")  # errors count as done too
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(KILLING_LAUNCHER)
+    out = tmp_path / "out.jsonl"
+    args = ["detect", str(folder), "--bundle", str(tiny_bundle_dir), "--device", "cpu", "--batch-size", "4",
+            "-q", "-f", "jsonl", "-o", str(out), "--resume"]  # fmt: skip
+    lines_before = 0
+    for kill_at, torn in ((5, False), (3, True), (0, True)):
+        env = {**os.environ, "KILL_AT": str(kill_at), "TORN": "1" if torn else "0"}
+        proc = subprocess.run([sys.executable, str(launcher), *args], env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert proc.returncode == -9, proc.stderr  # killed, as planned
+        whole = out.read_bytes().rsplit(b"\n", 1)[0].splitlines() if out.exists() else []
+        assert len(whole) == lines_before + kill_at  # nothing already written was lost
+        lines_before = len(whole)
+    proc = subprocess.run([sys.executable, str(launcher), *args], env={**os.environ, "KILL_AT": "-1"},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr  # broken.jpg could not be read
+    assert "dropping an unfinished last line" in proc.stderr
+    text = out.read_text()
+    assert text.endswith("\n")
+    paths = [json.loads(line)["path"] for line in text.splitlines()]
+    assert sorted(paths) == sorted(str(p) for p in folder.iterdir()) and len(paths) == len(set(paths)) == 25
+
+
 def test_usage_errors_exit_2(tiny_bundle_dir: Path, capsys) -> None:
     assert main(["detect", "x.png", "--bundle", "no-such-bundle"]) == 2
     assert "cannot load bundle" in capsys.readouterr().err
