@@ -31,6 +31,8 @@ CONFIG_NAME = "config.json"
 CARD_NAME = "MODEL_CARD.md"
 BUNDLES_ROOT = Path(__file__).parent / "bundles"
 WEIGHT_SUFFIXES = (".safetensors",)
+MAX_UNPACKED_BYTES = 64 * 1024**3  # an archive declaring more is refused before anything is written
+MAX_ARCHIVE_MEMBERS = 10_000
 
 
 class BundleError(ValueError):
@@ -106,6 +108,35 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _check_members(archive: Path, sizes: list[int]) -> None:
+    if len(sizes) > MAX_ARCHIVE_MEMBERS:
+        raise BundleError(f"{archive}: {len(sizes)} members, over the limit of {MAX_ARCHIVE_MEMBERS}")
+    if sum(sizes) > MAX_UNPACKED_BYTES:
+        raise BundleError(f"{archive}: unpacks to {sum(sizes)} bytes, over the limit of {MAX_UNPACKED_BYTES}")
+
+
+def _extract(archive: Path, staging: Path) -> None:
+    """Unpack into ``staging``, refusing members that would land outside it or are not plain files or folders
+    (links), and archives that declare more bytes or members than the limits."""
+    root = staging.resolve()
+    if archive.suffix == ".zip":
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            _check_members(archive, [i.file_size for i in infos])
+            for info in infos:
+                if not (root / info.filename).resolve().is_relative_to(root):
+                    raise BundleError(f"{archive}: member {info.filename!r} escapes the bundle folder")
+            zf.extractall(staging)
+    else:
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            _check_members(archive, [m.size for m in members])
+            for m in members:  # a bundle is files and folders: links (and link loops) are never needed
+                if not (m.isfile() or m.isdir()):
+                    raise BundleError(f"{archive}: member {m.name!r} is not a plain file or folder")
+            tf.extractall(staging, members=members, filter="data")
+
+
 def _unpack_archive(archive: Path) -> Path:
     digest = sha256_file(archive)
     dest = cache_dir("bundles", digest[:16])
@@ -114,23 +145,22 @@ def _unpack_archive(archive: Path) -> Path:
     staging = dest.with_name(dest.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    root = staging.resolve()
-    if archive.suffix == ".zip":
-        with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                if not (root / name).resolve().is_relative_to(root):
-                    raise BundleError(f"{archive}: member {name!r} escapes the bundle folder")
-            zf.extractall(staging)
-    else:
-        with tarfile.open(archive) as tf:
-            tf.extractall(staging, filter="data")
-    inner = [p for p in staging.iterdir()]
-    top = inner[0] if len(inner) == 1 and inner[0].is_dir() else staging
-    if not (top / CONFIG_NAME).exists():
-        raise BundleError(f"{archive}: no {CONFIG_NAME} at the archive's top level")
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(top, dest)
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        try:
+            _extract(archive, staging)
+        except BundleError:
+            raise
+        except (tarfile.TarError, zipfile.BadZipFile, OSError, KeyError, ValueError, EOFError) as exc:
+            # tarfile's data filter refusals (links, absolute or escaping paths) are TarErrors too
+            raise BundleError(f"{archive}: cannot unpack the archive: {exc}") from None
+        inner = list(staging.iterdir())
+        top = inner[0] if len(inner) == 1 and inner[0].is_dir() else staging
+        if not (top / CONFIG_NAME).is_file():
+            raise BundleError(f"{archive}: no {CONFIG_NAME} at the archive's top level")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(top, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 
@@ -166,20 +196,38 @@ def load_bundle(src: str | os.PathLike, *, verify: bool = True) -> Bundle:
         raise BundleError(f"{folder}: no {CONFIG_NAME}; is this a bundle folder?")
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{cfg_path}: invalid JSON: {exc}") from None
-    if config.get("format") != FORMAT:
-        raise BundleError(f"{cfg_path}: not an aligngemini bundle (format is {config.get('format')!r})")
-    if int(config.get("version", 0)) > FORMAT_VERSION:
-        raise BundleError(
-            f"{cfg_path}: bundle version {config['version']} is newer than this aligngemini reads"
-        )
-    if not config.get("branches"):
-        raise BundleError(f"{cfg_path}: no branches configured")
+    except OSError as exc:
+        raise BundleError(f"{cfg_path}: cannot read: {exc}") from None
+    _check_config(config, cfg_path)
     bundle = Bundle(folder, config)
     if verify:
         verify_bundle(bundle)
     return bundle
+
+
+def _check_config(config: Any, cfg_path: Path) -> None:
+    """The config's shape, before anything reads it: a clear error instead of a crash deep in a loader."""
+    if not isinstance(config, dict):
+        raise BundleError(f"{cfg_path}: the config must be a JSON object, not {type(config).__name__}")
+    if config.get("format") != FORMAT:
+        raise BundleError(f"{cfg_path}: not an aligngemini bundle (format is {config.get('format')!r})")
+    version = config.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(f"{cfg_path}: version must be an integer, not {version!r}")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"{cfg_path}: bundle version {version} is newer than this aligngemini reads")
+    branches = config.get("branches")
+    if not branches:
+        raise BundleError(f"{cfg_path}: no branches configured")
+    if not isinstance(branches, dict) or not all(isinstance(v, dict) for v in branches.values()):
+        raise BundleError(f"{cfg_path}: branches must map each role to an object")
+    files = config.get("files", {})
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        raise BundleError(f"{cfg_path}: files must map each file name to its sha256 (strings)")
 
 
 def verify_bundle(bundle: Bundle) -> None:
@@ -207,7 +255,10 @@ def verify_bundle(bundle: Bundle) -> None:
 
 
 def _inside(folder: Path, rel: str) -> Path:
-    path = (folder / rel).resolve()
+    try:
+        path = (folder / rel).resolve()
+    except (ValueError, OSError) as exc:  # an embedded NUL, a symlink loop
+        raise BundleError(f"{rel!r}: not a usable file path inside the bundle: {exc}") from None
     if not path.is_relative_to(folder.resolve()):
         raise BundleError(f"{rel!r}: a bundle file path must stay inside the bundle folder")
     return path
