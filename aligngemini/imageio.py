@@ -311,9 +311,9 @@ def decode_bytes(
         raise PixelLimitError(source, _over_limit(w, h, max_pixels))
     fmt = img.format
     mode = img.mode
-    quality = estimate_jpeg_quality(img) if fmt == "JPEG" else None
-    n_frames = int(getattr(img, "n_frames", 1) or 1)
     try:
+        quality = estimate_jpeg_quality(img) if fmt == "JPEG" else None
+        n_frames = int(getattr(img, "n_frames", 1) or 1)  # walks the frames: a broken one raises here
         img.seek(0)
         img.load()
         oriented = ImageOps.exif_transpose(img) or img
