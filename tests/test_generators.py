@@ -593,3 +593,73 @@ def test_train_vae_time_budget_plans_fewer_steps(tmp_path):
     result = train_vae(cfg)
     assert result.steps == 30  # timed over steps 10-30, then no time is left
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["steps"] == 30
+
+
+# -- TAESD family --------------------------------------------------------------------------------------------
+
+
+def _write_taesd(
+    folder: Path, latent: int = 32, norm_enc: set[int] | None = None, norm_dec: set[int] | None = None
+):
+    """Random TAESD-family weights in the upstream key layout (FLUX.2 variant: GroupNorm branches on the
+    deepest blocks), written as safetensors."""
+    from safetensors.torch import save_file
+
+    from aligngemini.generators.taesd import build_decoder, build_encoder
+
+    torch.manual_seed(0)
+    enc = build_encoder(latent, {11, 12, 13} if norm_enc is None else norm_enc)
+    dec = build_decoder(latent, {3, 4, 5} if norm_dec is None else norm_dec)
+    with torch.no_grad():  # an output that varies around mid-grey instead of saturating at 0 or 1
+        dec[-1].weight.mul_(20.0)
+        dec[-1].bias.fill_(0.5)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half() for k, v in enc.state_dict().items()}, folder / "taetest_encoder.safetensors")
+    save_file({k: v.half() for k, v in dec.state_dict().items()}, folder / "taetest_decoder.safetensors")
+    return enc, dec
+
+
+def test_taesd_generator_reads_the_architecture_from_the_weights(tmp_path):
+    enc, dec = _write_taesd(tmp_path / "taef2")
+    gen = build_generator(f"taesd:{tmp_path / 'taef2'}", device="cpu")
+    assert gen.name == "taesd:taef2"
+    assert [i for i, m in enumerate(gen.encoder) if getattr(m, "pool", None) is not None] == [11, 12, 13]
+    assert [i for i, m in enumerate(gen.decoder) if getattr(m, "pool", None) is not None] == [3, 4, 5]
+    assert gen.encoder[-1].out_channels == 32
+    rng = np.random.default_rng(0)
+    imgs = [
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        for h, w in ((37, 50), (64, 64), (37, 50))
+    ]
+    out = gen.reconstruct(imgs)
+    assert [o.size for o in out] == [i.size for i in imgs]
+    # the same computation by hand: pad to a multiple of 8, encode, decode (fp16-stored weights), clamp, crop
+    x = torch.from_numpy(np.asarray(imgs[0], dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    padded, _ = pad_to_multiple(x, 8)
+    enc.load_state_dict({k: v.half().float() for k, v in enc.state_dict().items()})
+    dec.load_state_dict({k: v.half().float() for k, v in dec.state_dict().items()})
+    with torch.no_grad():
+        want = (dec.eval()(enc.eval()(padded)).clamp(0, 1)[..., :37, :50] * 255).round()
+    got = torch.from_numpy(np.asarray(out[0], dtype=np.float32)).permute(2, 0, 1)[None]
+    assert want.std() > 1  # not a constant image
+    assert (got - want).abs().max() <= 1
+    again = gen.reconstruct([imgs[0]])[0]
+    diff = np.abs(np.asarray(out[0], dtype=int) - np.asarray(again, dtype=int))
+    assert diff.max() <= 1  # no latent sampling: the same image twice is the same to 8-bit rounding
+
+
+def test_taesd_without_norm_branches_and_with_4_latent_channels(tmp_path):
+    _write_taesd(tmp_path / "taesd", latent=4, norm_enc=set(), norm_dec=set())
+    gen = build_generator(f"taesd:{tmp_path / 'taesd'}", device="cpu")
+    assert all(getattr(m, "pool", None) is None for m in [*gen.encoder, *gen.decoder])
+    assert gen.encoder[-1].out_channels == 4
+    assert gen.reconstruct([Image.new("RGB", (20, 12), (9, 99, 199))])[0].size == (20, 12)
+
+
+def test_taesd_errors_name_the_fix(tmp_path):
+    with pytest.raises(GeneratorSpecError, match="no such folder"):
+        build_generator(f"taesd:{tmp_path / 'missing'}")
+    (tmp_path / "pth").mkdir()
+    (tmp_path / "pth" / "taef2_encoder.pth").write_bytes(b"pickle")
+    with pytest.raises(GeneratorSpecError, match="safetensors"):
+        build_generator(f"taesd:{tmp_path / 'pth'}")

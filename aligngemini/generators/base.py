@@ -10,12 +10,13 @@ Specs (``build_generator``):
                                        subfolder as a third part (``vae:ORG/NAME/vae``)
   ``esrgan:<medium|thick>:x<2|3|4|8>[:area|:bicubic]``  the upscalerjs ESRGAN models from npm: down-scale
                                        (area average by default) then up-scale with the network
+  ``taesd:<folder>``                   a TAESD-family tiny autoencoder (TAEF2, TAESD, ...) from safetensors
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
     import torch
 
 SPEC_HELP = (
-    "generator specs: 'vae:<local dir or hub id>' (a diffusers AutoencoderKL) or "
-    "'esrgan:<medium|thick>:x<2|3|4|8>[:area|:bicubic]' (upscalerjs ESRGAN from npm)"
+    "generator specs: 'vae:<local dir or hub id>' (a diffusers AutoencoderKL), "
+    "'esrgan:<medium|thick>:x<2|3|4|8>[:area|:bicubic]' (upscalerjs ESRGAN from npm) or "
+    "'taesd:<folder>' (a TAESD-family tiny autoencoder, e.g. TAEF2)"
 )
 
 
@@ -58,6 +60,10 @@ def build_generator(spec: str, *, device: str | None = None) -> Generator:
         from aligngemini.generators.esrgan import ESRGANGenerator
 
         return ESRGANGenerator.from_spec(spec, device=device)
+    if kind == "taesd":
+        from aligngemini.generators.taesd import TinyAutoencoderGenerator
+
+        return TinyAutoencoderGenerator(rest, device=device)
     raise GeneratorSpecError(f"{spec!r}: unknown generator kind {kind!r}; {SPEC_HELP}")
 
 
@@ -89,6 +95,28 @@ def group_by_size(images: Sequence[Image.Image]) -> dict[tuple[int, int], list[i
     for i, img in enumerate(images):
         groups[img.size].append(i)
     return dict(groups)
+
+
+def reconstruct_batched(
+    images: list[Image.Image],
+    roundtrip: Callable[[torch.Tensor], torch.Tensor],
+    max_batch_pixels: int,
+    batch_size: int | None = None,
+) -> list[Image.Image]:
+    """Run ``roundtrip`` ([B, 3, H, W] in [0, 1] -> same) over equal-size groups of ``images``, at most
+    ``max_batch_pixels`` (and ``batch_size`` images) per batch; results in input order."""
+    check_images(images)
+    out: list[Image.Image | None] = [None] * len(images)
+    for (w, h), indices in group_by_size(images).items():
+        per_batch = max(1, max_batch_pixels // (w * h))
+        if batch_size is not None:
+            per_batch = max(1, min(batch_size, per_batch))
+        for start in range(0, len(indices), per_batch):
+            chunk = indices[start : start + per_batch]
+            recon = roundtrip(to_tensor([images[i] for i in chunk]))
+            for i, img in zip(chunk, to_images(recon), strict=True):
+                out[i] = img
+    return out  # type: ignore[return-value]
 
 
 def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:

@@ -135,7 +135,10 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from aligngemini.generators.tfjs import TFJSError
     from aligngemini.imageio import ImageLoadError, iter_image_paths, load_image
 
-    paths = list(iter_image_paths(args.inputs))
+    not_images: list[str] = []
+    paths = list(iter_image_paths(args.inputs, on_skip=lambda p, why: not_images.append(f"{p}: {why}")))
+    for line in not_images:
+        print(f"skipped {line}", file=sys.stderr)
     if not paths:
         print(f"error: no images found in {' '.join(args.inputs)}", file=sys.stderr)
         return 2
@@ -155,7 +158,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    failures = 0
+    failures = len(not_images)
     batch = max(1, args.batch)
     with tqdm(total=len(paths), desc=generator.name, unit="img", file=sys.stderr) as bar:
         for start in range(0, len(paths), batch):
@@ -170,5 +173,6 @@ def _reconstruct(args: argparse.Namespace) -> int:
             for img, dest in zip(generator.reconstruct(loaded) if loaded else [], dests, strict=True):
                 img.save(dest, format="PNG")
             bar.update(len(paths[start : start + batch]))
-    print(f"wrote {len(paths) - failures} reconstruction(s) to {out} with {generator.name}", file=sys.stderr)
+    written = len(paths) - (failures - len(not_images))
+    print(f"wrote {written} reconstruction(s) to {out} with {generator.name}", file=sys.stderr)
     return 1 if failures else 0

@@ -24,12 +24,9 @@ from PIL import Image
 
 from aligngemini.generators.base import (
     GeneratorSpecError,
-    check_images,
-    group_by_size,
     pad_to_multiple,
+    reconstruct_batched,
     resolve_device,
-    to_images,
-    to_tensor,
 )
 from aligngemini.generators.tfjs import load_tfjs_model
 from aligngemini.npm import Fetcher, fetch_npm
@@ -127,16 +124,7 @@ class ESRGANGenerator:
         return cls(variant, scale, device=device, downscale=method, **kwargs)  # type: ignore[arg-type]
 
     def reconstruct(self, images: list[Image.Image]) -> list[Image.Image]:
-        check_images(images)
-        out: list[Image.Image | None] = [None] * len(images)
-        for (w, h), indices in group_by_size(images).items():
-            per_batch = max(1, (1024 * 1024) // (w * h))
-            for start in range(0, len(indices), per_batch):
-                chunk = indices[start : start + per_batch]
-                recon = self.roundtrip(to_tensor([images[i] for i in chunk]))
-                for i, img in zip(chunk, to_images(recon), strict=True):
-                    out[i] = img
-        return out  # type: ignore[return-value]
+        return reconstruct_batched(images, self.roundtrip, max_batch_pixels=1024 * 1024)
 
     def down(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] with H, W multiples of the scale -> the low-resolution input, in [0, 1]."""

@@ -19,12 +19,9 @@ from PIL import Image
 
 from aligngemini.generators.base import (
     GeneratorSpecError,
-    check_images,
-    group_by_size,
     pad_to_multiple,
+    reconstruct_batched,
     resolve_device,
-    to_images,
-    to_tensor,
 )
 
 if TYPE_CHECKING:
@@ -183,16 +180,7 @@ class VAEGenerator:
         self.max_batch_pixels = max_batch_pixels
 
     def reconstruct(self, images: list[Image.Image]) -> list[Image.Image]:
-        check_images(images)
-        out: list[Image.Image | None] = [None] * len(images)
-        for (w, h), indices in group_by_size(images).items():
-            per_batch = max(1, min(self.batch_size, self.max_batch_pixels // (w * h)))
-            for start in range(0, len(indices), per_batch):
-                chunk = indices[start : start + per_batch]
-                recon = self.roundtrip(to_tensor([images[i] for i in chunk]))
-                for i, img in zip(chunk, to_images(recon), strict=True):
-                    out[i] = img
-        return out  # type: ignore[return-value]
+        return reconstruct_batched(images, self.roundtrip, self.max_batch_pixels, self.batch_size)
 
     def roundtrip(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [0, 1] -> its reconstruction, same shape, float32 on the CPU."""
