@@ -1,9 +1,10 @@
 """kill -9 proof for ``aligngemini detect --resume``: SIGKILL a long run at random moments, resume it each time,
 and check that the final JSONL holds every input exactly once, every line whole.
 
-The run is the installed CLI as a user starts it, a separate process killed from outside with SIGKILL at a
-uniformly random moment after it starts (so kills land in model loading, decoding, scoring and writing
-alike). Images are JPEGs of mixed sizes with a few unreadable files among them.
+The run is the CLI as a user starts it, a separate process killed from outside with SIGKILL: once while the
+model loads, then each time a random moment after its output passes a random line count drawn over the work
+left (so kills land in decoding, scoring and writing alike). Images are JPEGs of mixed sizes with a few
+unreadable files among them.
 
     python benchmarks/kill_resume.py                                   # 500 images, 5 kills, starter bundle
     python benchmarks/kill_resume.py --images 100 --kills 3 --bundle path/to/bundle
@@ -103,21 +104,30 @@ def main(argv: list[str] | None = None) -> int:
 
         runs: list[dict[str, Any]] = []
         for k in range(args.kills):
-            delay = rnd.uniform(0.05, 1.0) * full_s
             before = len(out.read_bytes().splitlines()) if out.exists() else 0
+            # Kill points are drawn over the work still left, so that every run is cut short: the run is
+            # killed a random moment after its output passes a random line count (the first run while the
+            # model loads, before any line).
+            share = (len(inputs) - before) // (args.kills - k + 1)
+            target = before if k == 0 else before + rnd.randint(1, max(1, share))
+            jitter = rnd.uniform(0.0, 1.5)
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            try:
-                proc.wait(timeout=delay)
-                finished_early = True
-            except subprocess.TimeoutExpired:
+            t_start = time.monotonic()
+            while (
+                proc.poll() is None and (len(out.read_bytes().splitlines()) if out.exists() else 0) < target
+            ):
+                time.sleep(0.05)
+            time.sleep(jitter)
+            finished_early = proc.poll() is not None
+            if not finished_early:
                 os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                finished_early = False
+            proc.wait()
             after = out.read_bytes() if out.exists() else b""
-            runs.append({"run": k + 1, "kill_after_s": round(delay, 2), "finished_before_kill": finished_early,
-                         "returncode": proc.returncode, "lines_before": before,
-                         "lines_after": len(after.splitlines()), "torn_last_line": bool(after) and not after.endswith(b"\n")})  # fmt: skip
-            print(f"kill {k + 1}: after {delay:.1f} s, lines {before} -> {runs[-1]['lines_after']}"
+            runs.append({"run": k + 1, "kill_after_s": round(time.monotonic() - t_start, 2),
+                         "finished_before_kill": finished_early, "returncode": proc.returncode,
+                         "lines_before": before, "lines_after": len(after.splitlines()),
+                         "torn_last_line": bool(after) and not after.endswith(b"\n")})  # fmt: skip
+            print(f"kill {k + 1}: after {runs[-1]['kill_after_s']:.1f} s, lines {before} -> {runs[-1]['lines_after']}"
                   f"{' (torn last line)' if runs[-1]['torn_last_line'] else ''}", file=sys.stderr)  # fmt: skip
         final = subprocess.run(cmd, capture_output=True, text=True)
         result = check_output(out, {str(p) for p in inputs})
