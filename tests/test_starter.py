@@ -3,6 +3,7 @@ and a tiny .deb built here, with the download step replaced by a local-file fetc
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -257,6 +258,58 @@ def test_realorai_checksum_mismatch_is_dropped(tmp_path):
     result = build_starter(tmp_path / "out", sources=[], realorai=root, progress=False, log=lambda s: None)
     assert any(d.reason.startswith("sha256 differs") for d in result.dropped)
     assert "real_0000.jpg" not in {Path(r.path).name for r in result.rows}
+
+
+# ---- wildmix ---------------------------------------------------------------------------------------------------
+
+
+def _wildmix(root: Path) -> Path:
+    files = {
+        "repo-a/ai/one.png": ("ai", "FLUX.1-dev", photo_like(seed=21)),
+        "repo-a/ai/two_edit_x.png": ("ai", "gpt-image edit", photo_like(seed=22)),
+        "repo-b/real/cam.jpg": ("real", "real-photo", photo_like(seed=23)),
+        "repo-b/ai/changed.jpg": ("ai", "Imagen 4", photo_like(seed=24)),
+    }
+    lines = ["path,label,generator,source_repo,source_path,license"]
+    sums = []
+    for rel, (label, gen, img) in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        img.save(root / rel)
+        lines.append(f"{rel},{label},{gen},owner/{rel.split('/')[0]},x,MIT")
+        digest = hashlib.sha256((root / rel).read_bytes()).hexdigest()
+        sums.append(f"{'0' * 64 if rel.endswith('changed.jpg') else digest}  {rel}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return root
+
+
+def test_wildmix_rows_per_repository_source_without_edits(tmp_path):
+    root = _wildmix(tmp_path / "wildmix")
+    result = build_starter(tmp_path / "out", sources=[], wildmix=root, progress=False, log=lambda s: None)
+    rows = {Path(r.path).name: r for r in result.rows}
+    assert set(rows) == {"one.png", "cam.jpg"}
+    assert rows["one.png"].source == "wildmix:repo-a" and rows["one.png"].label == "fake"
+    assert rows["one.png"].generator == "FLUX.1-dev" and rows["cam.jpg"].generator is None
+    assert rows["cam.jpg"].source == "wildmix:repo-b" and rows["cam.jpg"].label == "real"
+    reasons = {Path(d.origin).name: d.reason for d in result.dropped}
+    assert "AI edit of a real photo" in reasons["two_edit_x.png"]
+    assert reasons["changed.jpg"].startswith("sha256 differs")
+    assert all(Path(r.path).is_relative_to(root.resolve()) for r in result.rows)  # read in place
+
+
+def test_a_source_can_exclude_named_files_with_a_reason(tmp_path):
+    wheel = _wheel(tmp_path / "pics-1.0-py3-none-any.whl", {
+        "pics/data/photo.jpg": encode(photo_like(seed=1), "JPEG", quality=92),
+        "pics/data/render.jpg": encode(photo_like(seed=2), "JPEG", quality=92),
+    })  # fmt: skip
+    spec = SourceSpec("pics", "pypi", "pics", "real", r"^pics/data/", "1.0", "pics/data/",
+                      exclude={"render.jpg": "a 3D render (looked at)"})  # fmt: skip
+    result = build_starter(tmp_path / "out", sources=[spec], fetcher=LocalFetcher({"pics": wheel}),
+                           cache=tmp_path / "c", comfy_index=None, progress=False, log=lambda s: None)  # fmt: skip
+    assert [Path(r.path).name for r in result.rows] == ["photo.jpg"]
+    assert [(Path(d.origin).name, d.reason) for d in result.dropped] == [
+        ("render.jpg", "a 3D render (looked at)")
+    ]
 
 
 # ---- packages end to end ------------------------------------------------------------------------------------

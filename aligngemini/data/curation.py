@@ -15,7 +15,7 @@ Measured limits, stated so nobody over-trusts them: the statistics separate flat
 (desktop vector art, diagrams, logos) from photographs well, but not photographs *of* drawings or 3D renders
 that were resized and JPEG-compressed (on realorai's real/ folder 24 such statistics with a logistic
 regression reached only 0.67 cross-validated AUC). Those need a rule on where the image came from (see
-``starter.REALORAI_NONPHOTO_BLOCKS``).
+``shared_sets.REALORAI_NONPHOTO_BLOCKS``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,16 @@ import numpy as np
 from PIL import Image
 
 MAX_FILE_BYTES = 40 * 1024 * 1024
+
+
+@dataclass
+class Dropped:
+    """A file left out of a corpus, and why (written to curation.jsonl)."""
+
+    source: str
+    origin: str
+    reason: str
+    label: str | None = None
 
 
 @dataclass(frozen=True)

