@@ -268,6 +268,7 @@ def _wildmix(root: Path) -> Path:
         "repo-a/ai/one.png": ("ai", "FLUX.1-dev", photo_like(seed=21)),
         "repo-a/ai/two_edit_x.png": ("ai", "gpt-image edit", photo_like(seed=22)),
         "repo-b/real/cam.jpg": ("real", "real-photo", photo_like(seed=23)),
+        "repo-b/real/real_not_edit_1.jpg": ("real", "real-photo", photo_like(seed=25)),  # the edit's source
         "repo-b/ai/changed.jpg": ("ai", "Imagen 4", photo_like(seed=24)),
     }
     lines = ["path,label,generator,source_repo,source_path,license"]
@@ -287,7 +288,7 @@ def test_wildmix_rows_per_repository_source_without_edits(tmp_path):
     root = _wildmix(tmp_path / "wildmix")
     result = build_starter(tmp_path / "out", sources=[], wildmix=root, progress=False, log=lambda s: None)
     rows = {Path(r.path).name: r for r in result.rows}
-    assert set(rows) == {"one.png", "cam.jpg"}
+    assert set(rows) == {"one.png", "cam.jpg", "real_not_edit_1.jpg"}
     assert rows["one.png"].source == "wildmix:repo-a" and rows["one.png"].label == "fake"
     assert rows["one.png"].generator == "FLUX.1-dev" and rows["cam.jpg"].generator is None
     assert rows["cam.jpg"].source == "wildmix:repo-b" and rows["cam.jpg"].label == "real"

