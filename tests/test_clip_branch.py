@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tiny_clip import (
     TINY,
     export_onnx,
@@ -42,7 +43,7 @@ def test_builds_from_config_and_scores(bundle: tuple[Path, dict]) -> None:
     assert isinstance(branch, Branch) and isinstance(branch, clip.ClipSemanticBranch)
     assert branch.name == "semantic" and branch.threshold == 0.5
     prepared = [branch.prepare(im) for im in _images()]
-    assert all(p.shape == (3, TINY["image_size"], TINY["image_size"]) for p in prepared)
+    assert all(p.shape == (1, 3, TINY["image_size"], TINY["image_size"]) for p in prepared)  # one view
     scores = branch.score(prepared)
     assert scores.dtype == np.float64 and scores.shape == (5,)
     assert ((scores >= 0) & (scores <= 1)).all()
@@ -78,11 +79,62 @@ def test_prepare_keeps_the_whole_scene(bundle: tuple[Path, dict]) -> None:
     # a wide image whose left third is black and the rest white: squash keeps the black part, crop loses it
     arr = np.full((30, 90, 3), 255, dtype=np.uint8)
     arr[:, :30] = 0
-    x = branch.prepare(load_image(arr))
+    (x,) = branch.prepare(load_image(arr))
     black = (0 - clip.CLIP_MEAN[0]) / clip.CLIP_STD[0]
     assert torch.isclose(x[0, :, :8], torch.tensor(black), atol=0.05).all()
     cropped = clip.preprocess_image(load_image(arr).image, 32, mode="crop")
     assert not torch.isclose(cropped[0, :, :8], torch.tensor(black), atol=0.05).any()
+
+
+def test_several_views_average_the_head_logits(bundle: tuple[Path, dict]) -> None:
+    out, section = bundle
+    views = ["squash", "crop", "squash+flip"]
+    branch = build_branch("semantic", {**section, "views": views}, out, device=CPU, dtype=torch.float32)
+    images = _images(3)
+    prepared = [branch.prepare(im) for im in images]
+    assert all(p.shape == (3, 3, TINY["image_size"], TINY["image_size"]) for p in prepared)
+    flipped = clip.preprocess_image(
+        images[0].image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), TINY["image_size"], mode="squash"
+    )
+    assert torch.allclose(prepared[0][2], flipped)
+    head = clip.load_head(out / "semantic_head.safetensors")
+    with torch.no_grad():
+        logits = [head(branch.tower(p)).mean() for p in prepared]
+    expected = torch.sigmoid(torch.stack(logits)).double().numpy()
+    np.testing.assert_allclose(branch.score(prepared), expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"view 'squash\+mirror'"):
+        build_branch(
+            "semantic", {**section, "views": ["squash+mirror"]}, out, device=CPU, dtype=torch.float32
+        )
+
+
+def test_cls_layers_features_are_every_layers_class_token(bundle: tuple[Path, dict]) -> None:
+    out, section = bundle
+    tower = build_branch("semantic", section, out, device=CPU, dtype=torch.float32).tower
+    x = torch.stack([clip.preprocess_image(im.image, TINY["image_size"]) for im in _images(2)])
+    with torch.no_grad():
+        feats = tower(x, "cls-layers")
+        hidden = tower.model(pixel_values=x, output_hidden_states=True).hidden_states
+    assert (
+        feats.shape == (2, tower.feature_dim("cls-layers"))
+        and tower.feature_groups("cls-layers") == len(hidden) - 1
+    )
+    width = tower.model.config.hidden_size
+    for layer in range(len(hidden) - 1):
+        torch.testing.assert_close(feats[:, layer * width : (layer + 1) * width], hidden[layer + 1][:, 0])
+    # a head for the embedding does not fit these features: loading says so
+    with pytest.raises(ValueError, match="-d"):
+        build_branch("semantic", {**section, "features": "cls-layers"}, out, device=CPU, dtype=torch.float32)
+
+
+def test_grouped_head_gives_each_group_equal_weight() -> None:
+    head = clip.SemanticHead(6, groups=3)
+    x = torch.tensor([[3.0, 4.0, 0.0, 10.0, 1.0, 0.0]])
+    parts = head.normalise(x).reshape(3, 2)
+    torch.testing.assert_close(parts.norm(dim=-1), torch.full((3,), 3**-0.5))
+    torch.testing.assert_close(head.normalise(x).norm(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="equal groups"):
+        clip.SemanticHead(7, groups=3)
 
 
 def test_config_errors(bundle: tuple[Path, dict], tmp_path: Path) -> None:

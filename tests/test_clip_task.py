@@ -111,6 +111,46 @@ def test_cache_is_per_tower_and_resize(tower_dir: Path, manifest: Path, tmp_path
     assert ct.FeatureCache(task.tower(), "squash").root != ct.FeatureCache(task.tower(), "pad").root
 
 
+def test_layer_tokens_and_views_train_and_export_a_branch_that_averages_them(
+    tower_dir: Path, manifest: Path, tmp_path: Path
+) -> None:
+    views = ["squash", "squash+flip"]
+    task = build_task(_recipe(tower_dir, manifest, features="cls-layers", views=views))
+    model = task.build_model()
+    tower = task.tower()
+    assert model.head.groups == tower.feature_groups("cls-layers") == TINY["num_hidden_layers"]
+    train, val = task.build_datasets()
+    assert len(train) == 2 * 8 and len(val) == 2 * 4  # each view of an image is an item
+    assert train.embeddings.shape[1] == tower.feature_dim("cls-layers")
+    assert len(list(ct.FeatureCache(tower, "squash+flip", features="cls-layers").root.rglob("*.npy"))) == 12
+    opt = torch.optim.AdamW(task.trainable_parameters(model), lr=0.05)
+    batch = task.collate([train[i] for i in range(len(train))])
+    for _ in range(10):
+        opt.zero_grad()
+        _bce(model, batch).backward()
+        opt.step()
+    model.eval()
+    section = task.export(model, tmp_path / "branch")
+    assert section["features"] == "cls-layers" and section["views"] == views
+    branch = build_branch("semantic", section, tmp_path / "branch", device=CPU, dtype=torch.float32)
+    rows = ct.read_rows(manifest)
+    images = [load_image(r.path) for r in rows[8:]]
+    with torch.no_grad():
+        per_view = [
+            model({"embedding": torch.from_numpy(val.embeddings.numpy()[k * 4 : (k + 1) * 4])})
+            for k in (0, 1)
+        ]
+    expected = torch.sigmoid((per_view[0] + per_view[1]) / 2).double().numpy()
+    np.testing.assert_allclose(branch.score([branch.prepare(im) for im in images]), expected, atol=1e-5)
+
+
+def test_lora_refuses_layer_tokens_and_views(tower_dir: Path, manifest: Path) -> None:
+    with pytest.raises(ConfigError, match="lora"):
+        build_task(_recipe(tower_dir, manifest, features="cls-layers", lora={"r": 2}))
+    with pytest.raises(ConfigError, match="views"):
+        build_task(_recipe(tower_dir, manifest, views=["squash", "bogus"]))
+
+
 def test_export_gives_a_branch_that_scores_like_the_model(
     tower_dir: Path, manifest: Path, tmp_path: Path
 ) -> None:

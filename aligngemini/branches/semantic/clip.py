@@ -49,6 +49,10 @@ from aligngemini.imageio import LoadedImage, load_image
 FAMILY = "semantic-clip"
 DEFAULT_RESIZE = "squash"
 HEAD_TYPES = ("linear", "mlp")
+# What the head reads: "embed" is the tower's output embedding; "cls-layers" the class token of every
+# transformer layer, concatenated (intermediate layers keep low-level evidence that the final projection,
+# trained for text matching, discards).
+FEATURES = ("embed", "cls-layers")
 HEAD_FORMAT = "aligngemini.semantic_head.v1"
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -96,18 +100,36 @@ class ClipTower(nn.Module):
         self.identity = identity  # content-derived id: the feature cache's key
         with torch.no_grad():
             probe = torch.zeros(1, 3, self.image_size, self.image_size, dtype=self._param_dtype())
-            self.embed_dim = int(self.forward(probe).shape[-1])
+            out = self.model(pixel_values=probe, output_hidden_states=True)
+            self.n_layers = len(out.hidden_states) - 1
+            self.embed_dim = int(self._embed(out).shape[-1])
 
     def _param_dtype(self) -> torch.dtype:
         p = next(self.model.parameters(), None)
         return p.dtype if p is not None else torch.float32
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = self.model(pixel_values=pixel_values)
+    def feature_dim(self, features: str = "embed") -> int:
+        """Width of ``forward(x, features)``."""
+        return self.embed_dim if features == "embed" else self.n_layers * int(self.model.config.hidden_size)
+
+    def feature_groups(self, features: str = "embed") -> int:
+        """How many equal parts ``forward(x, features)`` has: one per layer for ``cls-layers``."""
+        return 1 if features == "embed" else self.n_layers
+
+    def _embed(self, out: Any) -> torch.Tensor:
         if self.kind == "clip-projection":
             return out.image_embeds
         pooled = getattr(out, "pooler_output", None)
         return pooled if pooled is not None else out.last_hidden_state[:, 0]
+
+    def forward(self, pixel_values: torch.Tensor, features: str = "embed") -> torch.Tensor:
+        """[B, 3, S, S] -> [B, feature_dim(features)]: the embedding, or every layer's class token side by side."""
+        if features == "embed":
+            return self._embed(self.model(pixel_values=pixel_values))
+        if features not in FEATURES:
+            raise ValueError(f"features {features!r} is unknown; use one of {FEATURES}")
+        hidden = self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[1:]
+        return torch.cat([h[:, 0] for h in hidden], dim=-1)
 
     def preprocess(self, image: Image.Image, resize: str = DEFAULT_RESIZE) -> torch.Tensor:
         """[3, S, S] float32 for this tower."""
@@ -314,18 +336,30 @@ def embed_images(
 
 
 class SemanticHead(nn.Module):
-    """Fake-class logit from an image embedding, which it L2-normalises first: ``[B, D] -> [B]``."""
+    """Fake-class logit from tower features: ``[B, D] -> [B]``. The features are split into ``groups`` equal
+    parts (one per layer for ``cls-layers``), each L2-normalised and scaled by ``1/sqrt(groups)``, so every
+    part weighs the same and the whole has unit norm; with one group this is the usual normalised probe."""
 
-    def __init__(self, embed_dim: int, head_type: str = "linear", hidden: int = 256, dropout: float = 0.0):
+    def __init__(
+        self,
+        embed_dim: int,
+        head_type: str = "linear",
+        hidden: int = 256,
+        dropout: float = 0.0,
+        groups: int = 1,
+    ):
         super().__init__()
         if head_type not in HEAD_TYPES:
             raise ValueError(f"head type {head_type!r} is unknown; use one of {HEAD_TYPES}")
+        if groups < 1 or embed_dim % groups:
+            raise ValueError(f"{embed_dim}-d features do not split into {groups} equal groups")
         self.embed_dim, self.head_type, self.hidden, self.dropout = (
             int(embed_dim),
             head_type,
             int(hidden),
             dropout,
         )
+        self.groups = int(groups)
         if head_type == "linear":
             self.net = nn.Sequential(nn.Linear(self.embed_dim, 1))
         else:
@@ -336,9 +370,15 @@ class SemanticHead(nn.Module):
                 nn.Linear(self.hidden, 1),
             )
 
+    def normalise(self, features: torch.Tensor) -> torch.Tensor:
+        x = features.to(self.net[0].weight.dtype)
+        if self.groups == 1:
+            return torch.nn.functional.normalize(x, dim=-1)
+        parts = torch.nn.functional.normalize(x.reshape(*x.shape[:-1], self.groups, -1), dim=-1)
+        return parts.reshape(x.shape) / self.groups**0.5
+
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        x = torch.nn.functional.normalize(embedding.to(self.net[0].weight.dtype), dim=-1)
-        return self.net(x)[:, 0]
+        return self.net(self.normalise(embedding))[:, 0]
 
 
 def save_head(head: SemanticHead, path: Path) -> None:
@@ -350,6 +390,7 @@ def save_head(head: SemanticHead, path: Path) -> None:
         "head_type": head.head_type,
         "embed_dim": str(head.embed_dim),
         "hidden": str(head.hidden),
+        "groups": str(head.groups),
     }
     save_file(state, str(path), metadata=meta)
 
@@ -381,7 +422,9 @@ def load_head(path: Path, *, embed_dim: int | None = None, head_type: str | None
             f"{path}: the head reads {saved_dim}-d embeddings but the tower gives {embed_dim}-d; "
             "the head was trained on another tower"
         )
-    head = SemanticHead(saved_dim, saved_type, int(meta.get("hidden", 256)))
+    head = SemanticHead(
+        saved_dim, saved_type, int(meta.get("hidden", 256)), groups=int(meta.get("groups", 1))
+    )
     head.load_state_dict(state, strict=True)
     return head.eval()
 
@@ -404,6 +447,8 @@ class _Section:
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
     batch_size: int = 32
+    features: str = "embed"
+    views: list[str] | None = None  # default: [resize]
 
     @classmethod
     def from_cfg(cls, role: str, cfg: dict[str, Any]) -> _Section:
@@ -416,11 +461,32 @@ class _Section:
             raise ValueError(
                 f"branch {role!r}: resize {section.resize!r} is unknown; use one of {RESIZE_MODES}"
             )
+        if section.features not in FEATURES:
+            raise ValueError(
+                f"branch {role!r}: features {section.features!r} is unknown; use one of {FEATURES}"
+            )
+        for view in section.views or []:
+            parse_view(view, where=f"branch {role!r}")
         return section
 
 
+def parse_view(view: str, *, where: str = "view") -> tuple[str, bool]:
+    """``"squash"``, ``"crop+flip"``...: a resize mode (``RESIZE_MODES``), optionally mirrored."""
+    mode, _, flip = view.partition("+")
+    if mode not in RESIZE_MODES or flip not in ("", "flip"):
+        raise ValueError(f"{where}: view {view!r} is not MODE or MODE+flip with MODE one of {RESIZE_MODES}")
+    return mode, flip == "flip"
+
+
+def view_tensor(tower: ClipTower, image: Image.Image, view: str) -> torch.Tensor:
+    """One view of a whole image as the tower's [3, S, S] input."""
+    mode, flip = parse_view(view)
+    return tower.preprocess(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else image, mode)
+
+
 class ClipSemanticBranch:
-    """Branch protocol: ``prepare`` resizes the whole image for the tower; ``score`` gives P(fake)."""
+    """Branch protocol: ``prepare`` gives each view of the whole image for the tower; ``score`` averages the
+    head's logits over the views and gives P(fake)."""
 
     def __init__(
         self,
@@ -431,25 +497,34 @@ class ClipSemanticBranch:
         threshold: float = 0.5,
         resize: str = DEFAULT_RESIZE,
         batch_size: int = 32,
+        features: str = "embed",
+        views: Sequence[str] | None = None,
     ) -> None:
         self.name = role
         self.threshold = float(threshold)
         self.tower, self.head, self.resize, self.batch_size = tower, head, resize, int(batch_size)
+        self.features = features
+        self.views = list(views or [resize])
         p = next(tower.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.head.to(self.device)
 
     def prepare(self, image: LoadedImage) -> torch.Tensor:
-        return self.tower.preprocess(image.image, self.resize)
+        return torch.stack([view_tensor(self.tower, image.image, v) for v in self.views])
 
     @torch.inference_mode()
     def score(self, prepared: Sequence[torch.Tensor]) -> np.ndarray:
         if len(prepared) == 0:
             return np.zeros(0, dtype=np.float64)
+        n_views = len(self.views)
+        per_batch = max(1, self.batch_size // n_views)
         out = []
-        for start in range(0, len(prepared), self.batch_size):
-            x = torch.stack(list(prepared[start : start + self.batch_size])).to(self.device, self.dtype)
-            logits = self.head(self.tower(x).float())
+        for start in range(0, len(prepared), per_batch):
+            chunk = [p if p.dim() == 4 else p[None] for p in prepared[start : start + per_batch]]  # [V,3,S,S]
+            if any(len(p) != n_views for p in chunk):
+                raise ValueError(f"expected {n_views} view(s) per image, as prepare() gives")
+            x = torch.cat(chunk).to(self.device, self.dtype)
+            logits = self.head(self.tower(x, self.features).float()).view(len(chunk), n_views).mean(dim=1)
             out.append(torch.sigmoid(logits.double()).cpu().numpy())
         return np.concatenate(out).astype(np.float64)
 
@@ -484,7 +559,10 @@ def make_clip_branch(
     head_path = Path(section.head)
     if not head_path.is_absolute() and bundle_dir is not None:
         head_path = Path(bundle_dir) / head_path
-    head = load_head(head_path, embed_dim=tower.embed_dim, head_type=section.head_type)
+    head = load_head(head_path, embed_dim=tower.feature_dim(section.features), head_type=section.head_type)
+    if head.groups != tower.feature_groups(section.features):
+        raise ValueError(f"{head_path}: the head normalises {head.groups} feature group(s), but features "
+                         f"{section.features!r} of this tower have {tower.feature_groups(section.features)}")  # fmt: skip
     return ClipSemanticBranch(
         tower,
         head,
@@ -492,4 +570,6 @@ def make_clip_branch(
         threshold=section.threshold,
         resize=section.resize,
         batch_size=section.batch_size,
+        features=section.features,
+        views=section.views,
     )

@@ -33,12 +33,15 @@ from torch.utils.data import Dataset
 from aligngemini.branches.semantic.clip import (
     DEFAULT_RESIZE,
     FAMILY,
+    FEATURES,
     HEAD_TYPES,
     STARTER_TOWER,
     ClipTower,
     SemanticHead,
     load_tower,
+    parse_view,
     save_head,
+    view_tensor,
 )
 from aligngemini.branches.semantic.clip_import import RESIZE_MODES
 from aligngemini.config import ConfigError, from_dict
@@ -58,6 +61,10 @@ class ClipModelConfig:
     head_hidden: int = 256
     head_dropout: float = 0.0
     resize: str = DEFAULT_RESIZE  # squash | pad | crop
+    features: str = "embed"  # embed | cls-layers (the class token of every layer)
+    views: list[str] | None = (
+        None  # e.g. [squash, crop, squash+flip]: each a training item, averaged at inference
+    )
     lora: dict[str, Any] | None = None  # {r, alpha, dropout, target_modules}; None: tower frozen
 
     def __post_init__(self) -> None:
@@ -65,6 +72,21 @@ class ClipModelConfig:
             raise ConfigError(f"recipe model.head_type must be one of {HEAD_TYPES}, got {self.head_type!r}")
         if self.resize not in RESIZE_MODES:
             raise ConfigError(f"recipe model.resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.features not in FEATURES:
+            raise ConfigError(f"recipe model.features must be one of {FEATURES}, got {self.features!r}")
+        for view in self.views or []:
+            try:
+                parse_view(view, where="recipe model.views")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        if self.lora is not None and (self.features != "embed" or len(self.view_list) > 1):
+            raise ConfigError(
+                "recipe model.lora trains on one view of the embedding: leave features and views unset"
+            )
+
+    @property
+    def view_list(self) -> list[str]:
+        return list(self.views or [self.resize])
         unknown = sorted(set(self.lora or {}) - {"r", "alpha", "dropout", "target_modules"})
         if unknown:
             raise ConfigError(
@@ -157,13 +179,15 @@ def _spread(rows: list[Row], limit: int | None) -> list[Row]:
 
 
 class FeatureCache:
-    """Raw (unnormalised) embeddings on disk, one ``.npy`` per image: ``<root>/<sha[:2]>/<sha>.npy``.
+    """Raw (unnormalised) features on disk, one ``.npy`` per image: ``<root>/<sha[:2]>/<sha>.npy``.
 
-    ``root`` is ``cache_dir("features", <tower identity>-<resize><size>)``: a different tower, resize mode
-    or input size never reads another's features; the image key is the sha256 of the file's bytes."""
+    ``root`` is ``cache_dir("features", <tower identity>-<view><size>[-<features>])``: a different tower,
+    view, input size or feature kind never reads another's; the image key is the sha256 of the file's bytes."""
 
-    def __init__(self, tower: ClipTower, resize: str, root: Path | None = None) -> None:
-        name = f"{tower.identity}-{resize}{tower.image_size}"
+    def __init__(
+        self, tower: ClipTower, view: str, root: Path | None = None, features: str = "embed"
+    ) -> None:
+        name = f"{tower.identity}-{view}{tower.image_size}" + ("" if features == "embed" else f"-{features}")
         self.root = root or cache_dir("features", name)
 
     def path(self, sha256: str) -> Path:
@@ -200,18 +224,21 @@ def embed_rows_cached(
     batch_size: int = 32,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     desc: str = "embed",
+    features: str = "embed",
 ) -> np.ndarray:
-    """Raw embeddings [N, D] of ``rows`` (unnormalised, fp32), from the cache where present."""
+    """Raw features [N, D] of ``rows`` (unnormalised, fp32) for one view (``resize``: a view name such as
+    ``squash`` or ``crop+flip``), from the cache where present."""
     from tqdm.auto import tqdm
 
-    out = np.zeros((len(rows), tower.embed_dim), dtype=np.float32)
+    dim = tower.feature_dim(features)
+    out = np.zeros((len(rows), dim), dtype=np.float32)
     todo: list[tuple[int, str]] = []
     for i, row in enumerate(rows):
         if not row.path.is_file():
             raise ImageLoadError(str(row.path), "no such file (listed in the training manifest)")
         sha = _file_sha256(row.path)
         hit = cache.get(sha) if cache is not None else None
-        if hit is not None and hit.shape == (tower.embed_dim,):
+        if hit is not None and hit.shape == (dim,):
             out[i] = hit
         else:
             todo.append((i, sha))
@@ -227,8 +254,8 @@ def embed_rows_cached(
                 images.append(load_image(rows[i].path, max_pixels=max_pixels).image)
             except ImageLoadError as exc:
                 raise ImageLoadError(exc.source, f"{exc.reason} (listed in the training manifest)") from None
-        x = torch.stack([tower.preprocess(im, resize) for im in images]).to(p.device, p.dtype)
-        emb = tower(x).float().cpu().numpy()
+        x = torch.stack([view_tensor(tower, im, resize) for im in images]).to(p.device, p.dtype)
+        emb = tower(x, features).float().cpu().numpy()
         for (i, sha), vec in zip(chunk, emb, strict=True):
             out[i] = vec
             if cache is not None:
@@ -331,7 +358,8 @@ class ClipTask:
     def build_model(self) -> ClipSemanticModel:
         tower = self.tower()
         cfg = self.model_cfg
-        head = SemanticHead(tower.embed_dim, cfg.head_type, cfg.head_hidden, cfg.head_dropout)
+        head = SemanticHead(tower.feature_dim(cfg.features), cfg.head_type, cfg.head_hidden, cfg.head_dropout,
+                            groups=tower.feature_groups(cfg.features))  # fmt: skip
         if not self.tunes_tower:
             for p in tower.parameters():
                 p.requires_grad_(False)
@@ -367,22 +395,21 @@ class ClipTask:
         if self.tunes_tower:
             pix_val = PixelSet(val, tower, resize, self.data.max_pixels) if val else None
             return PixelSet(train, tower, resize, self.data.max_pixels), pix_val
-        cache = FeatureCache(tower, resize) if self.data.cache_features else None
+        cfg = self.model_cfg
         sets = []
         for name, split_rows in (("train", train), ("val", val)):
             if not split_rows:
                 sets.append(None)
                 continue
-            emb = embed_rows_cached(
-                split_rows,
-                tower,
-                resize=resize,
-                cache=cache,
-                batch_size=self.data.feature_batch_size,
-                max_pixels=self.data.max_pixels,
-                desc=f"embed {name}",
-            )
-            sets.append(EmbeddingSet(emb, [r.label for r in split_rows]))
+            per_view = []
+            for view in cfg.view_list:  # every view of an image is an item of its own
+                cache = FeatureCache(tower, view, features=cfg.features) if self.data.cache_features else None
+                per_view.append(embed_rows_cached(
+                    split_rows, tower, resize=view, cache=cache, batch_size=self.data.feature_batch_size,
+                    max_pixels=self.data.max_pixels, desc=f"embed {name} {view}", features=cfg.features,
+                ))  # fmt: skip
+            labels = [r.label for r in split_rows] * len(per_view)
+            sets.append(EmbeddingSet(np.concatenate(per_view), labels))
         return sets[0], sets[1]
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -413,7 +440,9 @@ class ClipTask:
             "head_type": inner.head.head_type,
             "threshold": float(self.export_cfg.threshold),
             "resize": self.model_cfg.resize,
-            "embed_dim": tower.embed_dim,
+            "embed_dim": tower.feature_dim(self.model_cfg.features),
+            "features": self.model_cfg.features,
+            "views": self.model_cfg.view_list,
             "batch_size": int(self.export_cfg.batch_size),
             **tower.preprocess_config(),
         }
