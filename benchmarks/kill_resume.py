@@ -168,8 +168,10 @@ def render_md(r: dict[str, Any]) -> str:
 
 `python benchmarks/kill_resume.py --out benchmarks/results/kill_resume` on the {r["machine"]}, {r["date"]}
 (load average {r["load_avg_at_start"]:.2f} at start). Bundle `{r["bundle"]}`, {r["inputs"]} inputs
-(JPEGs 200-900 px, every 50th unreadable). An uninterrupted run took {r["uninterrupted_run_s"]} s; each
-kill lands at a uniformly random moment within that span, from outside, with SIGKILL.
+(JPEGs 200-900 px, every 50th unreadable). An uninterrupted run took {r["uninterrupted_run_s"]} s. Each
+resumed run is killed from outside with SIGKILL: the first while the model loads, the others a random
+0-1.5 s after their output passes a random line count drawn over the work left. "killed after" counts
+from the run's start. The box was shared with other jobs (load above), which slows runs, not results.
 
 | run | killed after (s) | how it ended | lines in output | torn last line left |
 | --- | --- | --- | --- | --- |
