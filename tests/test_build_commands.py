@@ -66,3 +66,22 @@ def test_build_pixel_and_semantic_commands_with_a_vae(
     assert all(r.extra["ops"]["vae"] for r in rows)
     report = json.loads((tmp_path / "semantic" / "build_report.json").read_text())
     assert report["balance"]["method"] == "none" and report["vae_calls"] >= 1
+
+
+def test_builders_take_only_the_sources_asked_for(
+    tmp_path: Path, tiny_vae: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sources = [
+        Source("real", name, "train", "PNG", None, (72, 72))
+        for name in ("cam:a", "cam:b", "wall")
+        for _ in range(2)
+    ]
+    manifest = write_sources(tmp_path / "src", sources)
+    base = ["data", "build-pixel", "--manifest", str(manifest), "--generator", f"vae:{tiny_vae}", "--crop-size", "64",
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "p1"), "--source", "cam:*", "--exclude-source", "cam:b"]) == 0
+    rows = read_manifest(tmp_path / "p1" / "manifest.jsonl")
+    assert len(rows) == 4 and {r.source for r in rows if r.label == "real"} == {"cam:a"}
+    assert main([*base, "--out", str(tmp_path / "p2"), "--source", "nothing*"]) == 2
+    err = capsys.readouterr().err
+    assert "no row's source matches" in err and "cam:a" in err

@@ -30,14 +30,25 @@ def _config_section(path: str | None, overrides: list[str], section: str) -> dic
     return apply_overrides(data, overrides)
 
 
-def _load_rows(manifest: str | None) -> tuple[list[Any], Path]:
+def _load_rows(args: argparse.Namespace) -> tuple[list[Any], Path]:
+    """The manifest's rows, narrowed to ``--source`` patterns and without ``--exclude-source`` ones."""
+    import fnmatch
+
     from aligngemini.data.manifest import read_manifest
 
-    path = Path(manifest).expanduser() if manifest else _default_manifest()
+    path = Path(args.manifest).expanduser() if args.manifest else _default_manifest()
     if not path.is_file():
-        hint = "run 'aligngemini data fetch-starter' first" if manifest is None else "check the path"
+        hint = "run 'aligngemini data fetch-starter' first" if args.manifest is None else "check the path"
         raise ValueError(f"{path}: no such manifest; {hint}")
-    return read_manifest(path), path.parent
+    rows = read_manifest(path)
+    keep, drop = args.sources or ["*"], args.exclude_sources or []
+    chosen = [r for r in rows if any(fnmatch.fnmatchcase(r.source or "", k) for k in keep)
+              and not any(fnmatch.fnmatchcase(r.source or "", d) for d in drop)]  # fmt: skip
+    if not chosen:
+        known = sorted({r.source or "" for r in rows})
+        raise ValueError(f"{path}: no row's source matches --source {keep} minus --exclude-source {drop}; "
+                         f"sources: {known}")  # fmt: skip
+    return chosen, path.parent
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -49,6 +60,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--limit", type=int, help="use at most this many source images (per class for build-semantic)"
     )
+    p.add_argument("--source", dest="sources", action="append", metavar="GLOB",
+                   help="use only rows whose source matches (repeatable), e.g. 'wildmix:*' or realorai")  # fmt: skip
+    p.add_argument("--exclude-source", dest="exclude_sources", action="append", metavar="GLOB",
+                   help="leave out rows whose source matches (repeatable), e.g. to hold a source out")  # fmt: skip
     p.add_argument(
         "--config", help="YAML/JSON recipe; its keys (or its section named after the set) set the config"
     )
@@ -179,7 +194,7 @@ def _build_pixel(args: argparse.Namespace) -> int:
             if value is not None:
                 data[key] = value
         cfg = from_dict(PixelBuildConfig, data, "pixel config")
-        rows, base = _load_rows(args.manifest)
+        rows, base = _load_rows(args)
         generators = [build_generator(spec, device=args.device) for spec in args.generator]
         result = build_pixel_set(
             rows,
@@ -230,7 +245,7 @@ def _build_semantic(args: argparse.Namespace) -> int:
             if value is not None:
                 data[key] = value
         cfg = from_dict(SemanticBuildConfig, data, "semantic config")
-        rows, base = _load_rows(args.manifest)
+        rows, base = _load_rows(args)
         # --limit picks a spread-out subset per class before balancing, so matching stays within it.
         rows = subsample([r for r in rows if r.label in ("real", "fake")], args.limit)
         embeddings = None
