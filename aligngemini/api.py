@@ -114,6 +114,11 @@ class Detector:
         return str(self.config.get("fusion", {}).get("rule", "or"))
 
     @property
+    def fusion_params(self) -> dict[str, Any]:
+        """The fusion rule's fitted parameters (the ``stack`` rule's weights and bias), from the bundle."""
+        return dict(self.config.get("fusion", {}))
+
+    @property
     def uncertain_band(self) -> tuple[float, float] | None:
         band = self.config.get("fusion", {}).get("uncertain_band")
         return (float(band[0]), float(band[1])) if band else None
@@ -137,7 +142,7 @@ class Detector:
         self, names: Sequence[str | None], scores: dict[str, np.ndarray]
     ) -> list[Verdict]:
         thresholds = self.thresholds
-        fused = fuse(scores, thresholds, self.fusion_rule, self.uncertain_band)
+        fused = fuse(scores, thresholds, self.fusion_rule, self.uncertain_band, self.fusion_params)
         results = []
         for j, name in enumerate(names):
             branches = {

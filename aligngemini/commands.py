@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from aligngemini.fusion import RULES
 from aligngemini.record import SCHEMA_TEXT
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -108,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     a.add_argument("--name", default=None, help="bundle name (default: the folder name)")
     a.add_argument(
-        "--rule", choices=("or", "noisy-or", "mean"), default="or", help="fusion rule (default: or)"
+        "--rule", choices=tuple(RULES), default="or", help="fusion rule (default: or; stack needs calibrate)"
     )
     a.add_argument("--card", type=Path, help="MODEL_CARD.md to include")
     a.add_argument("--overwrite", action="store_true", help="replace an existing bundle in --out")

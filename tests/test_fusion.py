@@ -65,3 +65,28 @@ def test_errors_are_clear() -> None:
         fuse({"pixel": np.array([0.1])}, {"pixel": 0.5}, rule="and")
     with pytest.raises(ValueError, match="no threshold"):
         fuse({"pixel": np.array([0.1])}, {})
+
+
+def test_stack_rule_is_a_logistic_model_of_the_centred_logits() -> None:
+    scores = {"pixel": np.array([0.9, 0.2, 0.5]), "semantic": np.array([0.3, 0.8, np.nan])}
+    th = {"pixel": 0.5, "semantic": 0.4}
+    params = {"weights": {"pixel": 2.0, "semantic": 0.5}, "bias": -0.25}
+    res = fuse(scores, th, rule="stack", params=params)
+
+    def logit(p: float) -> float:
+        return float(np.log(p) - np.log1p(-p))
+
+    z0 = -0.25 + 2.0 * (logit(0.9) - logit(0.5)) + 0.5 * (logit(0.3) - logit(0.4))
+    assert res.p_fake[0] == pytest.approx(1 / (1 + np.exp(-z0)))
+    assert res.p_fake[2] == pytest.approx(1 / (1 + np.exp(0.25)))  # a missing branch adds nothing
+    assert res.fake.tolist() == [bool(res.p_fake[0] >= 0.5), bool(res.p_fake[1] >= 0.5), False]
+    assert res.fired == [["pixel"], ["semantic"], ["pixel"]]  # "fired" keeps each branch's own threshold
+    with pytest.raises(ValueError, match="no weight"):
+        fuse(scores, th, rule="stack", params={"weights": {"pixel": 1.0}})
+
+
+def test_every_rule_is_registered_once_with_help() -> None:
+    from aligngemini.fusion import RULES
+
+    assert set(RULES) == {"or", "noisy-or", "mean", "stack"}
+    assert all(r.help for r in RULES.values())

@@ -1,7 +1,7 @@
 """Choose per-branch thresholds (and the uncertain band) on a validation set, and write them into a
 copy of the bundle.
 
-Targets:
+Targets (for every rule):
 - ``fpr``: the most fakes caught while the *fused* false-positive rate on the reals stays at or below
   the target. Under the OR rule each branch's own FPR is then at most the target, and their union is
   what is held to it.
@@ -10,6 +10,9 @@ Targets:
 For the OR rule with one or two branches the search is exact over the thresholds that matter (just
 above observed scores). Other rules (``noisy-or``, ``mean``) are searched coordinate-wise through
 ``aligngemini.fusion.fuse`` itself over a quantile grid, so the result matches what the detector does.
+The ``stack`` rule first gives each branch its own balanced threshold (so that "fired" keeps its meaning),
+then fits the stacker's weights by class-balanced logistic regression on the centred logits, and sets
+its bias for the target.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from aligngemini.fusion import fuse
+from aligngemini.fusion import centre_on_threshold, fuse
 
 NEVER = 1.0 + 1e-9  # a threshold no probability reaches: the branch never fires
 _GRID = 128
@@ -49,12 +52,16 @@ class Calibration:
     n_fake: int
     before: dict[str, Any] = field(default_factory=dict)
     after: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(
+        default_factory=dict
+    )  # the rule's fitted parameters (stack: weights, bias)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
             "target_fpr": self.target_fpr,
             "rule": self.rule,
+            "params": self.params,
             "thresholds": self.thresholds,
             "uncertain_band": self.uncertain_band,
             "n_real": self.n_real,
@@ -73,10 +80,14 @@ def _rates(labels: np.ndarray, fake: np.ndarray) -> Operating:
 
 
 def operating_point(
-    scores: Mapping[str, np.ndarray], labels: np.ndarray, thresholds: Mapping[str, float], rule: str = "or"
+    scores: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    thresholds: Mapping[str, float],
+    rule: str = "or",
+    params: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fused and per-branch FPR/TPR/balanced accuracy at ``thresholds`` (through ``fuse``)."""
-    fr = fuse(scores, thresholds, rule)
+    fr = fuse(scores, thresholds, rule, params=params)
     out: dict[str, Any] = {"fused": _rates(labels, np.asarray(fr.fake)).to_dict()}
     for role, s in scores.items():
         out[role] = _rates(labels, s >= thresholds[role]).to_dict()
@@ -237,6 +248,37 @@ def calibrate_thresholds(
     return _coordinate_search(scores, labels, rule, target, target_fpr, current or {})
 
 
+def fit_stack(
+    scores: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    thresholds: Mapping[str, float],
+    *,
+    target: str = "balanced",
+    target_fpr: float = 0.05,
+) -> dict[str, Any]:
+    """The ``stack`` rule's ``weights`` and ``bias``: class-balanced logistic regression on each branch's
+    centred logit; for an ``fpr`` target the bias is then lowered until the fused FPR meets it."""
+    from sklearn.linear_model import LogisticRegression
+
+    roles = sorted(scores)
+    x = np.stack([_centred_logit(scores[r], thresholds[r]) for r in roles], axis=1)
+    lr = LogisticRegression(class_weight="balanced", C=1.0).fit(x, labels)
+    weights = {r: float(w) for r, w in zip(roles, lr.coef_[0], strict=True)}
+    bias = float(lr.intercept_[0])
+    if target == "fpr":
+        z = x @ lr.coef_[0]
+        real_z = np.sort(z[labels == 0])[::-1]
+        budget = int(np.floor(target_fpr * real_z.size + 1e-9))
+        if budget < real_z.size:  # fused >= 0.5 exactly when z + bias >= 0: cut just above that real
+            bias = min(bias, -(float(real_z[budget]) + 1e-7))  # a margin for rounding inside fuse
+    return {"weights": weights, "bias": bias}
+
+
+def _centred_logit(p: np.ndarray, threshold: float) -> np.ndarray:
+    c = np.clip(centre_on_threshold(p, threshold), 1e-6, 1 - 1e-6)
+    return np.log(c) - np.log1p(-c)
+
+
 def choose_uncertain_band(
     p_fused: np.ndarray, labels: np.ndarray, fake: np.ndarray, width: float
 ) -> list[float] | None:
@@ -274,13 +316,24 @@ def calibrate(
     """Thresholds, band and the before/after operating points on the validation set."""
     labels = np.asarray(labels).astype(np.int64)
     current = dict(current or {r: 0.5 for r in scores})
-    thresholds = calibrate_thresholds(
-        scores, labels, rule=rule, target=target, target_fpr=target_fpr, current=current
-    )
+    params: dict[str, Any] = {}
+    if rule == "stack":  # each branch at its own balanced point, then the stacker on top
+        thresholds = {
+            r: calibrate_thresholds({r: s}, labels, target="balanced")[r] for r, s in scores.items()
+        }
+        params = fit_stack(scores, labels, thresholds, target=target, target_fpr=target_fpr)
+    else:
+        thresholds = calibrate_thresholds(
+            scores, labels, rule=rule, target=target, target_fpr=target_fpr, current=current
+        )
     band: list[float] | None = list(current_band) if current_band else None
     if uncertain_width is not None:
-        fr = fuse(scores, thresholds, rule)
+        fr = fuse(scores, thresholds, rule, params=params)
         band = choose_uncertain_band(fr.p_fake, labels, fr.fake, uncertain_width)
+    before = {
+        "thresholds": current,
+        **operating_point(scores, labels, current, rule if rule != "stack" else "or"),
+    }
     return Calibration(
         thresholds=thresholds,
         uncertain_band=band,
@@ -289,8 +342,9 @@ def calibrate(
         rule=rule,
         n_real=int((labels == 0).sum()),
         n_fake=int((labels == 1).sum()),
-        before={"thresholds": current, **operating_point(scores, labels, current, rule)},
-        after={"thresholds": thresholds, **operating_point(scores, labels, thresholds, rule)},
+        before=before,
+        after={"thresholds": thresholds, **operating_point(scores, labels, thresholds, rule, params)},
+        params=params,
     )
 
 

@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Kept in step with aligngemini.eval.layouts.LAYOUT_CHOICES and aligngemini.fusion.RULES (a test checks).
+from aligngemini.fusion import RULES
+
+# Kept in step with aligngemini.eval.layouts.LAYOUT_CHOICES (a test checks); the rules come from fusion.RULES.
 LAYOUT_CHOICES = ("auto", "genimage", "forensynths", "aigcdetect", "aigibench", "chameleon", "wildrf",
                   "synthwildx", "bfree-online", "drct2m", "synthbuster", "folder", "manifest")  # fmt: skip
-RULE_CHOICES = ("or", "noisy-or", "mean")
+RULE_CHOICES = tuple(RULES)
 
 EVAL_EPILOG = """\
 examples:
@@ -247,7 +249,7 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
     record = {**cal.to_dict(), "data": [i["path"] for i in evalset.inputs], "source_bundle": bundle.bundle_id}
     updates = {
         "branches": {r: {"threshold": t} for r, t in cal.thresholds.items()},
-        "fusion": {"rule": cal.rule, "uncertain_band": cal.uncertain_band},
+        "fusion": {"rule": cal.rule, "uncertain_band": cal.uncertain_band, **cal.params},
         "calibration": _jsonable(record),
     }
     try:

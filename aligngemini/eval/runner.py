@@ -38,10 +38,14 @@ class FusionSettings:
     thresholds: dict[str, float]
     rule: str = "or"
     uncertain_band: tuple[float, float] | None = None
+    params: dict[str, Any] = field(
+        default_factory=dict
+    )  # the rule's fitted parameters (stack: weights, bias)
 
     def to_dict(self) -> dict[str, Any]:
         band = list(self.uncertain_band) if self.uncertain_band else None
-        return {"thresholds": dict(self.thresholds), "rule": self.rule, "uncertain_band": band}
+        out = {"thresholds": dict(self.thresholds), "rule": self.rule, "uncertain_band": band}
+        return {**out, **({"params": self.params} if self.params else {})}
 
 
 def fusion_settings(
@@ -65,7 +69,11 @@ def fusion_settings(
         base[role] = float(value)
     fusion = config.get("fusion") or {}
     band: Any = fusion.get("uncertain_band") if uncertain_band == "bundle" else uncertain_band
-    return FusionSettings(base, rule or str(fusion.get("rule", "or")), tuple(band) if band else None)
+    chosen = rule or str(fusion.get("rule", "or"))
+    params = (
+        {k: fusion[k] for k in ("weights", "bias") if k in fusion} if chosen == fusion.get("rule") else {}
+    )
+    return FusionSettings(base, chosen, tuple(band) if band else None, params)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,6 +320,7 @@ def measure(
             settings.thresholds,
             settings.rule,
             settings.uncertain_band,
+            settings.params,
         )
         # Spread back to full length so that subsets can index with item indices.
         n = len(labels)
