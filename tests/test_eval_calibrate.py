@@ -229,3 +229,31 @@ def test_calibrate_stack_writes_the_fitted_rule_into_the_bundle(
     want = fuse(scores, det.thresholds, "stack", params=fusion).p_fake
     got = [v.p_fake for v in det.verdicts_from_scores(["a", "b", "c", "d"], scores)]
     np.testing.assert_allclose(got, want)
+
+
+def test_calibrate_from_a_scores_csv_needs_no_detector(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    src = _tiny_bundle(tmp_path / "bundle")
+    monkeypatch.setattr(
+        commands, "load_detector", lambda args: pytest.fail("scores were given: nothing to score")
+    )
+    scores, labels = _synthetic(1)
+    csv_path = tmp_path / "scores.csv"
+    lines = ["path,label,pixel,semantic"] + [
+        f"i{i}.jpg,{'fake' if y else 'real'},{p:.6f},{s:.6f}"
+        for i, (y, p, s) in enumerate(zip(labels, scores["pixel"], scores["semantic"], strict=True))
+    ]
+    lines.append("unscored.jpg,real,,0.3")  # a branch without a score: the row is left out
+    csv_path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "cal"
+    argv = ["calibrate", "--scores", str(csv_path), "--bundle", str(src), "--out", str(out), "--target", "balanced",
+            "--rule", "stack"]  # fmt: skip
+    assert cli.main(argv) == 0
+    copy = load_bundle(out)
+    assert copy.config["fusion"]["rule"] == "stack" and copy.config["calibration"]["n_real"] == 200
+    assert copy.config["calibration"]["data"] == [str(csv_path)]
+    assert "1 row(s)" in capsys.readouterr().err
+    assert cli.main(["calibrate", str(tmp_path), "--scores", str(csv_path), "--bundle", str(src), "--out",
+                     str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "not both" in capsys.readouterr().err

@@ -45,8 +45,9 @@ never changed.
 """
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", nargs="+", metavar="DATA", help="folders, benchmark CSVs or manifests")
+def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    p.add_argument("data", nargs="*" if optional else "+", metavar="DATA",
+                   help="folders, benchmark CSVs or manifests")  # fmt: skip
     p.add_argument(
         "--bundle", default="starter", help="bundle name, folder, archive or hub id (default: starter)"
     )
@@ -96,7 +97,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=CALIBRATE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_data_args(c)
+    _add_data_args(c, optional=True)
+    c.add_argument("--scores", metavar="CSV",
+                   help="calibrate on scores already measured instead of DATA: a CSV with a label column "
+                   "(real/fake) and one column of P(fake) per branch, as 'aligngemini eval' writes (scores.csv) "
+                   "or benchmarks/wild_eval.py (out-of-fold scores)")  # fmt: skip
     c.add_argument("--out", required=True, metavar="DIR", help="folder for the calibrated copy of the bundle")
     c.add_argument("--target", choices=("fpr", "balanced"), default="fpr")
     c.add_argument(
@@ -224,29 +229,45 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"{out}: folder exists and is not empty; choose another --out or pass --overwrite"
             )
-        evalset = _read(args)
+        if bool(args.scores) == bool(args.data):
+            raise ValueError("give DATA to score, or --scores CSV with scores already measured (not both)")
+        if args.scores:
+            roles = sorted(bundle.config["branches"])
+            scores, labels = read_scores_csv(Path(args.scores), roles)
+            sources = [str(args.scores)]
+            current = bundle.thresholds()
+            fusion = bundle.config.get("fusion") or {}
+            band = fusion.get("uncertain_band")
+            rule = args.rule or str(fusion.get("rule", "or"))
+        else:
+            evalset = _read(args)
     except (ValueError, LayoutError, BundleError) as exc:
         return _fail(str(exc))
-    detector = load_detector(args)
-    settings = fusion_settings(detector, rule=args.rule)
-    cache = _open_cache(args)
+    if not args.scores:
+        detector = load_detector(args)
+        settings = fusion_settings(detector, rule=args.rule)
+        cache = _open_cache(args)
+        try:
+            table = score_items(detector, evalset.items, cache=cache, batch_size=args.batch_size,
+                                workers=args.workers, progress=not args.quiet)  # fmt: skip
+        finally:
+            if cache is not None:
+                cache.close()
+        ok = table.ok
+        labels = evalset.labels[ok]
+        if table.errors:
+            print(
+                f"warning: {len(table.errors)} image(s) could not be scored and are left out", file=sys.stderr
+            )
+        scores = {r: table.scores[r][ok] for r in table.roles}
+        sources = [i["path"] for i in evalset.inputs]
+        current, band, rule = settings.thresholds, settings.uncertain_band, settings.rule
     try:
-        table = score_items(detector, evalset.items, cache=cache, batch_size=args.batch_size,
-                            workers=args.workers, progress=not args.quiet)  # fmt: skip
-    finally:
-        if cache is not None:
-            cache.close()
-    ok = table.ok
-    labels = evalset.labels[ok]
-    if table.errors:
-        print(f"warning: {len(table.errors)} image(s) could not be scored and are left out", file=sys.stderr)
-    try:
-        cal = calibrate({r: table.scores[r][ok] for r in table.roles}, labels, rule=settings.rule,
-                        target=args.target, target_fpr=args.target_fpr, current=settings.thresholds,
-                        current_band=settings.uncertain_band, uncertain_width=args.uncertain_width)  # fmt: skip
+        cal = calibrate(scores, labels, rule=rule, target=args.target, target_fpr=args.target_fpr, current=current,
+                        current_band=band, uncertain_width=args.uncertain_width)  # fmt: skip
     except ValueError as exc:
         return _fail(str(exc))
-    record = {**cal.to_dict(), "data": [i["path"] for i in evalset.inputs], "source_bundle": bundle.bundle_id}
+    record = {**cal.to_dict(), "data": sources, "source_bundle": bundle.bundle_id}
     updates = {
         "branches": {r: {"threshold": t} for r, t in cal.thresholds.items()},
         "fusion": {"rule": cal.rule, "uncertain_band": cal.uncertain_band, **cal.params},
@@ -267,6 +288,33 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
     print(f"  fused FPR {100 * fpr:.1f}%" + (f", TPR {100 * tpr:.1f}%" if tpr is not None else "")
           + f"; bundle written to {copy.dir}")  # fmt: skip
     return 0
+
+
+def read_scores_csv(path: Path, roles: list[str]) -> tuple[dict[str, Any], Any]:
+    """Per-branch scores and 0/1 labels from a CSV (``label`` real|fake, one column per branch); rows where a
+    branch has no score are left out, and said so."""
+    import csv
+
+    import numpy as np
+
+    if not path.is_file():
+        raise ValueError(f"{path}: no such scores file")
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = [c for c in ("label", *roles) if not rows or c not in rows[0]]
+    if missing:
+        raise ValueError(f"{path}: no column {missing}; it needs 'label' and one column per branch {roles}")
+    kept = [r for r in rows if all(r[role] not in ("", "nan", "None") for role in roles)]
+    if len(kept) < len(rows):
+        print(
+            f"warning: {len(rows) - len(kept)} row(s) of {path} lack a branch score and are left out",
+            file=sys.stderr,
+        )
+    bad = sorted({r["label"] for r in kept} - {"real", "fake"})
+    if bad:
+        raise ValueError(f"{path}: labels must be real or fake, found {bad}")
+    labels = np.array([r["label"] == "fake" for r in kept], dtype=np.int64)
+    return {role: np.array([float(r[role]) for r in kept]) for role in roles}, labels
 
 
 def _jsonable(x: Any) -> Any:
