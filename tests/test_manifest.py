@@ -194,3 +194,22 @@ def test_describe_image_records_animation(tmp_path):
     frames[0].save(p, save_all=True, append_images=frames[1:])
     row = describe_image(p, "fake")
     assert row.format == "GIF" and row.extra["n_frames"] == 2
+
+
+def test_one_reader_resolves_data_home_names_and_says_how_to_make_a_missing_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aligngemini.branches.pixel.task import read_rows as pixel_rows
+    from aligngemini.branches.semantic.clip_task import read_rows as clip_rows
+    from aligngemini.branches.semantic.vlm_task import read_rows as vlm_rows
+    from aligngemini.data.manifest import ManifestRow, read_manifest, write_manifest
+
+    monkeypatch.setenv("ALIGNGEMINI_HOME", str(tmp_path / "home"))
+    target = tmp_path / "home" / "data" / "set" / "manifest.jsonl"
+    write_manifest([ManifestRow(path="img/a.png", label="fake", split="train", group="g1")], target)
+    for reader in (read_manifest, pixel_rows, clip_rows, vlm_rows):
+        (row,) = reader("data:set/manifest.jsonl")
+        path = row["path"] if isinstance(row, dict) else row.path
+        assert Path(path) == target.parent / "img" / "a.png"
+    with pytest.raises(FileNotFoundError, match="build it first"):
+        read_manifest("data:missing/manifest.jsonl")

@@ -91,10 +91,28 @@ def describe_image(path: str | os.PathLike, label: str, **kwargs: Any) -> Manife
     return row
 
 
+def manifest_path(spec: str | os.PathLike) -> Path:
+    """Where a manifest named in a recipe or on the command line lives: ``data:REL`` is ``REL`` under the
+    data home (``~/.cache/aligngemini/data`` unless ALIGNGEMINI_HOME says otherwise); ``~`` is expanded."""
+    text = str(spec)
+    if text.startswith("data:"):
+        from aligngemini.paths import home_dir
+
+        return home_dir() / "data" / text[len("data:") :]
+    return Path(text).expanduser()
+
+
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
-    """Rows of a JSONL manifest with their paths made absolute (relative ones are relative to the
-    manifest's folder). Raises ValueError naming the line of a malformed row."""
-    path = Path(path)
+    """Rows of a JSONL manifest (a path, or ``data:REL``: see ``manifest_path``) with their paths made
+    absolute (relative ones are relative to the manifest's folder). Raises FileNotFoundError with the fix for
+    a missing manifest and ValueError naming the line of a malformed row. The one manifest reader: every
+    task, builder and trainer reads through it."""
+    path = manifest_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no such manifest; build it first (aligngemini data fetch-starter, build-pixel or "
+            "build-semantic) or point data.manifest at one"
+        )
     base = path.resolve().parent
     rows = []
     with open(path, encoding="utf-8") as f:

@@ -96,30 +96,14 @@ class TrainVAEResult:
 
 
 def _read_manifest_rows(path: Path) -> list[tuple[str, str | None, str | None]]:
-    """(path, label, split) per row, through the project's manifest reader when it exists, else minimal JSONL."""
+    """(path, label, split) per row, through the project's one manifest reader."""
+    from aligngemini.data.manifest import read_manifest
+
     try:
-        from aligngemini.data.manifest import read_manifest  # type: ignore[import-not-found]
-    except ImportError:
-        read_manifest = None
-    if read_manifest is not None:
-        try:
-            rows = read_manifest(path)
-        except ValueError as exc:
-            raise TrainVAEError(str(exc)) from exc
-        return [(str(row.path), row.label, getattr(row, "split", None)) for row in rows]
-    out: list[tuple[str, str | None, str | None]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TrainVAEError(f"{path}:{lineno}: not JSON ({exc})") from exc
-            if "path" not in obj:
-                raise TrainVAEError(f"{path}:{lineno}: row has no 'path'")
-            out.append((str(obj["path"]), obj.get("label"), obj.get("split")))
-    return out
+        rows = read_manifest(path)
+    except ValueError as exc:
+        raise TrainVAEError(str(exc)) from exc
+    return [(str(row.path), row.label, row.split) for row in rows]
 
 
 def list_training_images(source: str | Path, split: str | None = None) -> list[Path]:

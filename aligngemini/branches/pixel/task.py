@@ -23,7 +23,6 @@ augmentations.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -49,6 +48,7 @@ from aligngemini.branches.pixel.crops import (
 )
 from aligngemini.branches.pixel.model import ModelConfig, PixelModel
 from aligngemini.config import from_dict, to_dict
+from aligngemini.data.manifest import read_manifest
 from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from aligngemini.train.task import register_task
 
@@ -88,59 +88,13 @@ def _label(value: Any, where: str) -> float:
     return LABELS[key]
 
 
-def manifest_path(spec: str | Path) -> Path:
-    """``data:REL`` is ``REL`` under the data home (``aligngemini.paths.data_dir()``); ``~`` is expanded."""
-    text = str(spec)
-    if text.startswith("data:"):
-        from aligngemini.paths import home_dir
-
-        return home_dir() / "data" / text[len("data:") :]
-    return Path(text).expanduser()
-
-
 def read_rows(manifest: str | Path) -> list[Row]:
-    """Rows of a pair manifest, paths made absolute against the manifest's folder."""
-    manifest = manifest_path(manifest)
-    if not manifest.is_file():
-        raise FileNotFoundError(
-            f"{manifest}: no such manifest; build one (aligngemini data ...) or set data.manifest=PATH"
-        )
-    try:
-        from aligngemini.data.manifest import read_manifest  # the project's reader, when present
-    except ImportError:
-        read_manifest = None
-    base = manifest.parent
-    rows: list[Row] = []
-    if read_manifest is not None:
-        for i, r in enumerate(read_manifest(manifest)):
-            p = Path(r.path)
-            rows.append(
-                Row(
-                    p if p.is_absolute() else base / p,
-                    _label(r.label, f"{manifest}:{i + 1}"),
-                    str(r.split or ""),
-                    str(r.group or p),  # no group: a pair of its own
-                )
-            )
-        return rows
-    with open(manifest, encoding="utf-8") as fh:  # minimal JSONL reader
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                p = Path(d["path"])
-                rows.append(
-                    Row(
-                        p if p.is_absolute() else base / p,
-                        _label(d["label"], f"{manifest}:{i}"),
-                        str(d.get("split") or ""),
-                        str(d.get("group") or p),
-                    )
-                )
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{manifest}:{i}: not a manifest row with path and label ({exc})") from None
-    return rows
+    """Rows of a pair manifest (``data:REL`` names one under the data home), paths absolute."""
+    spec = str(manifest)
+    return [
+        Row(Path(r.path), _label(r.label, f"{spec}:{i + 1}"), str(r.split or ""), str(r.group or r.path))
+        for i, r in enumerate(read_manifest(manifest))  # no group: a pair of its own
+    ]
 
 
 def pair_units(rows: Sequence[Row]) -> list[tuple[list[Row], list[Row]]]:

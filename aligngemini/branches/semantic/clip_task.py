@@ -45,6 +45,7 @@ from aligngemini.branches.semantic.clip import (
 )
 from aligngemini.branches.semantic.clip_import import RESIZE_MODES
 from aligngemini.config import ConfigError, from_dict
+from aligngemini.data.manifest import read_manifest
 from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from aligngemini.paths import cache_dir
 from aligngemini.train.task import register_task
@@ -129,42 +130,12 @@ def _label(value: Any, where: str) -> float:
 
 
 def read_rows(manifest: str | Path) -> list[Row]:
-    """Rows of a semantic-set manifest, paths made absolute against the manifest's folder."""
-    manifest = Path(manifest).expanduser()
-    if not manifest.is_file():
-        raise FileNotFoundError(
-            f"{manifest}: no such manifest; build the semantic set (aligngemini data ...) or set data.manifest=PATH"
-        )
-    base = manifest.parent
-    try:
-        from aligngemini.data.manifest import read_manifest  # the project's reader, when present
-    except ImportError:
-        read_manifest = None
-    rows: list[Row] = []
-    if read_manifest is not None:
-        for i, r in enumerate(read_manifest(manifest)):
-            p = Path(r.path)
-            rows.append(
-                Row(p if p.is_absolute() else base / p, _label(r.label, f"{manifest}:{i + 1}"), str(r.split))
-            )
-        return rows
-    with open(manifest, encoding="utf-8") as fh:  # minimal JSONL reader
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                p = Path(d["path"])
-                rows.append(
-                    Row(
-                        p if p.is_absolute() else base / p,
-                        _label(d["label"], f"{manifest}:{i}"),
-                        str(d.get("split", "train")),
-                    )
-                )
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{manifest}:{i}: not a manifest row with path and label ({exc})") from None
-    return rows
+    """Rows of a semantic-set manifest (``data:REL`` names one under the data home), paths absolute."""
+    spec = str(manifest)
+    return [
+        Row(Path(r.path), _label(r.label, f"{spec}:{i + 1}"), str(r.split))
+        for i, r in enumerate(read_manifest(manifest))
+    ]
 
 
 def _spread(rows: list[Row], limit: int | None) -> list[Row]:

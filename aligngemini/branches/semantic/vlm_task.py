@@ -22,7 +22,6 @@ Recipe sections read here (the trainer reads ``train:``)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from aligngemini.branches.semantic.vlm import (
     use_grouped_vision_attention,
 )
 from aligngemini.config import ConfigError, from_dict
+from aligngemini.data.manifest import manifest_path, read_manifest
 from aligngemini.imageio import load_image
 from aligngemini.train.task import register_task
 
@@ -93,30 +93,9 @@ class VlmDataSection:
 # Data
 
 
-def _row_dict(row: Any) -> dict[str, Any]:
-    if isinstance(row, dict):
-        return row
-    if dataclasses.is_dataclass(row) and not isinstance(row, type):
-        return dataclasses.asdict(row)
-    return dict(vars(row))
-
-
-def read_rows(manifest: Path) -> list[dict[str, Any]]:
-    """Manifest rows as dicts, through ``aligngemini.data.manifest.read_manifest`` when it exists."""
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: no such manifest (set data.manifest in the recipe)")
-    try:
-        from aligngemini.data.manifest import read_manifest
-    except ImportError:  # the shared reader is optional here; JSONL is simple enough to read directly
-        rows = []
-        for n, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{manifest}:{n}: not valid JSON ({exc})") from exc
-        return rows
-    return [_row_dict(r) for r in read_manifest(manifest)]
+def read_rows(manifest: str | Path) -> list[dict[str, Any]]:
+    """Manifest rows as dicts (``data:REL`` names one under the data home), paths absolute."""
+    return [dataclasses.asdict(r) for r in read_manifest(manifest)]
 
 
 def _label_value(label: Any, where: str) -> float:
@@ -291,7 +270,7 @@ class VlmSftTask:
             raise ConfigError(
                 "recipe data.manifest (semantic-vlm): set it to the pure-semantic set's manifest.jsonl"
             )
-        manifest = Path(self.data_cfg.manifest).expanduser()
+        manifest = manifest_path(self.data_cfg.manifest)
         rows = read_rows(manifest)
         c = self.model_cfg
 
