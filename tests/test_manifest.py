@@ -213,3 +213,17 @@ def test_one_reader_resolves_data_home_names_and_says_how_to_make_a_missing_mani
         assert Path(path) == target.parent / "img" / "a.png"
     with pytest.raises(FileNotFoundError, match="build it first"):
         read_manifest("data:missing/manifest.jsonl")
+
+
+def test_tasks_train_on_the_sources_asked_for(tmp_path: Path) -> None:
+    from aligngemini.branches.pixel.task import read_rows as pixel_rows
+    from aligngemini.branches.semantic.clip_task import read_rows as clip_rows
+    from aligngemini.data.manifest import ManifestRow, select_sources, write_manifest
+
+    rows = [ManifestRow(path=f"{i}.png", label="real", source=src, split="train", group=str(i))
+            for i, src in enumerate(["realorai", "wildmix:a", "wildmix:b", "deb:x=1"])]  # fmt: skip
+    assert [r.source for r in select_sources(rows, ["wildmix:*"], ["wildmix:b"])] == ["wildmix:a"]
+    assert [r.source for r in select_sources(rows, None, ["wildmix:*"])] == ["realorai", "deb:x=1"]
+    path = write_manifest(rows, tmp_path / "m.jsonl")
+    assert [p.path.name for p in pixel_rows(path, exclude_sources=["wildmix:*", "realorai"])] == ["3.png"]
+    assert [p.path.name for p in clip_rows(path, sources=["realorai"])] == ["0.png"]

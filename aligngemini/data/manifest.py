@@ -12,12 +12,13 @@ folder name the subset (GenImage ``sdv4/val/ai`` -> subset and generator ``sdv4`
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,16 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
             row.path = str(p if p.is_absolute() else (base / p).resolve())
             rows.append(row)
     return rows
+
+
+def select_sources(
+    rows: Iterable[ManifestRow], include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+) -> list[ManifestRow]:
+    """Rows whose ``source`` matches one of the ``include`` globs (all when None) and none of ``exclude``:
+    how a builder or a training run holds whole sources out."""
+    keep, drop = list(include or ["*"]), list(exclude or [])
+    return [r for r in rows if any(fnmatch.fnmatchcase(r.source or "", k) for k in keep)
+            and not any(fnmatch.fnmatchcase(r.source or "", d) for d in drop)]  # fmt: skip
 
 
 def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike) -> Path:

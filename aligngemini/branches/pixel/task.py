@@ -48,7 +48,7 @@ from aligngemini.branches.pixel.crops import (
 )
 from aligngemini.branches.pixel.model import ModelConfig, PixelModel
 from aligngemini.config import from_dict, to_dict
-from aligngemini.data.manifest import read_manifest
+from aligngemini.data.manifest import read_manifest, select_sources
 from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from aligngemini.train.task import register_task
 
@@ -58,7 +58,13 @@ LABELS = {"real": 0.0, "fake": 1.0, "0": 0.0, "1": 1.0}
 
 @dataclass
 class PixelDataConfig:
-    manifest: str = ""  # JSONL: path, label (real|fake), split, group (pair id)
+    manifest: str = ""
+    sources: list[str] | None = (
+        None  # train and validate only on rows whose source matches one of these globs
+    )
+    exclude_sources: list[str] | None = (
+        None  # ...and none of these (hold whole sources out)  # JSONL: path, label (real|fake), split, group (pair id)
+    )
     paired: bool = True
     train_split: str = "train"
     val_split: str = "val"
@@ -88,12 +94,16 @@ def _label(value: Any, where: str) -> float:
     return LABELS[key]
 
 
-def read_rows(manifest: str | Path) -> list[Row]:
-    """Rows of a pair manifest (``data:REL`` names one under the data home), paths absolute."""
-    spec = str(manifest)
+def read_rows(manifest: str | Path, sources: Sequence[str] | None = None,
+              exclude_sources: Sequence[str] | None = None) -> list[Row]:  # fmt: skip
+    """Rows of a pair manifest (``data:REL`` names one under the data home), paths absolute, narrowed to
+    the given source globs."""
+    chosen = select_sources(read_manifest(manifest), sources, exclude_sources)
     return [
-        Row(Path(r.path), _label(r.label, f"{spec}:{i + 1}"), str(r.split or ""), str(r.group or r.path))
-        for i, r in enumerate(read_manifest(manifest))  # no group: a pair of its own
+        Row(
+            Path(r.path), _label(r.label, f"{manifest}: {r.path}"), str(r.split or ""), str(r.group or r.path)
+        )
+        for r in chosen  # no group: a pair of its own
     ]
 
 
@@ -227,7 +237,7 @@ class PixelTask:
     def build_datasets(self) -> tuple[Dataset, Dataset | None]:
         if not self.data.manifest:
             raise ValueError("recipe data.manifest is not set; pass data.manifest=PATH/manifest.jsonl")
-        rows = read_rows(self.data.manifest)
+        rows = read_rows(self.data.manifest, self.data.sources, self.data.exclude_sources)
         train = [r for r in rows if r.split == self.data.train_split]
         val = [r for r in rows if r.split == self.data.val_split]
         if not train:

@@ -45,7 +45,7 @@ from aligngemini.branches.semantic.clip import (
 )
 from aligngemini.branches.semantic.clip_import import RESIZE_MODES
 from aligngemini.config import ConfigError, from_dict
-from aligngemini.data.manifest import read_manifest
+from aligngemini.data.manifest import read_manifest, select_sources
 from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from aligngemini.paths import cache_dir
 from aligngemini.train.task import register_task
@@ -97,7 +97,13 @@ class ClipModelConfig:
 
 @dataclass
 class ClipDataConfig:
-    manifest: str = ""  # JSONL rows: path, label (real|fake), split
+    manifest: str = ""
+    sources: list[str] | None = (
+        None  # train and validate only on rows whose source matches one of these globs
+    )
+    exclude_sources: list[str] | None = (
+        None  # ...and none of these (hold whole sources out)  # JSONL rows: path, label (real|fake), split
+    )
     train_split: str = "train"
     val_split: str = "val"
     cache_features: bool = True  # frozen tower only
@@ -129,13 +135,13 @@ def _label(value: Any, where: str) -> float:
     return LABELS[key]
 
 
-def read_rows(manifest: str | Path) -> list[Row]:
-    """Rows of a semantic-set manifest (``data:REL`` names one under the data home), paths absolute."""
-    spec = str(manifest)
-    return [
-        Row(Path(r.path), _label(r.label, f"{spec}:{i + 1}"), str(r.split))
-        for i, r in enumerate(read_manifest(manifest))
-    ]
+def read_rows(
+    manifest: str | Path, sources: Sequence[str] | None = None, exclude_sources: Sequence[str] | None = None
+) -> list[Row]:
+    """Rows of a semantic-set manifest (``data:REL`` names one under the data home), paths absolute,
+    narrowed to the given source globs."""
+    chosen = select_sources(read_manifest(manifest), sources, exclude_sources)
+    return [Row(Path(r.path), _label(r.label, f"{manifest}: {r.path}"), str(r.split)) for r in chosen]
 
 
 def _spread(rows: list[Row], limit: int | None) -> list[Row]:
@@ -351,7 +357,7 @@ class ClipTask:
     def build_datasets(self) -> tuple[Dataset, Dataset | None]:
         if not self.data.manifest:
             raise ValueError("recipe data.manifest is not set; pass data.manifest=PATH/manifest.jsonl")
-        rows = read_rows(self.data.manifest)
+        rows = read_rows(self.data.manifest, self.data.sources, self.data.exclude_sources)
         train = _spread([r for r in rows if r.split == self.data.train_split], self.data.max_train)
         val = _spread([r for r in rows if r.split == self.data.val_split], self.data.max_val)
         if not train:

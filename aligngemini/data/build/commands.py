@@ -32,9 +32,7 @@ def _config_section(path: str | None, overrides: list[str], section: str) -> dic
 
 def _load_rows(args: argparse.Namespace) -> tuple[list[Any], Path]:
     """The manifest's rows, narrowed to ``--source`` patterns and without ``--exclude-source`` ones."""
-    import fnmatch
-
-    from aligngemini.data.manifest import read_manifest
+    from aligngemini.data.manifest import read_manifest, select_sources
 
     path = Path(args.manifest).expanduser() if args.manifest else _default_manifest()
     if not path.is_file():
@@ -42,8 +40,7 @@ def _load_rows(args: argparse.Namespace) -> tuple[list[Any], Path]:
         raise ValueError(f"{path}: no such manifest; {hint}")
     rows = read_manifest(path)
     keep, drop = args.sources or ["*"], args.exclude_sources or []
-    chosen = [r for r in rows if any(fnmatch.fnmatchcase(r.source or "", k) for k in keep)
-              and not any(fnmatch.fnmatchcase(r.source or "", d) for d in drop)]  # fmt: skip
+    chosen = select_sources(rows, keep, drop)
     if not chosen:
         known = sorted({r.source or "" for r in rows})
         raise ValueError(f"{path}: no row's source matches --source {keep} minus --exclude-source {drop}; "
