@@ -178,6 +178,40 @@ class OutputDir:
         return rows
 
 
+class SetBuilder:
+    """What both set builders share: the recipe, the output folder, where relative source paths are resolved,
+    the statistics, and a count of generator calls. Subclasses add ``prepare`` and ``finish``."""
+
+    def __init__(self, cfg: Any, out: OutputDir, source_base: Path, stats: BuildStats) -> None:
+        self.cfg, self.out, self.source_base, self.stats = cfg, out, source_base, stats
+        self.calls = 0
+
+    def load(self, row: ManifestRow) -> tuple[Path, LoadedImage] | None:
+        """The row's source image, or None (counted in the stats with its reason) when it cannot be read."""
+        path = row_path(row, self.source_base)
+        loaded = load_source(path, self.stats)
+        return None if loaded is None else (path, loaded)
+
+
+def pending(out: OutputDir, jobs: Sequence[T], job_id: Callable[[T], str], rows_per_job: int,
+            stats: BuildStats) -> list[T]:  # fmt: skip
+    """The jobs a previous run of the same build has not finished (resume), counted in ``stats``."""
+    done = out.done_groups(expected_rows=rows_per_job)
+    todo = [j for j in jobs if job_id(j) not in done]
+    stats.done_before = len(jobs) - len(todo)
+    return todo
+
+
+def report_build(root: Path, kind: str, unit: str, planned: int, stats: BuildStats, calls: tuple[str, int],
+                 seconds: float, **fields: Any) -> Path:  # fmt: skip
+    """``build_report.json``: what was planned, resumed, written and skipped, and the generator calls."""
+    return write_report(root, "build_report.json", {
+        "kind": kind, f"{unit}_planned": planned, f"{unit}_done_before": stats.done_before,
+        f"{unit}_written": stats.written, "skipped": stats.skipped, "skipped_examples": stats.skipped_examples,
+        calls[0]: calls[1], "seconds": round(seconds, 2), **fields,
+    })  # fmt: skip
+
+
 def write_report(root: Path, name: str, payload: dict[str, Any]) -> Path:
     path = Path(root) / name
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")

@@ -35,14 +35,14 @@ from aligngemini.data.build.common import (
     BuildError,
     BuildStats,
     OutputDir,
-    load_source,
+    SetBuilder,
+    pending,
+    report_build,
     row_key,
-    row_path,
     run_batched,
     seed_for,
     stable_id,
     subsample,
-    write_report,
 )
 from aligngemini.data.manifest import ManifestRow
 from aligngemini.generators.base import Generator
@@ -173,20 +173,15 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class _PixelBuilder:
-    def __init__(self, cfg: PixelBuildConfig, out: OutputDir, source_base: Path, stats: BuildStats):
-        self.cfg = cfg
-        self.out = out
-        self.source_base = source_base
-        self.stats = stats
-        self.generator_calls = 0
+class _PixelBuilder(SetBuilder):
+    cfg: PixelBuildConfig
 
     def prepare(self, job: _Job) -> _Prepared | None:
         cfg = self.cfg
-        path = row_path(job.row, self.source_base)
-        loaded = load_source(path, self.stats)
-        if loaded is None:
+        found = self.load(job.row)
+        if found is None:
             return None
+        path, loaded = found
         w, h = loaded.image.size
         cw, ch = min(w, cfg.crop_size), min(h, cfg.crop_size)
         cw, ch = cw - cw % cfg.multiple_of, ch - ch % cfg.multiple_of
@@ -317,18 +312,16 @@ def build_pixel_set(
     out = OutputDir(Path(out_dir), "pixel", _stamp(cfg), overwrite=overwrite)
     stats = BuildStats()
     jobs = plan_pairs(reals, names, cfg)
-    done = out.done_groups(expected_rows=2)
-    pending = [j for j in jobs if j.pair_id not in done]
-    stats.done_before = len(jobs) - len(pending)
+    todo_jobs = pending(out, jobs, lambda j: j.pair_id, 2, stats)
     builder = _PixelBuilder(cfg, out, Path(source_base), stats)
     by_name = dict(zip(names, generators, strict=True))
     for name in names:
-        todo = [j for j in pending if j.generator == name]
+        todo = [j for j in todo_jobs if j.generator == name]
         if not todo:
             continue
 
         def reconstruct(batch: list[_Prepared], gen: Generator = by_name[name]) -> list[Image.Image]:
-            builder.generator_calls += 1
+            builder.calls += 1
             return gen.reconstruct([p.real for p in batch])
 
         run_batched(
@@ -349,24 +342,10 @@ def build_pixel_set(
         if r.label == "fake" and str(r.group) in wanted:
             counts[str(r.generator)] = counts.get(str(r.generator), 0) + 1
     result = PixelBuildResult(
-        out.root, final_rows, stats, builder.generator_calls, time.perf_counter() - started, counts
+        out.root, final_rows, stats, builder.calls, time.perf_counter() - started, counts
     )
-    write_report(
-        out.root,
-        "build_report.json",
-        {
-            "kind": "pixel",
-            "pairs_planned": len(jobs),
-            "pairs_done_before": stats.done_before,
-            "pairs_written": stats.written,
-            "skipped": stats.skipped,
-            "skipped_examples": stats.skipped_examples,
-            "generator_calls": builder.generator_calls,
-            "seconds": round(result.seconds, 2),
-            "pairs_by_generator": counts,
-            "rows_in_manifest": len(final_rows),
-        },
-    )
+    report_build(out.root, "pixel", "pairs", len(jobs), stats, ("generator_calls", builder.calls), result.seconds,
+                 pairs_by_generator=counts, rows_in_manifest=len(final_rows))  # fmt: skip
     return result
 
 

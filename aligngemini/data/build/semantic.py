@@ -34,14 +34,14 @@ from aligngemini.data.build.common import (
     BuildError,
     BuildStats,
     OutputDir,
-    load_source,
+    SetBuilder,
+    pending,
+    report_build,
     row_key,
-    row_path,
     run_batched,
     seed_for,
     stable_id,
     subsample,
-    write_report,
 )
 from aligngemini.data.manifest import ManifestRow
 from aligngemini.generators.base import Generator
@@ -137,23 +137,21 @@ def draw_target(short: int, cfg: SemanticBuildConfig, rng: np.random.Generator) 
     return target if target >= lo else None
 
 
-class _SemanticBuilder:
+class _SemanticBuilder(SetBuilder):
+    cfg: SemanticBuildConfig
+
     def __init__(
         self, cfg: SemanticBuildConfig, out: OutputDir, source_base: Path, stats: BuildStats, vae: bool
     ):
-        self.cfg = cfg
-        self.out = out
-        self.source_base = source_base
-        self.stats = stats
+        super().__init__(cfg, out, source_base, stats)
         self.vae = vae
-        self.vae_calls = 0
 
     def prepare(self, job: _Job) -> _Prepared | None:
         cfg = self.cfg
-        path = row_path(job.row, self.source_base)
-        loaded = load_source(path, self.stats)
-        if loaded is None:
+        found = self.load(job.row)
+        if found is None:
             return None
+        path, loaded = found
         img = loaded.image
         rng = np.random.default_rng([*seed_for(cfg.seed, job.item_id), 0])
         ops: dict[str, Any] = {}
@@ -260,29 +258,27 @@ def build_semantic_set(
     out = OutputDir(Path(out_dir), "semantic", stamp, overwrite=overwrite)
     stats = BuildStats()
     jobs = [_Job(r, stable_id("semantic", row_key(r), r.label)) for r in selected]
-    done = out.done_groups(expected_rows=1)
-    pending = [j for j in jobs if j.item_id not in done]
-    stats.done_before = len(jobs) - len(pending)
+    todo = pending(out, jobs, lambda j: j.item_id, 1, stats)
     builder = _SemanticBuilder(cfg, out, Path(source_base), stats, vae is not None)
 
     def process(batch: list[_Prepared]) -> list[Image.Image]:
         outputs = [p.image for p in batch]
         idx = [i for i, p in enumerate(batch) if p.use_vae]
         if idx and vae is not None:
-            builder.vae_calls += 1
+            builder.calls += 1
             recon = vae.reconstruct([batch[i].image for i in idx])
             for i, img in zip(idx, recon, strict=True):
                 outputs[i] = img.convert("RGB")
         return outputs
 
     run_batched(
-        pending,
+        todo,
         builder.prepare,
         process,
         builder.finish,
         workers=workers,
         batch_size=cfg.batch_size,
-        total=len(pending),
+        total=len(todo),
         desc="build-semantic",
         progress=progress,
     )
@@ -292,22 +288,8 @@ def build_semantic_set(
         key = f"{r.split}/{r.label}"
         counts[key] = counts.get(key, 0) + 1
     result = SemanticBuildResult(
-        out.root, final_rows, stats, builder.vae_calls, time.perf_counter() - started, counts
+        out.root, final_rows, stats, builder.calls, time.perf_counter() - started, counts
     )
-    write_report(
-        out.root,
-        "build_report.json",
-        {
-            "kind": "semantic",
-            "images_planned": len(jobs),
-            "images_done_before": stats.done_before,
-            "images_written": stats.written,
-            "skipped": stats.skipped,
-            "skipped_examples": stats.skipped_examples,
-            "vae_calls": builder.vae_calls,
-            "seconds": round(result.seconds, 2),
-            "counts_by_split_label": counts,
-            **(extra_report or {}),
-        },
-    )
+    report_build(out.root, "semantic", "images", len(jobs), stats, ("vae_calls", builder.calls), result.seconds,
+                 counts_by_split_label=counts, **(extra_report or {}))  # fmt: skip
     return result
