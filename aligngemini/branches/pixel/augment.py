@@ -13,7 +13,6 @@ the plan. Applying one plan to both images of a pure-pixel pair gives them ident
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -23,15 +22,9 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from scipy import ndimage
 
 from aligngemini.config import from_dict
+from aligngemini.data import transforms as T
+from aligngemini.data.transforms import RESAMPLE
 
-RESAMPLE: dict[str, Image.Resampling] = {
-    "nearest": Image.Resampling.NEAREST,
-    "box": Image.Resampling.BOX,
-    "bilinear": Image.Resampling.BILINEAR,
-    "hamming": Image.Resampling.HAMMING,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 BLUR_KINDS = ("gaussian3", "gaussian5", "median3", "motion5")
 
 
@@ -174,20 +167,6 @@ def sample_plan(cfg: AugmentConfig, rng: np.random.Generator) -> AugmentPlan:
 # --- operations (pure functions of their inputs) ----------------------------------------------------
 
 
-def resize(img: Image.Image, scale: float, method: str) -> Image.Image:
-    w, h = img.size
-    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), RESAMPLE[method])
-
-
-def jpeg(img: Image.Image, quality: int) -> Image.Image:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    out = Image.open(buf)
-    out.load()
-    return out.convert("RGB")
-
-
 def gaussian_noise(img: Image.Image, std: float, seed: int) -> Image.Image:
     arr = np.asarray(img, dtype=np.float32)
     noise = np.random.default_rng(seed).normal(0.0, std, arr.shape).astype(np.float32)
@@ -272,9 +251,10 @@ def apply_plan(img: Image.Image, plan: AugmentPlan, cfg: AugmentConfig) -> Image
     """Apply ``plan`` to one RGB image. Only the resize step changes the size."""
     img = img.convert("RGB")
     if plan.resize is not None:
-        img = resize(img, *plan.resize)
+        scale, method = plan.resize
+        img = T.resize(img, scale=scale, method=method)
     if plan.jpeg_quality is not None:
-        img = jpeg(img, plan.jpeg_quality)
+        img = T.jpeg(img, plan.jpeg_quality).convert("RGB")
     if plan.hflip:
         img = ImageOps.mirror(img)
     if plan.vflip:
