@@ -15,9 +15,10 @@ Specs (``build_generator``):
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -117,6 +118,20 @@ def reconstruct_batched(
             for i, img in zip(chunk, to_images(recon), strict=True):
                 out[i] = img
     return out  # type: ignore[return-value]
+
+
+def finite_or_fp32(gen: Any, module: torch.nn.Module, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``run()``; when it gives non-finite values in half precision (fp16 overflows in some decoders),
+    switch ``gen`` and its ``module`` to float32 for good, say so, and run again."""
+    import torch
+
+    y = run()
+    if not torch.isfinite(y).all() and gen.dtype != torch.float32:
+        warnings.warn(f"{gen.name}: non-finite output in {gen.dtype}; switching to float32", stacklevel=3)
+        gen.dtype = torch.float32
+        module.to(dtype=torch.float32)
+        y = run()
+    return y
 
 
 def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:

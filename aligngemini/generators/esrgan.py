@@ -14,7 +14,6 @@ to it.
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from PIL import Image
 
 from aligngemini.generators.base import (
     GeneratorSpecError,
+    finite_or_fp32,
     pad_to_multiple,
     reconstruct_batched,
     resolve_device,
@@ -141,15 +141,7 @@ class ESRGANGenerator:
 
     def upscale(self, low: torch.Tensor) -> torch.Tensor:
         """The network on a [B, 3, h, w] batch in [0, 1]: [B, 3, h*scale, w*scale] in [0, 1]."""
-        y = self._upscale(low)
-        if not torch.isfinite(y).all() and self.dtype != torch.float32:
-            warnings.warn(
-                f"{self.name}: non-finite output in {self.dtype}; switching to float32", stacklevel=2
-            )
-            self.dtype = torch.float32
-            self.model.to(dtype=torch.float32)
-            y = self._upscale(low)
-        return y
+        return finite_or_fp32(self, self.model, lambda: self._upscale(low))
 
     def _net(self, low: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

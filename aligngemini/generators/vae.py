@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -19,6 +18,7 @@ from PIL import Image
 
 from aligngemini.generators.base import (
     GeneratorSpecError,
+    finite_or_fp32,
     pad_to_multiple,
     reconstruct_batched,
     resolve_device,
@@ -184,17 +184,9 @@ class VAEGenerator:
 
     def roundtrip(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [0, 1] -> its reconstruction, same shape, float32 on the CPU."""
-        import torch
 
         padded, (h, w) = pad_to_multiple(x, self.factor)
-        y = self._run(padded)
-        if not torch.isfinite(y).all() and self.dtype != torch.float32:
-            warnings.warn(
-                f"{self.name}: non-finite output in {self.dtype}; switching this VAE to float32", stacklevel=2
-            )
-            self.dtype = torch.float32
-            self.vae.to(dtype=torch.float32)
-            y = self._run(padded)
+        y = finite_or_fp32(self, self.vae, lambda: self._run(padded))
         return ((y.float() + 1.0) / 2.0).clamp(0, 1)[..., :h, :w].cpu()
 
     def _run(self, padded: torch.Tensor) -> torch.Tensor:
