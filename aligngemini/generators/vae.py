@@ -184,7 +184,6 @@ class VAEGenerator:
 
     def roundtrip(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [0, 1] -> its reconstruction, same shape, float32 on the CPU."""
-
         padded, (h, w) = pad_to_multiple(x, self.factor)
         y = finite_or_fp32(self, self.vae, lambda: self._run(padded))
         return ((y.float() + 1.0) / 2.0).clamp(0, 1)[..., :h, :w].cpu()
