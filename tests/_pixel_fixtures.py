@@ -54,7 +54,7 @@ def write_pairs(root: Path, n_train: int = 3, n_val: int = 1, size=(48, 40), ide
 
 def recipe(manifest: Path, **over) -> dict:
     base = {
-        "task": "pixel",
+        "task": "pixel-timm",
         "model": TINY_VIT,
         "crop": {"size": 32, "inference": "grid", "max_crops": 4},
         "augment": {},

@@ -76,7 +76,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     sharpen = lambda im: im.filter(ImageFilter.GaussianBlur(0.8)).filter(ImageFilter.SHARPEN)  # noqa: E731
     tower = save_tiny_tower(root / "tower", seed=3)
     pixel_recipe = {
-        "task": "pixel",
+        "task": "pixel-timm",
         "model": TINY_VIT,
         "crop": {"size": 32, "inference": "grid", "max_crops": 4},
         "augment": {},
@@ -240,12 +240,12 @@ def test_a_set_still_being_built_is_refused(tmp_path: Path) -> None:
 
 def test_recipe_differences_ignore_where_data_and_output_live() -> None:
     a = {
-        "task": "pixel",
+        "task": "pixel-timm",
         "data": {"manifest": "a.jsonl", "paired": True},
         "train": {"max_steps": 200, "output_dir": "x"},
     }
     b = {
-        "task": "pixel",
+        "task": "pixel-timm",
         "data": {"manifest": "b.jsonl", "paired": True},
         "train": {"max_steps": 100, "output_dir": "y"},
     }

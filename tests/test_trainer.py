@@ -461,3 +461,14 @@ def test_cuda_bf16_run_resumes_exactly_with_its_cuda_rng(
     assert max_diff(weights(ref), weights(lost)) > 1e-4, (
         "dropout on the GPU must depend on the CUDA RNG state"
     )
+
+
+def test_task_names_are_the_family_names() -> None:
+    from aligngemini.branches.base import FAMILY_MODULES
+    from aligngemini.train.task import build_task
+
+    for family, (_, task_module) in FAMILY_MODULES.items():
+        assert type(build_task({"task": family})).__module__ == task_module
+    assert type(build_task({"task": "pixel"})).__module__ == FAMILY_MODULES["pixel-timm"][1]  # the old name
+    with pytest.raises(ValueError, match="known tasks"):
+        build_task({"task": "no-such-family"})

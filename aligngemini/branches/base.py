@@ -39,11 +39,13 @@ class Branch(Protocol):
 
 BranchFactory = Callable[..., Branch]
 _FAMILIES: dict[str, BranchFactory] = {}
-# Families live in modules that import heavy libraries; they register on import, listed here by name.
-_FAMILY_MODULES = {
-    "pixel-timm": "aligngemini.branches.pixel.branch",
-    "semantic-clip": "aligngemini.branches.semantic.clip",
-    "semantic-vlm": "aligngemini.branches.semantic.vlm",
+# Every family by name: the module that builds its branch for inference and the module of the training task
+# that makes one (``aligngemini train``'s recipes say ``task: <family>``). Both register themselves on import,
+# which happens only when the family is used (they import heavy libraries).
+FAMILY_MODULES: dict[str, tuple[str, str]] = {
+    "pixel-timm": ("aligngemini.branches.pixel.branch", "aligngemini.branches.pixel.task"),
+    "semantic-clip": ("aligngemini.branches.semantic.clip", "aligngemini.branches.semantic.clip_task"),
+    "semantic-vlm": ("aligngemini.branches.semantic.vlm", "aligngemini.branches.semantic.vlm_task"),
 }
 
 
@@ -56,7 +58,7 @@ def register_family(name: str) -> Callable[[BranchFactory], BranchFactory]:
 
 
 def available_families() -> list[str]:
-    return sorted(set(_FAMILIES) | set(_FAMILY_MODULES))
+    return sorted(set(_FAMILIES) | set(FAMILY_MODULES))
 
 
 def build_branch(
@@ -71,8 +73,8 @@ def build_branch(
     family = cfg.get("family")
     if not family:
         raise ValueError(f"branch {role!r}: config has no 'family'; known: {available_families()}")
-    if family not in _FAMILIES and family in _FAMILY_MODULES:
-        importlib.import_module(_FAMILY_MODULES[family])
+    if family not in _FAMILIES and family in FAMILY_MODULES:
+        importlib.import_module(FAMILY_MODULES[family][0])
     if family not in _FAMILIES:
         raise ValueError(f"branch {role!r}: unknown family {family!r}; known: {available_families()}")
     return _FAMILIES[family](role=role, cfg=cfg, bundle_dir=bundle_dir, device=device, dtype=dtype)

@@ -38,11 +38,7 @@ class Task(Protocol):
 
 TaskFactory = Callable[[dict[str, Any]], Task]
 _TASKS: dict[str, TaskFactory] = {}
-_TASK_MODULES = {
-    "pixel": "aligngemini.branches.pixel.task",
-    "semantic-clip": "aligngemini.branches.semantic.clip_task",
-    "semantic-vlm": "aligngemini.branches.semantic.vlm_task",
-}
+TASK_ALIASES = {"pixel": "pixel-timm"}  # recipes written before task names became the family names
 
 
 def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
@@ -56,16 +52,29 @@ def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
 def build_task(recipe: dict[str, Any]) -> Task:
     """The Task named by ``recipe["task"]``: a registered name, or an import path ``"module:factory"``
     (a callable taking the recipe), so tasks outside this package need no registration."""
+    from aligngemini.branches.base import FAMILY_MODULES
+
     name = recipe.get("task")
-    if name not in _TASKS and name in _TASK_MODULES:
-        importlib.import_module(_TASK_MODULES[name])
+    name = TASK_ALIASES.get(name, name) if isinstance(name, str) else name
+    if name not in _TASKS and name in FAMILY_MODULES:
+        importlib.import_module(FAMILY_MODULES[name][1])
     if name not in _TASKS and isinstance(name, str) and ":" in name:
         return _factory_from_path(name)(recipe)
     if name not in _TASKS:
         raise ValueError(
-            f"recipe task {name!r} is unknown; known tasks: {sorted(set(_TASKS) | set(_TASK_MODULES))}"
+            f"recipe task {name!r} is unknown; known tasks: {sorted(set(_TASKS) | set(FAMILY_MODULES))}"
         )
     return _TASKS[name](recipe)
+
+
+def unwrap(model: torch.nn.Module, cls: type) -> Any:
+    """The task's own model inside the wrappers training adds (DDP's ``module``, torch.compile's ``_orig_mod``)."""
+    while not isinstance(model, cls):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            raise TypeError(f"expected a {cls.__name__} (possibly wrapped), got {type(model).__name__}")
+        model = inner
+    return model
 
 
 def _factory_from_path(spec: str) -> TaskFactory:

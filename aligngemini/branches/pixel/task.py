@@ -2,7 +2,7 @@
 
 Recipe sections read here (the trainer owns ``train``)::
 
-    task: pixel
+    task: pixel-timm
     model:   {backbone, backbone_kwargs, weights, normalize, finetune, lora, freeze_groups, ...}  (ModelConfig)
     crop:    {size, pad_mode, pad_value, inference, max_crops, combine}                          (CropConfig)
     augment: {jpeg_p, hflip_p, ..., resize_p, ...}                                               (AugmentConfig)
@@ -50,7 +50,7 @@ from aligngemini.branches.pixel.model import ModelConfig, PixelModel
 from aligngemini.config import from_dict, to_dict
 from aligngemini.data.manifest import read_manifest, select_sources
 from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
-from aligngemini.train.task import register_task
+from aligngemini.train.task import register_task, unwrap
 
 JPEG_GRID = 16  # pre-crop windows start on the 16-pixel MCU grid so JPEG block phase is kept
 LABELS = {"real": 0.0, "fake": 1.0, "0": 0.0, "1": 1.0}
@@ -211,15 +211,6 @@ class PixelEvalSet(Dataset):
         return {"pixel_values": to_tensor(crop(arr, top, left, self.crop.size)), "label": row.label}
 
 
-def _unwrap(model: torch.nn.Module) -> PixelModel:
-    while not isinstance(model, PixelModel):
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            raise TypeError(f"expected a PixelModel (possibly wrapped), got {type(model).__name__}")
-        model = inner
-    return model
-
-
 class PixelTask:
     """Task protocol implementation for the pixel branch (see the module doc)."""
 
@@ -266,13 +257,13 @@ class PixelTask:
         }
 
     def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
-        return _unwrap(model).trainable_parameters()
+        return unwrap(model, PixelModel).trainable_parameters()
 
     def export(self, model: torch.nn.Module, out_dir: Path) -> dict[str, Any]:
         """Write ``pixel.safetensors`` (LoRA merged: plain timm keys + head) and return the config section."""
         from safetensors.torch import save_file
 
-        pixel = _unwrap(model)
+        pixel = unwrap(model, PixelModel)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         state = pixel.export_state_dict()
@@ -297,6 +288,6 @@ class PixelTask:
         }
 
 
-@register_task("pixel")
+@register_task(FAMILY)
 def make_pixel_task(recipe: Mapping[str, Any]) -> PixelTask:
     return PixelTask(recipe)

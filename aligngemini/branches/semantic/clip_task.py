@@ -48,7 +48,7 @@ from aligngemini.config import ConfigError, from_dict
 from aligngemini.data.manifest import read_manifest, select_sources
 from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from aligngemini.paths import cache_dir
-from aligngemini.train.task import register_task
+from aligngemini.train.task import register_task, unwrap
 
 LABELS = {"real": 0.0, "fake": 1.0, "0": 0.0, "1": 1.0}
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
@@ -302,15 +302,6 @@ class ClipSemanticModel(nn.Module):
         return self.head(self.tower(batch["pixel_values"]))
 
 
-def _unwrap(model: nn.Module) -> ClipSemanticModel:
-    while not isinstance(model, ClipSemanticModel):
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            raise TypeError(f"expected a ClipSemanticModel (possibly wrapped), got {type(model).__name__}")
-        model = inner
-    return model
-
-
 class ClipTask:
     """Task protocol implementation for the semantic-clip branch (see the module doc)."""
 
@@ -397,7 +388,7 @@ class ClipTask:
         }
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        inner = _unwrap(model)
+        inner = unwrap(model, ClipSemanticModel)
         params = list(inner.head.parameters())
         if inner.tower is not None:
             params += [p for n, p in inner.tower.named_parameters() if "lora_" in n]
@@ -405,7 +396,7 @@ class ClipTask:
 
     def export(self, model: nn.Module, out_dir: Path) -> dict[str, Any]:
         """Write the head (and a LoRA-merged tower when it was tuned); return the bundle config section."""
-        inner = _unwrap(model)
+        inner = unwrap(model, ClipSemanticModel)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         save_head(inner.head, out_dir / self.export_cfg.head_name)

@@ -351,6 +351,6 @@ def collate_vlm(processor: Any, prompts: PromptSet, items: list[dict[str, Any]])
     return out
 
 
-@register_task("semantic-vlm")
+@register_task(FAMILY)
 def build_vlm_task(recipe: dict[str, Any]) -> VlmSftTask:
     return VlmSftTask(recipe)
