@@ -124,29 +124,16 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """ROC-AUC as the Mann-Whitney statistic, ties counted half (what sklearn's roc_auc_score gives)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    mid_ranks = ends - (counts - 1) / 2.0  # 1-based average rank of each distinct score
-    ranks = mid_ranks[inverse]
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
 def binary_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Balanced accuracy at p=0.5 (logit 0), accuracy per class and ROC-AUC (None with one class)."""
-    fake = labels >= 0.5
-    pred = logits >= 0.0
-    out: dict[str, Any] = {"n": int(len(labels)), "n_fake": int(fake.sum()), "n_real": int((~fake).sum())}
-    out["real_acc"] = float((~pred[~fake]).mean()) if (~fake).any() else None
-    out["fake_acc"] = float(pred[fake].mean()) if fake.any() else None
-    accs = [a for a in (out["real_acc"], out["fake_acc"]) if a is not None]
-    out["balanced_acc"] = float(np.mean(accs)) if accs else None
-    out["auc"] = roc_auc(logits, fake) if fake.any() and (~fake).any() else None
-    return out
+    """Validation metrics at p=0.5 (logit 0): counts, accuracy per class, balanced accuracy, ROC-AUC (None
+    with one class), computed by the evaluation's own ``eval.metrics.binary_metrics``."""
+    from aligngemini.eval.metrics import binary_metrics as eval_metrics
+
+    fake = np.asarray(labels) >= 0.5
+    logits = np.asarray(logits, dtype=np.float64)
+    m = eval_metrics(fake.astype(np.int64), logits, decisions=logits >= 0.0)  # AUC ranks the logits themselves
+    keys = ("n_fake", "n_real", "real_acc", "fake_acc", "balanced_acc", "auc")
+    return {"n": int(fake.size), **{k: m[k] for k in keys}}
 
 
 def _seed_everything(seed: int) -> None:
@@ -902,4 +889,4 @@ def train(
     return Trainer(recipe, output_dir=output_dir, device=device, progress=progress).fit(resume)
 
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "binary_metrics", "lr_factor", "roc_auc", "train"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "binary_metrics", "lr_factor", "train"]
