@@ -13,7 +13,6 @@ folder name the subset (GenImage ``sdv4/val/ai`` -> subset and generator ``sdv4`
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 from PIL import UnidentifiedImageError
 
 from aligngemini.imageio import IMAGE_SUFFIXES, read_header
+from aligngemini.resolve import sha256_file
 
 LABELS = ("real", "fake")
 REAL_DIRS = frozenset({"real", "0_real", "nature"})
@@ -65,14 +65,6 @@ class ManifestRow:
         if unknown:  # keep what a newer writer added rather than dropping it silently
             row.extra = {**row.extra, **{k: data[k] for k in sorted(unknown)}}
         return row
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def describe_image(path: str | os.PathLike, label: str, **kwargs: Any) -> ManifestRow:
