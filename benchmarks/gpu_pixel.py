@@ -1,7 +1,7 @@
 """Time the paper's pixel expert on a GPU: DINOv2 ViT-L/14 at 336 px (random weights; speed does not
 depend on them), forward (inference) and LoRA r=8 (qkv, proj, fc1, fc2) training steps.
 
-DESIGN.md's bar on one H100 (bf16): 1070 images/s forward, 151 images/s LoRA training at batch 64.
+The reference on one H100 with timm's own code (bf16): 1070 images/s forward, 151 images/s LoRA training at batch 64.
 
     python benchmarks/gpu_pixel.py --out benchmarks/results/gpu_pixel.json
     python benchmarks/gpu_pixel.py --tiny      # a CPU smoke run of the same code

@@ -10,7 +10,7 @@ depend on them) at 448 x 448, through the branch's own code paths:
 Speed-ups that leave outputs (nearly) unchanged are timed separately: the grouped window attention for
 the vision tower (``grouped_vision_attention``, one SDPA call per window length instead of one per
 window), flash_attention_2 when the flash-attn package is installed, and ``--compile`` (off by default).
-DESIGN.md's bar on one H100 with transformers' own code: 35.5 images/s read-out, 6.2 explanations, 8.6
+The reference on one H100 with transformers' own code (random weights, bf16): 35.5 images/s read-out, 6.2 explanations, 8.6
 training.
 
     python benchmarks/gpu_semantic.py --out benchmarks/results/gpu_semantic.json
