@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,14 @@ def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch
     if dtype not in table:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(table)}")
     return table[dtype]
+
+
+@dataclass
+class _Ready:
+    """A decoded input, prepared for every branch."""
+
+    source: str
+    prepared: dict[str, Any]
 
 
 class Detector:
@@ -127,16 +136,26 @@ class Detector:
     def load_input(self, item: ImageSource, name: str | None = None) -> LoadedImage:
         return load_image(item, max_pixels=self.max_pixels, name=name)
 
+    def prepare(self, image: LoadedImage) -> dict[str, Any]:
+        """Every branch's model input for one decoded image (CPU work: crops, resizing). Thread-safe, so that
+        it runs in the decoding workers, off the models' critical path."""
+        return {role: branch.prepare(image) for role, branch in self.branches.items()}
+
     @torch.inference_mode()
-    def score_loaded(self, images: Sequence[LoadedImage]) -> dict[str, np.ndarray]:
-        """Per-branch P(fake) for already decoded images."""
-        if not images:
-            return {role: np.zeros(0) for role in self.branches}
+    def score_prepared(self, prepared: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        """Per-branch P(fake) for images already through ``prepare``."""
         out: dict[str, np.ndarray] = {}
         for role, branch in self.branches.items():
-            prepared = [branch.prepare(img) for img in images]
-            out[role] = np.asarray(branch.score(prepared), dtype=np.float64).reshape(len(images))
+            if not prepared:
+                out[role] = np.zeros(0)
+                continue
+            scores = branch.score([p[role] for p in prepared])
+            out[role] = np.asarray(scores, dtype=np.float64).reshape(len(prepared))
         return out
+
+    def score_loaded(self, images: Sequence[LoadedImage]) -> dict[str, np.ndarray]:
+        """Per-branch P(fake) for already decoded images."""
+        return self.score_prepared([self.prepare(img) for img in images])
 
     def verdicts_from_scores(
         self, names: Sequence[str | None], scores: dict[str, np.ndarray]
@@ -162,41 +181,48 @@ class Detector:
         names: Iterable[str | None] | None = None,
         workers: int | None = None,
     ) -> Iterator[Verdict]:
-        """Stream verdicts in input order; decoding runs in a thread pool ahead of the models, and an input
-        that cannot be read yields a Verdict with ``error`` set instead of stopping the stream."""
+        """Stream verdicts in input order. Workers decode and prepare (crop, resize) the next batch while the
+        models score this one; an input that cannot be read yields a Verdict with ``error`` set instead of
+        stopping the stream."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         name_iter = iter(names) if names is not None else None
         workers = workers or min(8, (os.cpu_count() or 2))
 
-        def decode(pair: tuple[ImageSource, str | None]) -> LoadedImage | Verdict:
+        def load(pair: tuple[ImageSource, str | None]) -> _Ready | Verdict:
             item, name = pair
             label = name if name is not None else (str(item) if isinstance(item, str | os.PathLike) else None)
             try:
-                return self.load_input(item, name=label)
+                image = self.load_input(item, name=label)
             except ImageLoadError as exc:
                 return Verdict.failed(label, exc.reason)
+            return _Ready(image.source, self.prepare(image))
 
-        def pairs() -> Iterator[tuple[ImageSource, str | None]]:
+        def batches() -> Iterator[list[tuple[ImageSource, str | None]]]:
+            batch: list[tuple[ImageSource, str | None]] = []
             for item in inputs:
-                yield item, (next(name_iter, None) if name_iter is not None else None)
-
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            batch: list[ImageSource] = []
-            for pair in pairs():
-                batch.append(pair)
+                batch.append((item, next(name_iter, None) if name_iter is not None else None))
                 if len(batch) >= batch_size:
-                    yield from self._predict_decoded(list(pool.map(decode, batch)))
+                    yield batch
                     batch = []
             if batch:
-                yield from self._predict_decoded(list(pool.map(decode, batch)))
+                yield batch
 
-    def _predict_decoded(self, decoded: list[LoadedImage | Verdict]) -> list[Verdict]:
-        good = [d for d in decoded if isinstance(d, LoadedImage)]
-        scored = iter(
-            self.verdicts_from_scores([g.source for g in good], self.score_loaded(good)) if good else []
-        )
-        return [next(scored) if isinstance(d, LoadedImage) else d for d in decoded]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            ahead: list[Future[_Ready | Verdict]] | None = None
+            for batch in batches():
+                submitted = [pool.submit(load, pair) for pair in batch]
+                if ahead is not None:
+                    yield from self._score_ready([f.result() for f in ahead])
+                ahead = submitted
+            if ahead is not None:
+                yield from self._score_ready([f.result() for f in ahead])
+
+    def _score_ready(self, items: list[_Ready | Verdict]) -> list[Verdict]:
+        good = [d for d in items if isinstance(d, _Ready)]
+        scores = self.score_prepared([g.prepared for g in good])
+        scored = iter(self.verdicts_from_scores([g.source for g in good], scores) if good else [])
+        return [next(scored) if isinstance(d, _Ready) else d for d in items]
 
     def predict(self, inputs: ImageSource | Iterable[ImageSource], *, batch_size: int = 16) -> list[Verdict]:
         """Verdicts for paths, PIL images, bytes or arrays (one or a list)."""
