@@ -93,8 +93,9 @@ def test_combine_rule_max_vs_mean(exported):
     )
     im = _images()[0]
     views = mean_b.prepare(im)
+    assert views.dtype == torch.uint8  # crops travel as bytes and become floats on the model's device
     with torch.no_grad():
-        per_crop = torch.sigmoid(model(views)).double().numpy()
+        per_crop = torch.sigmoid(model(views.float() / 255)).double().numpy()
     assert len(per_crop) == 4 and per_crop.std() > 0
     assert mean_b.score([views])[0] == pytest.approx(per_crop.mean(), abs=1e-5)
     assert max_b.score([views])[0] == pytest.approx(per_crop.max(), abs=1e-5)

@@ -12,6 +12,7 @@ from aligngemini.branches.pixel.crops import (
     grid_counts,
     inference_boxes,
     inference_views,
+    inference_views_uint8,
     pad_to_min,
     train_crop,
 )
@@ -99,3 +100,13 @@ def test_combine_rules():
         CropConfig(combine="median")
     with pytest.raises(ValueError):
         CropConfig(inference="resize")
+
+
+def test_uint8_views_are_the_float_views_times_255() -> None:
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 256, (300, 410, 3), dtype=np.uint8)
+    cfg = CropConfig(size=128, inference="grid", max_crops=6)
+    u8 = inference_views_uint8(arr, cfg)
+    assert u8.dtype == torch.uint8 and u8.shape == inference_views(arr, cfg).shape
+    assert torch.equal(u8.float() / 255, inference_views(arr, cfg))
+    assert torch.equal(u8[0].permute(1, 2, 0), torch.from_numpy(arr[:128, :128]))  # first crop: top-left

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from aligngemini.branches.base import register_family
-from aligngemini.branches.pixel.crops import CropConfig, combine_scores, inference_views
+from aligngemini.branches.pixel.crops import CropConfig, combine_scores, inference_views_uint8
 from aligngemini.branches.pixel.model import PixelModel, load_exported
 from aligngemini.config import from_dict
 from aligngemini.imageio import LoadedImage
@@ -68,15 +68,20 @@ class PixelBranch:
         self.model = model.to(device=self.device, dtype=dtype).eval()
 
     def prepare(self, image: LoadedImage) -> torch.Tensor:
-        """[V, 3, size, size] float32 crops in [0, 1]; CPU only."""
-        return inference_views(image.image, self.crop)
+        """[V, 3, size, size] uint8 crops at native resolution; CPU only (pinned when the model is on a GPU, so
+        the copy to it can overlap)."""
+        views = inference_views_uint8(image.image, self.crop)
+        return views.pin_memory() if self.device.type == "cuda" else views
 
     @torch.inference_mode()
     def logits(self, views: torch.Tensor) -> torch.Tensor:
-        """Per-crop logits for a [N, 3, size, size] stack, in chunks of ``batch_size``."""
+        """Per-crop logits for a [N, 3, size, size] stack (uint8 pixels, or floats in [0, 1]), in chunks of
+        ``batch_size``; uint8 becomes float32 / 255 on the model's device."""
         out = []
         for chunk in views.split(self.batch_size):
             x = chunk.to(self.device, non_blocking=True)
+            if x.dtype == torch.uint8:
+                x = x.float().div_(255.0)
             out.append(self.model(x).float().cpu())
         return torch.cat(out) if out else torch.empty(0)
 

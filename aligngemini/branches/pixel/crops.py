@@ -120,10 +120,18 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
 
 
 def inference_views(image: Image.Image | np.ndarray, cfg: CropConfig) -> torch.Tensor:
-    """[V, 3, size, size] float32 crops of ``image`` at native resolution (padded if small, never resized)."""
+    """[V, 3, size, size] float32 crops of ``image`` in [0, 1] at native resolution (padded if small, never
+    resized): exactly ``inference_views_uint8(...) / 255``."""
+    return inference_views_uint8(image, cfg).float().div_(255.0)
+
+
+def inference_views_uint8(image: Image.Image | np.ndarray, cfg: CropConfig) -> torch.Tensor:
+    """The crops as [V, 3, size, size] uint8: a quarter of the bytes to move to the model's device, where
+    they become floats (``uint8 / 255`` in float32 is what ``to_tensor`` computes)."""
     arr = pad_to_min(as_array(image), cfg.size, cfg.pad_mode, cfg.pad_value)
     boxes = inference_boxes(arr.shape[0], arr.shape[1], cfg)
-    return torch.stack([to_tensor(crop(arr, t, left, cfg.size)) for t, left in boxes])
+    crops = np.stack([crop(arr, t, left, cfg.size) for t, left in boxes])  # [V, size, size, 3]
+    return torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2)))
 
 
 def combine_scores(probs: np.ndarray | torch.Tensor, rule: str) -> float:
