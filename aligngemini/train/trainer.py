@@ -131,7 +131,8 @@ def binary_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 
     fake = np.asarray(labels) >= 0.5
     logits = np.asarray(logits, dtype=np.float64)
-    m = eval_metrics(fake.astype(np.int64), logits, decisions=logits >= 0.0)  # AUC ranks the logits themselves
+    # AUC ranks the logits themselves (no sigmoid that could tie saturated scores)
+    m = eval_metrics(fake.astype(np.int64), logits, decisions=logits >= 0.0)
     keys = ("n_fake", "n_real", "real_acc", "fake_acc", "balanced_acc", "auc")
     return {"n": int(fake.size), **{k: m[k] for k in keys}}
 
