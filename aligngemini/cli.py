@@ -2,6 +2,10 @@
 
 Each command lives in the module that owns its work and registers itself through ``register(sub)``;
 modules keep heavy imports (torch, transformers) inside their handlers so that ``--help`` stays fast.
+
+Help conventions, the same for every command: an ``examples:`` section in the epilog, a one-line help for
+every argument that states its default, ``-q, --quiet`` for "no progress bars" (:func:`add_quiet`) and
+``--batch-size`` for batch sizes. Every parser is shown with :class:`HelpFormatter`.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 
 # Top-level commands, by owning module.
 COMMAND_MODULES = [
@@ -17,17 +22,44 @@ COMMAND_MODULES = [
     "aligngemini.eval.commands",  # eval, calibrate
     "aligngemini.serve.commands",  # serve
 ]
-# Command groups: name -> (help, modules registering subcommands into the group).
+# Command groups: name -> (help, examples epilog, modules registering subcommands into the group).
 GROUP_MODULES = {
     "data": (
         "build, fetch and audit training sets",
+        """\
+examples:
+  aligngemini data fetch-starter                                  registry-sourced starter corpus
+  aligngemini data build-pixel --generator vae:VAE_DIR --out PIXEL_SET
+  aligngemini data build-semantic --vae vae:VAE_DIR --out SEMANTIC_SET
+  aligngemini data audit --pixel-set PIXEL_SET --semantic-set SEMANTIC_SET --report AUDIT
+
+Run 'aligngemini data SUBCOMMAND --help' for each subcommand's options.
+""",
         ["aligngemini.data.starter", "aligngemini.data.build.commands"],
     ),
     "generators": (
         "reconstruction generators: train a VAE, reconstruct images",
+        """\
+examples:
+  aligngemini generators train-vae --images photos/ --out VAE_DIR     train a small VAE of our own
+  aligngemini generators reconstruct photo.jpg --generator vae:VAE_DIR --out recon/
+  aligngemini generators reconstruct photos/ -g esrgan:medium:x2 --out recon/
+
+Run 'aligngemini generators SUBCOMMAND --help' for each subcommand's options.
+""",
         ["aligngemini.generators.commands"],
     ),
 }
+
+QUIET_HELP = "no progress bars on stderr; messages and results still print"
+
+
+def add_quiet(parser: argparse.ArgumentParser, *, no_progress_alias: bool = False) -> None:
+    """The one "no progress bars" option: ``-q, --quiet`` (dest ``quiet``), plus the older spelling
+    ``--no-progress`` as an alias on commands that had it."""
+    flags = ["-q", "--quiet"] + (["--no-progress"] if no_progress_alias else [])
+    parser.add_argument(*flags, dest="quiet", action="store_true", help=QUIET_HELP)
+
 
 EPILOG = """\
 examples:
@@ -40,6 +72,31 @@ examples:
 
 Run 'aligngemini COMMAND --help' for each command's options.
 """
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written (examples and tables keep their layout), except that a paragraph
+    written on one line is wrapped to the terminal width."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for para in text.split("\n\n"):
+            if "\n" not in para.strip("\n") and not para.startswith(" ") and len(indent + para) > width:
+                para = textwrap.fill(para.strip("\n"), width, initial_indent=indent, subsequent_indent=indent)
+            else:
+                para = "".join(indent + line for line in para.splitlines(keepends=True))
+            paragraphs.append(para)
+        return "\n\n".join(paragraphs)
+
+
+def _use_help_formatter(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every (sub)command parser under it :class:`HelpFormatter`."""
+    if parser.formatter_class in (argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter):
+        parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in dict.fromkeys(action.choices.values()):
+                _use_help_formatter(sp)
 
 
 def _register(module_name: str, sub: argparse._SubParsersAction) -> None:
@@ -58,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Detect AI-generated images with two orthogonal experts: a pixel-artifact branch "
         "and a semantic branch, fused by an OR rule (AlignGemini, arXiv 2512.06746).",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     from aligngemini import __version__
 
@@ -66,12 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         _register(name, sub)
-    for group, (help_text, modules) in GROUP_MODULES.items():
-        gp = sub.add_parser(group, help=help_text, description=help_text)
+    for group, (help_text, epilog, modules) in GROUP_MODULES.items():
+        gp = sub.add_parser(group, help=help_text, description=help_text, epilog=epilog,
+                            formatter_class=HelpFormatter)  # fmt: skip
         gsub = gp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
         gp.set_defaults(func=lambda args, gp=gp: (gp.print_help(sys.stderr), 2)[1])
         for name in modules:
             _register(name, gsub)
+    _use_help_formatter(parser)
     return parser
 
 

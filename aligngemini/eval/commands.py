@@ -46,18 +46,19 @@ never changed.
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    from aligngemini.cli import add_quiet
+
     p.add_argument("data", nargs="*" if optional else "+", metavar="DATA",
                    help="folders, benchmark CSVs or manifests")  # fmt: skip
     p.add_argument(
         "--bundle", default="starter", help="bundle name, folder, archive or hub id (default: starter)"
     )
-    p.add_argument(
-        "--layout", default="auto", choices=LAYOUT_CHOICES, help="how DATA is organised (default: auto)"
-    )
+    p.add_argument("--layout", default="auto", choices=LAYOUT_CHOICES, metavar="LAYOUT",
+                   help=f"how DATA is organised: {', '.join(LAYOUT_CHOICES)} (default: auto, detect it)")  # fmt: skip
     p.add_argument("--split", help="use this split folder/manifest split (default: test, else val)")
     p.add_argument("--subsets", help="comma-separated subset names to keep (as named in the report)")
     p.add_argument("--limit", type=int, metavar="N", help="a reproducible random sample of N images")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="images per model batch (default: 16)")
     p.add_argument("--workers", type=int, help="threads decoding images (default: min(8, CPUs))")
     p.add_argument("--device", help="cuda, cuda:1, cpu, mps (default: cuda if available)")
     p.add_argument(
@@ -67,7 +68,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = False) -> Non
         "--cache", metavar="FILE", help="score cache (default: the user cache's scores/scores.sqlite)"
     )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached scores")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,7 +88,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rule", choices=RULE_CHOICES, help="fusion rule instead of the bundle's")
     p.add_argument("--threshold", action="append", default=[], metavar="ROLE=T",
                    help="branch threshold instead of the bundle's, e.g. pixel=0.6 (repeatable)")  # fmt: skip
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="do not draw the PNG plots (reports and scores.csv are still written)",
+    )
     p.set_defaults(func=run_eval_command)
 
     c = sub.add_parser(
@@ -103,9 +108,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(real/fake) and one column of P(fake) per branch, as 'aligngemini eval' writes (scores.csv) "
                    "or benchmarks/wild_eval.py (out-of-fold scores)")  # fmt: skip
     c.add_argument("--out", required=True, metavar="DIR", help="folder for the calibrated copy of the bundle")
-    c.add_argument("--target", choices=("fpr", "balanced"), default="fpr")
+    c.add_argument("--target", choices=("fpr", "balanced"), default="fpr",
+                   help="what to optimise: most fakes caught at --target-fpr (fpr), or balanced accuracy "
+                   "(default: fpr)")  # fmt: skip
     c.add_argument(
-        "--target-fpr", type=float, default=0.05, help="fused false-positive rate to hold (default 0.05)"
+        "--target-fpr",
+        type=float,
+        default=0.05,
+        help="fused false-positive rate to hold with --target fpr (default: 0.05)",
     )
     c.add_argument("--uncertain-width", type=float, metavar="W",
                    help="width of the uncertain band on the fused score (0 removes it; default: keep the bundle's)")  # fmt: skip

@@ -8,8 +8,31 @@ from pathlib import Path
 
 from aligngemini.generators.base import SPEC_HELP
 
+TRAIN_VAE_EPILOG = """\
+examples:
+  aligngemini generators train-vae --images photos/ --out VAE_DIR
+      2000 steps on 128 px crops of every photo under photos/
+  aligngemini generators train-vae --images ~/.cache/aligngemini/data/starter/manifest.jsonl \\
+      --split train --out VAE_DIR --max-minutes 30
+      the real images of the starter corpus's train split, fitted into half an hour
+  aligngemini generators train-vae --images photos/ --out VAE_DIR --resume
+      continue an interrupted run from VAE_DIR/checkpoint
+  aligngemini generators reconstruct photo.jpg --generator vae:VAE_DIR --out recon/
+      use the result
+"""
+
+RECONSTRUCT_EPILOG = """\
+examples:
+  aligngemini generators reconstruct photo.jpg --generator vae:VAE_DIR --out recon/
+  aligngemini generators reconstruct photos/ 'more/*.jpg' -g esrgan:medium:x2 --out recon/ \\
+      --batch-size 8
+  aligngemini generators reconstruct photos/ -g taesd:TAEF2_DIR --out recon/ --overwrite -q
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from aligngemini.cli import add_quiet
+
     p = sub.add_parser(
         "train-vae",
         help="train a small AutoencoderKL on photo crops",
@@ -17,34 +40,50 @@ def register(sub: argparse._SubParsersAction) -> None:
         "on random crops of real photos; the result loads as generator 'vae:OUT'. Writes OUT/config.json, "
         "OUT/diffusion_pytorch_model.safetensors, OUT/MODEL_CARD.md, OUT/metrics.json and a resumable "
         "OUT/checkpoint/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=TRAIN_VAE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--images", required=True, help="folder of photos (searched recursively) or a manifest.jsonl "
                    "(only rows with label 'real' are used)")  # fmt: skip
-    p.add_argument("--split", default=None, help="with a manifest: use only rows of this split (e.g. train)")
+    p.add_argument("--split", default=None,
+                   help="with a manifest: use only rows of this split, e.g. train (default: all rows)")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--size", type=int, default=128, help="crop side in pixels (a multiple of 8)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--kl-weight", type=float, default=1e-6)
-    p.add_argument("--grad-weight", type=float, default=0.5, help="weight of the image-gradient L1 term")
-    p.add_argument("--channels", default="32,64,128,128", help="block_out_channels, 4 comma-separated widths")
-    p.add_argument("--layers-per-block", type=int, default=1)
-    p.add_argument("--crops-per-image", type=int, default=8)
-    p.add_argument("--max-pool", type=int, default=4000, help="training crops kept in memory")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for PSNR")
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: 2000)")
+    p.add_argument(
+        "--size", type=int, default=128, help="crop side in pixels, a multiple of 8 (default: 128)"
+    )
+    p.add_argument("--batch-size", "--batch", dest="batch_size", metavar="N", type=int, default=8,
+                   help="crops per training step (default: 8)")  # fmt: skip
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default: 3e-4)")
+    p.add_argument("--kl-weight", type=float, default=1e-6,
+                   help="weight of the KL term on the latent distribution (default: 1e-6)")  # fmt: skip
+    p.add_argument("--grad-weight", type=float, default=0.5,
+                   help="weight of the image-gradient L1 term (default: 0.5)")  # fmt: skip
+    p.add_argument("--channels", default="32,64,128,128",
+                   help="block_out_channels, 4 comma-separated widths (default: 32,64,128,128)")  # fmt: skip
+    p.add_argument("--layers-per-block", type=int, default=1,
+                   help="ResNet layers in each encoder/decoder block (default: 1)")  # fmt: skip
+    p.add_argument("--crops-per-image", type=int, default=8,
+                   help="random crops taken from each training image (default: 8)")  # fmt: skip
+    p.add_argument("--max-pool", type=int, default=4000, help="training crops kept in memory (default: 4000)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of images held out for PSNR (default: 0.1)")  # fmt: skip
+    p.add_argument("--max-images", type=int, default=None,
+                   help="use at most this many images (default: all)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the split, crops and initial weights (default: 0)")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
-    p.add_argument("--save-every", type=int, default=250, help="checkpoint interval in steps")
-    p.add_argument("--eval-every", type=int, default=250, help="held-out PSNR interval in steps")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default: 2)")
+    p.add_argument("--save-every", type=int, default=250, help="checkpoint interval in steps (default: 250)")
+    p.add_argument(
+        "--eval-every", type=int, default=250, help="held-out PSNR interval in steps (default: 250)"
+    )
     p.add_argument(
         "--max-minutes",
         type=float,
         default=None,
-        help="time budget: plan fewer steps (and their learning-rate schedule) when --steps would not fit",
+        help="time budget: plan fewer steps (and their learning-rate schedule) when --steps would not fit "
+        "(default: no limit)",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
@@ -55,13 +94,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write reconstructions of images through a generator",
         description="Reconstruct images (files, folders, globs) through a generator and write one PNG per input "
         f"into --out, same size as the input. {SPEC_HELP}.",
+        epilog=RECONSTRUCT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     r.add_argument("--generator", "-g", required=True, metavar="SPEC", help=SPEC_HELP)
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available)")
-    r.add_argument("--batch", type=int, default=4, help="images handed to the generator at once")
+    r.add_argument("--batch-size", "--batch", dest="batch_size", metavar="N", type=int, default=4,
+                   help="images handed to the generator at once (default: 4)")  # fmt: skip
+    add_quiet(r)
     r.set_defaults(func=_reconstruct)
 
 
@@ -79,7 +122,7 @@ def _train_vae(args: argparse.Namespace) -> int:
         out=args.out,
         steps=args.steps,
         size=args.size,
-        batch=args.batch,
+        batch=args.batch_size,
         lr=args.lr,
         kl_weight=args.kl_weight,
         grad_weight=args.grad_weight,
@@ -159,8 +202,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     failures = len(not_images)
-    batch = max(1, args.batch)
-    with tqdm(total=len(paths), desc=generator.name, unit="img", file=sys.stderr) as bar:
+    batch = max(1, args.batch_size)
+    with tqdm(total=len(paths), desc=generator.name, unit="img", file=sys.stderr, disable=args.quiet) as bar:
         for start in range(0, len(paths), batch):
             loaded, dests = [], []
             for path, dest in zip(paths[start : start + batch], targets[start : start + batch], strict=True):

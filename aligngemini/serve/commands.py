@@ -75,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="PyTorch threads for the model worker (default: PyTorch's choice; on a small shared "
                    "machine 1 can be many times faster)")  # fmt: skip
-    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn's log level (default: info)")  # fmt: skip
     p.set_defaults(func=run_serve)
 
 

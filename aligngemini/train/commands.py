@@ -29,6 +29,8 @@ current step and saves a checkpoint; a second Ctrl-C aborts without one.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from aligngemini.cli import add_quiet
+
     p = sub.add_parser(
         "train",
         help="train a branch from a recipe (CPU, GPU, multi-GPU; resumable)",
@@ -61,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="continue from the newest checkpoint in the output directory, or from CKPT_DIR",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], help="force a device (default: CUDA when available)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_quiet(p)
     p.set_defaults(func=run_train)
 
 

@@ -48,21 +48,63 @@ def _load_rows(args: argparse.Namespace) -> tuple[list[Any], Path]:
     return chosen, path.parent
 
 
+BUILD_PIXEL_EPILOG = """\
+examples:
+  aligngemini data build-pixel --generator vae:VAE_DIR --out PIXEL_SET
+      pair every real image of the starter corpus with its reconstruction by a VAE of our own
+  aligngemini data build-pixel --generator vae:VAE_DIR --generator esrgan:medium:x2 \\
+      --out PIXEL_SET --set lowfreq_align_prob=1.0
+      two generators; give each fake the real's coarse scales
+  aligngemini data build-pixel --manifest my/manifest.jsonl --source 'wildmix:*' --limit 500 \\
+      --generator vae:VAE_DIR --out PIXEL_SET -q
+      a sample of one source from another manifest, without progress bars
+
+Re-running the same command resumes: finished pairs are skipped. --overwrite starts over.
+"""
+
+BUILD_SEMANTIC_EPILOG = """\
+examples:
+  aligngemini data build-semantic --vae vae:VAE_DIR --out SEMANTIC_SET
+      both classes through the same chain with a VAE round trip, content-matched by CLIP knn
+  aligngemini data build-semantic --source realorai --balance groups --out SEMANTIC_SET
+      only the realorai set, matched by its shared topics (--group-key extra.topic) instead of CLIP
+  aligngemini data build-semantic --out SEMANTIC_SET --size-range 224 384 --jpeg-range 60 90
+      other size and JPEG ranges than the defaults (256 512, 70 95)
+
+Re-running the same command resumes: finished images are skipped. --overwrite starts over.
+"""
+
+AUDIT_EPILOG = """\
+examples:
+  aligngemini data audit --pixel-set PIXEL_SET --semantic-set SEMANTIC_SET --report AUDIT
+  aligngemini data audit --pixel-set PIXEL_SET --report AUDIT --probe-steps 100 --max-images 100
+      a quicker check of one set
+  aligngemini data audit --pixel-set PIXEL_SET --semantic-set SEMANTIC_SET --report AUDIT --strict
+      exit 1 unless the sets are shown orthogonal (for scripts and CI)
+"""
+
+
 def _common(p: argparse.ArgumentParser) -> None:
+    from aligngemini.cli import add_quiet
+
     p.add_argument("--manifest", help=f"source manifest (JSONL); {STARTER_HINT}")
     p.add_argument("--out", required=True, help="output directory (real/, fake/, manifest.jsonl)")
     p.add_argument(
-        "--workers", type=int, default=2, help="threads for decoding, blending and encoding (default 2)"
+        "--workers", type=int, default=2, help="threads for decoding, blending and encoding (default: 2)"
     )
     p.add_argument(
-        "--limit", type=int, help="use at most this many source images (per class for build-semantic)"
+        "--limit",
+        type=int,
+        help="use at most this many source images (per class for build-semantic; default: all)",
     )
     p.add_argument("--source", dest="sources", action="append", metavar="GLOB",
                    help="use only rows whose source matches (repeatable), e.g. 'wildmix:*' or realorai")  # fmt: skip
     p.add_argument("--exclude-source", dest="exclude_sources", action="append", metavar="GLOB",
                    help="leave out rows whose source matches (repeatable), e.g. to hold a source out")  # fmt: skip
     p.add_argument(
-        "--config", help="YAML/JSON recipe; its keys (or its section named after the set) set the config"
+        "--config",
+        help="YAML/JSON recipe; its keys (or its section named after the set) set the config "
+        "(default: built-in settings)",
     )
     p.add_argument(
         "--set",
@@ -72,20 +114,24 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one config key (repeatable), e.g. --set jpeg_align_prob=0.3",
     )
-    p.add_argument("--seed", type=int, help="random seed of every per-image choice")
-    p.add_argument("--batch-size", type=int, help="images per generator call")
+    p.add_argument("--seed", type=int, help="random seed of every per-image choice (default: 0)")
+    p.add_argument("--batch-size", type=int, help="images per generator call (default: 8)")
     p.add_argument("--device", help="generator device: cpu, cuda, cuda:N (default: CUDA when present)")
     p.add_argument("--overwrite", action="store_true", help="delete a previous build in --out and start over")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from aligngemini.cli import add_quiet
+
     p = sub.add_parser(
         "build-pixel",
         help="pure-pixel set: real images paired with their reconstructions (DDA alignment)",
         description="Pair every real image of a manifest with its reconstruction by each generator. The pair "
         "shares its scene; JPEG-quality, blend and resize alignment keep format and size from carrying the "
         "label. Resumable: re-running skips finished pairs.",
+        epilog=BUILD_PIXEL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(p)
     p.add_argument(
@@ -96,7 +142,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="reconstruction generator, repeatable: 'vae:<dir or hub id>', 'esrgan:medium:x2'",
     )
     p.add_argument(
-        "--crop-size", type=int, help="crop images larger than this per side before reconstruction (512)"
+        "--crop-size",
+        type=int,
+        help="crop images larger than this per side before reconstruction (default: 512)",
     )
     p.set_defaults(func=_build_pixel)
 
@@ -106,23 +154,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Pass real and AI images through the same chain (square crop, down-scale to a shared size "
         "range, blur/noise, optional VAE round trip, JPEG at a shared quality range) after matching them by "
         "content. Resumable.",
+        epilog=BUILD_SEMANTIC_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(p)
     p.add_argument(
-        "--size-range", type=int, nargs=2, metavar=("LOW", "HIGH"), help="short side after down-scaling"
+        "--size-range",
+        type=int,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="short side after down-scaling, in pixels (default: 256 512)",
     )
-    p.add_argument("--jpeg-range", type=int, nargs=2, metavar=("LOW", "HIGH"), help="JPEG quality range")
     p.add_argument(
-        "--vae", metavar="SPEC", help="round-trip every image (both classes) through this generator"
+        "--jpeg-range", type=int, nargs=2, metavar=("LOW", "HIGH"), help="JPEG quality range (default: 70 95)"
+    )
+    p.add_argument(
+        "--vae",
+        metavar="SPEC",
+        help="round-trip every image (both classes) through this generator (default: none)",
     )
     p.add_argument(
         "--aspect", choices=["square", "keep"], help="centre-crop to a square first (default) or not"
     )
     p.add_argument(
-        "--small", choices=["skip", "cap"], help="images too small for the size range: skip or cap"
+        "--small",
+        choices=["skip", "cap"],
+        help="images too small for the size range: skip or cap (default: skip)",
     )
     p.add_argument(
-        "--min-downscale", type=float, help="shrink every image by at least this factor (default 1)"
+        "--min-downscale", type=float, help="shrink every image by at least this factor (default: 1)"
     )
     p.add_argument(
         "--balance",
@@ -130,15 +190,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="knn",
         help="content balance: knn matching in CLIP space (default), shared subject groups, or none",
     )
-    p.add_argument("--group-key", default="extra.topic", help="manifest field for --balance groups")
+    p.add_argument(
+        "--group-key",
+        default="extra.topic",
+        help="manifest field for --balance groups (default: extra.topic)",
+    )
     p.add_argument(
         "--content-view",
         type=int,
         default=64,
-        help="knn: embed images reduced to this short side, so matching is by scene, not texture (0: full)",
+        help="knn: embed images reduced to this short side, so matching is by scene, not texture "
+        "(default: 64; 0: full image)",
     )
     p.add_argument(
-        "--min-similarity", type=float, help="knn: drop matched pairs below this cosine similarity"
+        "--min-similarity",
+        type=float,
+        help="knn: drop matched pairs below this cosine similarity (default: keep all)",
     )
     p.set_defaults(func=_build_semantic)
 
@@ -148,6 +215,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a pixel probe (CNN on high-pass residuals) and a CLIP linear probe on each set's train "
         "split, measure them on its val split, and report per-class format/size/JPEG statistics and content "
         "separability across sources. Writes report.json and report.md.",
+        epilog=AUDIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--pixel-set", help="a directory made by build-pixel")
     p.add_argument("--semantic-set", help="a directory made by build-semantic")
@@ -156,7 +225,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--content-view",
         type=int,
-        help="CLIP probes see images reduced to this short side (default 64; 0: full image)",
+        help="CLIP probes see images reduced to this short side (default: 64; 0: full image)",
     )
     p.add_argument("--config", help="YAML/JSON with AuditConfig keys (section 'audit' if present)")
     p.add_argument(
@@ -167,11 +236,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override one key, e.g. --set pixel_probe.steps=200",
     )
-    p.add_argument("--probe-steps", type=int, help="pixel-probe training steps (default 300)")
-    p.add_argument("--max-images", type=int, help="pixel probe: images per class and split (default 300)")
-    p.add_argument("--threads", type=int, help="torch threads for the pixel probe (default 2)")
+    p.add_argument("--probe-steps", type=int, help="pixel-probe training steps (default: 300)")
+    p.add_argument("--max-images", type=int, help="pixel probe: images per class and split (default: 300)")
+    p.add_argument("--threads", type=int, help="torch threads for the pixel probe (default: 2)")
     p.add_argument("--strict", action="store_true", help="exit 1 when the sets are not shown orthogonal")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
     p.set_defaults(func=_audit)
 
 
