@@ -9,7 +9,7 @@ __all__ = ["Detector", "Verdict", "__version__"]
 
 def __getattr__(name: str):  # lazy: `import aligngemini` must not pull in torch for the CLI's --help
     if name in ("Detector", "Verdict"):
-        from aligngemini import api
+        from aligngemini import detector
 
-        return getattr(api, name)
+        return getattr(detector, name)
     raise AttributeError(name)

@@ -28,14 +28,12 @@ import torch
 from PIL import Image
 
 from aligngemini.branches.semantic.clip_import import (
-    CLIP_MEAN,
-    CLIP_STD,
     STARTER_TOWER,
     STARTER_TOWER_SHA256,
     emulate_dynamic_int8,
     load_onnx_clip_tower,
-    preprocess_image,
 )
+from aligngemini.branches.semantic.preprocess import CLIP_MEAN, CLIP_STD, preprocess_image
 from aligngemini.resolve import resolve
 
 RESULT = Path(__file__).parent / "results" / "clip_import_check.json"

@@ -105,11 +105,11 @@ each target in its own process, seeded with valid inputs (`tests/fuzz_targets.py
 | --- | --- | --- | --- | --- | --- |
 {rows}
 
-Targets: `decode` = `imageio.decode_bytes` on any bytes (refused with ImageLoadError or decoded within the
+Targets: `decode` = `decode.decode_bytes` on any bytes (refused with ImageLoadError or decoded within the
 pixel limit; Pillow's global limit untouched); `bundle` = `bundle.load_bundle` on archives (tar, tar.gz, zip)
 and folders whose members and config.json the fuzzer chooses (path traversal, absolute names, links, pickles,
 malformed JSON), refused with BundleError and never writing outside the unpacked bundle's cache folder;
-`multipart` = `serve.limits.parse_multipart` on any body and boundary (uploads within every limit, or a 4xx).
+`multipart` = `serve.uploads.parse_multipart` on any body and boundary (uploads within every limit, or a 4xx).
 
 Crash inputs are kept in `tests/fuzz_corpus/TARGET/` and replayed by `tests/test_fuzz_regressions.py`.
 """

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aligngemini.decode import load_image
 from aligngemini.generators.esrgan import ESRGANGenerator
 from aligngemini.generators.train_vae import TrainVAEConfig, _split, list_training_images, train_vae
 from aligngemini.generators.vae import VAEGenerator
-from aligngemini.imageio import load_image
 
 
 def psnr8(a, b) -> float:

@@ -488,7 +488,7 @@ def score_model(
     bundle_dir: Path, items: Sequence[Any], cache: Any, *, batch_size: int, progress: bool
 ) -> dict:
     """Per-branch p_fake of every item through ``Detector`` and the eval runner (score-cached)."""
-    from aligngemini.api import Detector
+    from aligngemini.detector import Detector
     from aligngemini.eval.runner import score_items
 
     detector = Detector.load(bundle_dir, device="cpu")
@@ -572,7 +572,7 @@ def results_table(tests: TestSets, outputs: Mapping[str, tuple[np.ndarray, np.nd
 def check_fusion_through_detector(bundle_dir: Path, items: Sequence[Any], fused: np.ndarray, k: int) -> dict:
     """The fused bundle's own ``Detector.predict`` on ``k`` test images must give the fused scores
     computed here from the two branches' cached scores (same rule, same thresholds)."""
-    from aligngemini.api import Detector
+    from aligngemini.detector import Detector
 
     if k <= 0:
         return {"checked": 0}
@@ -921,7 +921,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
-    from aligngemini.eval.scores import ScoreCache
+    from aligngemini.eval.score_cache import ScoreCache
 
     t_start = time.perf_counter()
     work: Path = args.work

@@ -37,8 +37,8 @@ def sample_photos(folder: Path) -> list[Path]:
 def load_detector(name: str, workdir: Path):
     import torch
 
-    from aligngemini.api import Detector
     from aligngemini.bundle import BundleError
+    from aligngemini.detector import Detector
     from aligngemini.resolve import ResolveError
 
     torch.set_num_threads(1)
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from playwright.sync_api import expect, sync_playwright
 
+    from aligngemini.cli.serve import background_server
     from aligngemini.serve.app import ServeSettings, create_app
-    from aligngemini.serve.commands import background_server
 
     with tempfile.TemporaryDirectory(prefix="serve_screenshot_") as tmp:
         det = load_detector(args.bundle, Path(tmp))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aligngemini.api import Detector
-from aligngemini.imageio import iter_image_paths
+from aligngemini.decode import iter_image_paths
+from aligngemini.detector import Detector
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "golden" / "starter_examples.json"

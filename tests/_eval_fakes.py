@@ -1,4 +1,4 @@
-"""A tiny stand-in for aligngemini.api.Detector, for the eval tests only: it implements the contract the
+"""A tiny stand-in for aligngemini.detector.Detector, for the eval tests only: it implements the contract the
 runner relies on (branches, config, bundle_id, score_loaded) and scores from image content, so that
 results are deterministic and a perturbation changes them."""
 
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from aligngemini.imageio import LoadedImage
+from aligngemini.decode import LoadedImage
 
 
 class FakeDetector:

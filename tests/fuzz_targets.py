@@ -25,7 +25,7 @@ DECODE_MAX_PIXELS = 4_000_000
 
 def fuzz_decode(data: bytes) -> None:
     """Any bytes: a decoded RGB image within the pixel limit, or ImageLoadError; Pillow's global untouched."""
-    from aligngemini.imageio import ImageLoadError, decode_bytes
+    from aligngemini.decode import ImageLoadError, decode_bytes
 
     before = Image.MAX_IMAGE_PIXELS
     try:
@@ -148,7 +148,8 @@ def fuzz_bundle(data: bytes) -> None:
 # -- multipart parsing --------------------------------------------------------------------------------------
 def fuzz_multipart(data: bytes) -> None:
     """Any body and content type: uploads within every limit, or an ApiError with a 4xx status."""
-    from aligngemini.serve.limits import ApiError, Limits, parse_multipart
+    from aligngemini.serve.limits import ApiError, Limits
+    from aligngemini.serve.uploads import parse_multipart
 
     limits = Limits(max_file_bytes=512, max_request_bytes=4096, max_pixels=10_000, max_images=3)
     stream = io.BytesIO(data)

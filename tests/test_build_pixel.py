@@ -13,7 +13,7 @@ from PIL import Image
 from aligngemini.data.build.common import BuildError
 from aligngemini.data.build.pixel import PixelBuildConfig, build_pixel_set
 from aligngemini.data.manifest import read_manifest
-from aligngemini.imageio import estimate_jpeg_quality
+from aligngemini.decode import estimate_jpeg_quality
 
 NO_OPS = dict(jpeg_align_prob=0.0, pixel_blend_prob=0.0, freq_blend_prob=0.0, resize_prob=0.0)
 

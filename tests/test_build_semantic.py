@@ -14,7 +14,7 @@ from aligngemini.data.build.balance import EmbeddingCache, balance_rows, embed_r
 from aligngemini.data.build.common import BuildError
 from aligngemini.data.build.semantic import SemanticBuildConfig, build_semantic_set
 from aligngemini.data.manifest import ManifestRow, read_manifest
-from aligngemini.imageio import estimate_jpeg_quality
+from aligngemini.decode import estimate_jpeg_quality
 
 
 def _mixed_sources(n: int) -> list[Source]:

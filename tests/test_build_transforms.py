@@ -8,7 +8,7 @@ from build_fixtures import photo
 from PIL import Image
 
 from aligngemini.data import transforms as T
-from aligngemini.imageio import estimate_jpeg_quality
+from aligngemini.decode import estimate_jpeg_quality
 
 
 @pytest.mark.parametrize("quality", [30, 62, 75, 90, 97])

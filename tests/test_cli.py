@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_imageio import _png_header_only
+from test_decode import _png_header_only
 
 from aligngemini.cli import main
 
@@ -90,7 +90,7 @@ def test_nothing_to_score_exits_2_before_loading_the_bundle(
     def no_load(*a, **k):  # noqa: ANN002, ANN003
         raise AssertionError("the bundle was loaded although there was nothing to score")
 
-    monkeypatch.setattr("aligngemini.api.Detector.load", no_load)
+    monkeypatch.setattr("aligngemini.detector.Detector.load", no_load)
     (tmp_path / "empty").mkdir()
     item = {"glob": str(tmp_path / "*.png"), "empty folder": str(tmp_path / "empty"), "empty stdin": "-"}[
         what
@@ -172,7 +172,7 @@ def test_stdin_output_file_resume_and_no_overwrite(
 
 KILLING_LAUNCHER = """\
 import os, signal, sys
-import aligngemini.commands as commands
+import aligngemini.cli.detect as commands
 
 kill_at, torn = int(os.environ["KILL_AT"]), os.environ.get("TORN") == "1"
 written = 0

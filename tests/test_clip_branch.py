@@ -21,7 +21,7 @@ from tiny_clip import (
 from aligngemini.branches import build_branch
 from aligngemini.branches.base import Branch
 from aligngemini.branches.semantic import clip
-from aligngemini.imageio import load_image
+from aligngemini.decode import load_image
 
 torch.set_num_threads(2)
 CPU = torch.device("cpu")

@@ -13,6 +13,7 @@ import torch
 from tiny_clip import TINY, export_onnx, photo, quantize_int8, tiny_clip
 
 from aligngemini.branches.semantic import clip_import as ci
+from aligngemini.branches.semantic import preprocess as pre
 
 torch.set_num_threads(2)
 
@@ -35,7 +36,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _inputs(n: int = 4) -> np.ndarray:
-    return torch.stack([ci.preprocess_image(photo(i), TINY["image_size"]) for i in range(n)]).numpy()
+    return torch.stack([pre.preprocess_image(photo(i), TINY["image_size"]) for i in range(n)]).numpy()
 
 
 @torch.inference_mode()
@@ -168,20 +169,20 @@ def test_cache_is_keyed_by_sha_and_skips_the_onnx(
 
 def test_preprocessing_modes() -> None:
     wide = photo(0, size=(120, 40))
-    for mode in ci.RESIZE_MODES:
-        x = ci.preprocess_image(wide, 32, mode=mode)
+    for mode in pre.RESIZE_MODES:
+        x = pre.preprocess_image(wide, 32, mode=mode)
         assert x.shape == (3, 32, 32) and x.dtype == torch.float32
-    padded = ci.preprocess_image(wide, 32, mode="pad")
+    padded = pre.preprocess_image(wide, 32, mode="pad")
     # the 3:1 image fills the middle third of the rows; the borders are the mean colour, i.e. zero
     assert padded[:, :10].abs().max() < 0.02 and padded[:, -10:].abs().max() < 0.02
     assert padded[:, 12:20].abs().max() > 0.5
-    squash = ci.resize_for_tower(wide, 32, "squash")
-    crop = ci.resize_for_tower(wide, 32, "crop")
+    squash = pre.resize_for_tower(wide, 32, "squash")
+    crop = pre.resize_for_tower(wide, 32, "crop")
     left = np.asarray(wide)[:, :5].mean()
     assert abs(np.asarray(squash)[:, :1].mean() - left) < 25  # squash keeps the left edge; crop cuts it
     assert np.asarray(crop).shape == (32, 32, 3)
     with pytest.raises(ValueError, match="resize mode"):
-        ci.preprocess_image(wide, 32, mode="stretch")
+        pre.preprocess_image(wide, 32, mode="stretch")
 
 
 def _has_vnni() -> bool:
@@ -227,7 +228,7 @@ def _astronaut() -> np.ndarray:
     from PIL import Image
 
     image = Image.fromarray(skimage.data.astronaut())
-    return ci.preprocess_image(image, 224, mode="crop").numpy()[None]
+    return pre.preprocess_image(image, 224, mode="crop").numpy()[None]
 
 
 @pytest.mark.slow

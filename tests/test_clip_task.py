@@ -13,7 +13,7 @@ from tiny_clip import TINY, photo, save_tiny_tower
 from aligngemini.branches import build_branch
 from aligngemini.branches.semantic import clip_task as ct
 from aligngemini.config import ConfigError, load_config
-from aligngemini.imageio import load_image
+from aligngemini.decode import load_image
 from aligngemini.train.task import build_task
 
 torch.set_num_threads(2)

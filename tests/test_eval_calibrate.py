@@ -12,7 +12,7 @@ import pytest
 
 from aligngemini import cli
 from aligngemini.bundle import load_bundle, save_bundle
-from aligngemini.eval import commands
+from aligngemini.cli import evaluate as commands
 from aligngemini.eval.calibrate import NEVER, calibrate, calibrate_thresholds, choose_uncertain_band
 from aligngemini.fusion import fuse
 from tests._eval_fakes import FakeDetector, make_blind_spot_tree
@@ -212,7 +212,7 @@ def test_calibrate_stack_writes_the_fitted_rule_into_the_bundle(
 ) -> None:
     import shutil
 
-    from aligngemini.api import Detector
+    from aligngemini.detector import Detector
 
     data = make_blind_spot_tree(tmp_path / "val")
     src = tmp_path / "bundle"

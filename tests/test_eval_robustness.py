@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from aligngemini.decode import load_image
 from aligngemini.eval.robustness import CLEAN, Perturbation, parse_perturb
-from aligngemini.imageio import load_image
 
 
 def _loaded(size: tuple[int, int] = (64, 48)) -> object:

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from aligngemini import cli
-from aligngemini.eval import commands
+from aligngemini.cli import evaluate as commands
 from aligngemini.eval.layouts import read_data
 from aligngemini.eval.metrics import METRIC_KEYS
 from aligngemini.eval.runner import fusion_settings, measure, run_evaluation, score_items
-from aligngemini.eval.scores import ScoreCache, branch_model_keys
+from aligngemini.eval.score_cache import ScoreCache, branch_model_keys
 from tests._eval_fakes import FakeDetector, make_blind_spot_tree
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,7 @@ TOLERANCE = 2e-4
 
 
 def test_starter_scores_on_the_examples_match_the_golden_file(starter_env: Path) -> None:
-    from aligngemini.api import Detector
+    from aligngemini.detector import Detector
 
     golden = json.loads(GOLDEN.read_text())
     det = Detector.load("starter", device="cpu", dtype="fp32")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from aligngemini.branches import Branch, build_branch
 from aligngemini.branches.pixel.crops import combine_scores, inference_views
 from aligngemini.branches.pixel.task import PixelTask
-from aligngemini.imageio import load_image
+from aligngemini.decode import load_image
 from tests._pixel_fixtures import recipe, write_pairs
 
 

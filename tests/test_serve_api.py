@@ -17,10 +17,10 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from aligngemini.api import Detector
-from aligngemini.imageio import sniff_image_type
+from aligngemini.cli.serve import check_exposure, is_loopback
+from aligngemini.decode import sniff_image_type
+from aligngemini.detector import Detector
 from aligngemini.serve.app import ServeSettings, branch_sources, create_app
-from aligngemini.serve.commands import check_exposure, is_loopback
 
 RECORD_KEYS = {"path", "p_fake", "verdict", "branches", "fired", "error"}
 

@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from aligngemini.api import Detector
-from aligngemini.imageio import load_image
+from aligngemini.cli.serve import background_server
+from aligngemini.decode import load_image
+from aligngemini.detector import Detector
 from aligngemini.serve.app import ServeSettings, create_app
 from aligngemini.serve.batcher import Batcher, QueueFull
-from aligngemini.serve.commands import background_server
 from aligngemini.serve.metrics import ServeMetrics
 
 

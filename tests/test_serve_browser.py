@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from playwright.sync_api import expect
 
-from aligngemini.api import Detector
+from aligngemini.cli.serve import background_server
+from aligngemini.detector import Detector
 from aligngemini.serve.app import ServeSettings, create_app
-from aligngemini.serve.commands import background_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

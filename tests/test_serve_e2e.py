@@ -21,8 +21,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from aligngemini.api import Detector
 from aligngemini.bundle import save_bundle
+from aligngemini.detector import Detector
 from aligngemini.serve.app import ServeSettings, create_app
 
 

@@ -12,7 +12,7 @@ from aligngemini.branches.base import build_branch
 from aligngemini.branches.semantic.prompts import AnswerTokenError, build_prompt_set
 from aligngemini.branches.semantic.vlm import VlmLoadError, bound_image, model_inputs
 from aligngemini.config import ConfigError
-from aligngemini.imageio import load_image
+from aligngemini.decode import load_image
 
 CPU = torch.device("cpu")
 SIZES = [(56, 84), (112, 56), (40, 40), (300, 200), (70, 70)]  # (height, width)

@@ -12,7 +12,7 @@ from tiny_vlm import build_tiny_qwen2_5_vl
 
 from aligngemini.branches.base import build_branch
 from aligngemini.branches.semantic.vlm_task import ADAPTER_DIR, collate_vlm
-from aligngemini.imageio import load_image
+from aligngemini.decode import load_image
 from aligngemini.train.task import build_task
 
 

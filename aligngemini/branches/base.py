@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from aligngemini.imageio import LoadedImage
+from aligngemini.decode import LoadedImage
 
 
 @runtime_checkable

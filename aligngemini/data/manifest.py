@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import UnidentifiedImageError
 
-from aligngemini.imageio import IMAGE_SUFFIXES, read_header
+from aligngemini.decode import IMAGE_SUFFIXES, read_header
 from aligngemini.resolve import sha256_file
 
 LABELS = ("real", "fake")

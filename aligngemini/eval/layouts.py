@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from aligngemini.imageio import IMAGE_SUFFIXES
+from aligngemini.decode import IMAGE_SUFFIXES
 
 REAL_DIR_NAMES = frozenset({"0_real", "real", "nature", "reals"})
 FAKE_DIR_NAMES = frozenset({"1_fake", "fake", "ai", "fakes", "synthetic", "generated"})

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, LoadedImage, decode_bytes
+from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, LoadedImage, decode_bytes
 
 OPS = ("jpeg", "blur", "resize")
 CLEAN = "none"

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, LoadedImage, decode_bytes
 from aligngemini.eval.layouts import EvalItem, EvalSet
 from aligngemini.eval.metrics import Metrics, binary_metrics, summarize
 from aligngemini.eval.robustness import CLEAN, Perturbation, Sweep
-from aligngemini.eval.scores import ScoreCache, branch_model_keys, file_sha256
+from aligngemini.eval.score_cache import ScoreCache, branch_model_keys, file_sha256
 from aligngemini.fusion import FusionResult, fuse
-from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, LoadedImage, decode_bytes
 
 log = logging.getLogger(__name__)
 ROLES = ("pixel", "semantic")

@@ -109,7 +109,7 @@ def _read_manifest_rows(path: Path) -> list[tuple[str, str | None, str | None]]:
 def list_training_images(source: str | Path, split: str | None = None) -> list[Path]:
     """Photos to train on: every image under a folder, or the rows labelled ``real`` of a manifest (only those
     of ``split`` when given; relative paths resolve against the manifest's folder)."""
-    from aligngemini.imageio import iter_image_paths
+    from aligngemini.decode import iter_image_paths
 
     src = Path(source).expanduser()
     if src.is_dir():
@@ -176,7 +176,7 @@ def build_crop_pool(
     """[N, size, size, 3] uint8 crops from ``paths`` and how many images were skipped (unreadable/too small)."""
     from tqdm import tqdm
 
-    from aligngemini.imageio import ImageLoadError, load_image
+    from aligngemini.decode import ImageLoadError, load_image
 
     per_image = max(1, min(crops_per_image, max_crops // max(1, len(paths))))
     rng = np.random.default_rng(seed)

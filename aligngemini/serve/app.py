@@ -31,19 +31,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aligngemini import __version__
-from aligngemini.imageio import ImageLoadError, LoadedImage, decode_bytes
+from aligngemini.decode import ImageLoadError, LoadedImage, decode_bytes
 from aligngemini.record import Verdict, record_model
 from aligngemini.serve.batcher import Batcher, QueueFull, WorkerStopped
-from aligngemini.serve.limits import (
-    ApiError,
-    Limits,
-    Upload,
-    check_image_bytes,
-    clean_name,
-    parse_multipart,
-    read_body,
-)
+from aligngemini.serve.limits import ApiError, Limits, check_image_bytes
 from aligngemini.serve.metrics import ServeMetrics
+from aligngemini.serve.uploads import Upload, clean_name, parse_multipart, read_body
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(str(resources.files("aligngemini.serve") / "static"))

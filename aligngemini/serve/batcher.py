@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from aligngemini.imageio import LoadedImage
+from aligngemini.decode import LoadedImage
 from aligngemini.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)

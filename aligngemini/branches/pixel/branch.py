@@ -27,7 +27,7 @@ from aligngemini.branches.base import register_family
 from aligngemini.branches.pixel.crops import CropConfig, combine_scores, inference_views_uint8
 from aligngemini.branches.pixel.model import PixelModel, load_exported
 from aligngemini.config import from_dict
-from aligngemini.imageio import LoadedImage
+from aligngemini.decode import LoadedImage
 
 FAMILY = "pixel-timm"
 _KNOWN_KEYS = {

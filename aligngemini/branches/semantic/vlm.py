@@ -30,7 +30,7 @@ from PIL import Image
 from aligngemini.branches.base import register_family
 from aligngemini.branches.semantic.prompts import DETECT_PROMPT, EXPLAIN_PROMPT, PromptSet, build_prompt_set
 from aligngemini.config import from_dict
-from aligngemini.imageio import LoadedImage
+from aligngemini.decode import LoadedImage
 
 log = logging.getLogger(__name__)
 

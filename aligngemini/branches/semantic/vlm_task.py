@@ -46,7 +46,7 @@ from aligngemini.branches.semantic.vlm import (
 )
 from aligngemini.config import ConfigError, from_dict
 from aligngemini.data.manifest import manifest_path, read_manifest
-from aligngemini.imageio import load_image
+from aligngemini.decode import load_image
 from aligngemini.train.task import register_task
 
 log = logging.getLogger(__name__)

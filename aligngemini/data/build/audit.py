@@ -41,7 +41,7 @@ from aligngemini.data.build.probes import (
     summarize,
 )
 from aligngemini.data.manifest import ManifestRow, read_manifest
-from aligngemini.imageio import estimate_jpeg_quality, load_image
+from aligngemini.decode import estimate_jpeg_quality, load_image
 
 LABEL_INDEX = {"real": 0, "fake": 1}
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from aligngemini.data.build.common import row_key, row_path
 from aligngemini.data.manifest import ManifestRow
-from aligngemini.imageio import ImageLoadError, load_image
+from aligngemini.decode import ImageLoadError, load_image
 
 Embedder = Callable[[list[Image.Image]], np.ndarray]
 METHODS = ("knn", "groups", "none")

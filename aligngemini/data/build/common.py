@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from aligngemini.data.manifest import ManifestRow, read_manifest, write_manifest
-from aligngemini.imageio import ImageLoadError, LoadedImage, load_image
+from aligngemini.decode import ImageLoadError, LoadedImage, load_image
 
 T = TypeVar("T")
 P = TypeVar("P")

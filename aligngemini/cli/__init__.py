@@ -17,10 +17,11 @@ import textwrap
 
 # Top-level commands, by owning module.
 COMMAND_MODULES = [
-    "aligngemini.commands",  # detect, info
-    "aligngemini.train.commands",  # train
-    "aligngemini.eval.commands",  # eval, calibrate
-    "aligngemini.serve.commands",  # serve
+    "aligngemini.cli.detect",  # detect
+    "aligngemini.cli.bundles",  # info, fetch, assemble
+    "aligngemini.cli.train",  # train
+    "aligngemini.cli.evaluate",  # eval, calibrate
+    "aligngemini.cli.serve",  # serve
 ]
 # Command groups: name -> (help, examples epilog, modules registering subcommands into the group).
 GROUP_MODULES = {
@@ -35,7 +36,7 @@ examples:
 
 Run 'aligngemini data SUBCOMMAND --help' for each subcommand's options.
 """,
-        ["aligngemini.data.starter", "aligngemini.data.build.commands"],
+        ["aligngemini.cli.data"],
     ),
     "generators": (
         "reconstruction generators: train a VAE, reconstruct images",
@@ -47,7 +48,7 @@ examples:
 
 Run 'aligngemini generators SUBCOMMAND --help' for each subcommand's options.
 """,
-        ["aligngemini.generators.commands"],
+        ["aligngemini.cli.generators"],
     ),
 }
 
@@ -145,7 +146,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

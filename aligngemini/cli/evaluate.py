@@ -136,7 +136,7 @@ def _fail(msg: str) -> int:
 
 def load_detector(args: argparse.Namespace) -> Any:
     """The detector to evaluate (a seam the tests replace with a small fake)."""
-    from aligngemini.api import Detector
+    from aligngemini.detector import Detector
 
     return Detector.load(args.bundle, device=args.device, dtype=args.dtype)
 
@@ -168,7 +168,7 @@ def _read(args: argparse.Namespace) -> Any:
 
 
 def _open_cache(args: argparse.Namespace) -> Any:
-    from aligngemini.eval.scores import ScoreCache, default_cache_path
+    from aligngemini.eval.score_cache import ScoreCache, default_cache_path
 
     return None if args.no_cache else ScoreCache(args.cache or default_cache_path())
 

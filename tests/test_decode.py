@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aligngemini.imageio import (
+from aligngemini.decode import (
     ImageLoadError,
     decode_bytes,
     estimate_jpeg_quality,

@@ -1,4 +1,5 @@
-"""The public Python API: ``Detector`` and ``Verdict``.
+"""The ``Detector``: a loaded bundle's branches, thresholds and fusion rule, turning inputs into ``Verdict``
+records (``record.py``). The public Python API, with ``Verdict``.
 
 >>> from aligngemini import Detector
 >>> det = Detector.load("starter")
@@ -19,8 +20,8 @@ import torch
 
 from aligngemini.branches.base import Branch, build_branch
 from aligngemini.bundle import Bundle, load_bundle
+from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, LoadedImage, load_image
 from aligngemini.fusion import fuse
-from aligngemini.imageio import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, LoadedImage, load_image
 from aligngemini.record import ROLES, BranchResult, Verdict
 
 log = logging.getLogger(__name__)

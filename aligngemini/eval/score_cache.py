@@ -30,7 +30,7 @@ def default_cache_path() -> Path:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes: the same digest ``imageio`` records for the decoded image."""
+    """sha256 of a file's bytes: the same digest ``decode`` records for the decoded image."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 

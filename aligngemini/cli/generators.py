@@ -174,9 +174,9 @@ def output_names(paths: list[Path]) -> list[str]:
 def _reconstruct(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from aligngemini.decode import ImageLoadError, iter_image_paths, load_image
     from aligngemini.generators.base import GeneratorSpecError, build_generator
     from aligngemini.generators.tfjs import TFJSError
-    from aligngemini.imageio import ImageLoadError, iter_image_paths, load_image
 
     not_images: list[str] = []
     paths = list(iter_image_paths(args.inputs, on_skip=lambda p, why: not_images.append(f"{p}: {why}")))

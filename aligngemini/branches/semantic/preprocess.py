@@ -1,0 +1,55 @@
+"""How a whole image becomes a contrastive tower's input: resized to the tower's square (CLIP's own centre
+crop, the whole scene squashed, or fitted with mean-colour borders), scaled to 0..1 and normalised."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+RESIZE_MODES = ("crop", "squash", "pad")
+
+
+def resize_for_tower(
+    image: Image.Image, size: int, mode: str = "crop", fill: Sequence[float] = CLIP_MEAN
+) -> Image.Image:
+    """``crop``: CLIP's own (shortest side to ``size``, bicubic, centre crop); ``squash``: the whole image
+    to ``size`` x ``size``; ``pad``: the whole image fit inside, padded with ``fill`` (mean colour, 0..1)."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode {mode!r} is unknown; use one of {RESIZE_MODES}")
+    image = image.convert("RGB")
+    w, h = image.size
+    if mode == "squash":
+        return image.resize((size, size), Image.Resampling.BICUBIC)
+    if mode == "crop":
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        resized = image.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return resized.crop((left, top, left + size, top + size))
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = image.resize((nw, nh), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (size, size), tuple(int(round(v * 255)) for v in fill))
+    canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
+    return canvas
+
+
+def preprocess_image(
+    image: Image.Image,
+    size: int = 224,
+    *,
+    mode: str = "crop",
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> torch.Tensor:
+    """A [3, size, size] float32 tensor: resized (see ``resize_for_tower``), scaled to 0..1, normalised."""
+    resized = resize_for_tower(image, size, mode, fill=mean)
+    arr = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return ((arr - m) / s).contiguous()
