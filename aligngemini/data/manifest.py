@@ -84,6 +84,19 @@ def describe_image(path: str | os.PathLike, label: str, **kwargs: Any) -> Manife
     return row
 
 
+LABEL_VALUES = {"real": 0.0, "fake": 1.0, "0": 0.0, "1": 1.0}
+
+
+def label_value(value: Any, where: str) -> float:
+    """A row's label as the training target: 0.0 real, 1.0 fake (also accepts 0/1); names the row if not."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value in (0, 1):
+        return float(value)
+    key = str(value).strip().lower()
+    if key not in LABEL_VALUES:
+        raise ValueError(f"{where}: label must be 'real' or 'fake', got {value!r}")
+    return LABEL_VALUES[key]
+
+
 def manifest_path(spec: str | os.PathLike) -> Path:
     """Where a manifest named in a recipe or on the command line lives: ``data:REL`` is ``REL`` under the
     data home (``~/.cache/aligngemini/data`` unless ALIGNGEMINI_HOME says otherwise); ``~`` is expanded."""

@@ -48,12 +48,11 @@ from aligngemini.branches.pixel.crops import (
 )
 from aligngemini.branches.pixel.model import ModelConfig, PixelModel
 from aligngemini.config import from_dict, to_dict
-from aligngemini.data.manifest import read_manifest, select_sources
+from aligngemini.data.manifest import label_value, read_manifest, select_sources
 from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from aligngemini.train.task import register_task, unwrap
 
 JPEG_GRID = 16  # pre-crop windows start on the 16-pixel MCU grid so JPEG block phase is kept
-LABELS = {"real": 0.0, "fake": 1.0, "0": 0.0, "1": 1.0}
 
 
 @dataclass
@@ -87,13 +86,6 @@ class Row:
     group: str
 
 
-def _label(value: Any, where: str) -> float:
-    key = str(value).strip().lower()
-    if key not in LABELS:
-        raise ValueError(f"{where}: label must be 'real' or 'fake', got {value!r}")
-    return LABELS[key]
-
-
 def read_rows(manifest: str | Path, sources: Sequence[str] | None = None,
               exclude_sources: Sequence[str] | None = None) -> list[Row]:  # fmt: skip
     """Rows of a pair manifest (``data:REL`` names one under the data home), paths absolute, narrowed to
@@ -101,7 +93,10 @@ def read_rows(manifest: str | Path, sources: Sequence[str] | None = None,
     chosen = select_sources(read_manifest(manifest), sources, exclude_sources)
     return [
         Row(
-            Path(r.path), _label(r.label, f"{manifest}: {r.path}"), str(r.split or ""), str(r.group or r.path)
+            Path(r.path),
+            label_value(r.label, f"{manifest}: {r.path}"),
+            str(r.split or ""),
+            str(r.group or r.path),
         )
         for r in chosen  # no group: a pair of its own
     ]

@@ -45,12 +45,11 @@ from aligngemini.branches.semantic.clip import (
 )
 from aligngemini.branches.semantic.preprocess import RESIZE_MODES
 from aligngemini.config import ConfigError, from_dict
-from aligngemini.data.manifest import read_manifest, select_sources
+from aligngemini.data.manifest import label_value, read_manifest, select_sources
 from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from aligngemini.paths import cache_dir
 from aligngemini.train.task import register_task, unwrap
 
-LABELS = {"real": 0.0, "fake": 1.0, "0": 0.0, "1": 1.0}
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
 
@@ -128,20 +127,13 @@ class Row:
     split: str
 
 
-def _label(value: Any, where: str) -> float:
-    key = str(value).strip().lower()
-    if key not in LABELS:
-        raise ValueError(f"{where}: label must be 'real' or 'fake', got {value!r}")
-    return LABELS[key]
-
-
 def read_rows(
     manifest: str | Path, sources: Sequence[str] | None = None, exclude_sources: Sequence[str] | None = None
 ) -> list[Row]:
     """Rows of a semantic-set manifest (``data:REL`` names one under the data home), paths absolute,
     narrowed to the given source globs."""
     chosen = select_sources(read_manifest(manifest), sources, exclude_sources)
-    return [Row(Path(r.path), _label(r.label, f"{manifest}: {r.path}"), str(r.split)) for r in chosen]
+    return [Row(Path(r.path), label_value(r.label, f"{manifest}: {r.path}"), str(r.split)) for r in chosen]
 
 
 def _spread(rows: list[Row], limit: int | None) -> list[Row]:

@@ -45,7 +45,7 @@ from aligngemini.branches.semantic.vlm import (
     use_grouped_vision_attention,
 )
 from aligngemini.config import ConfigError, from_dict
-from aligngemini.data.manifest import manifest_path, read_manifest
+from aligngemini.data.manifest import label_value, manifest_path, read_manifest
 from aligngemini.decode import load_image
 from aligngemini.train.task import register_task
 
@@ -98,18 +98,6 @@ def read_rows(manifest: str | Path) -> list[dict[str, Any]]:
     return [dataclasses.asdict(r) for r in read_manifest(manifest)]
 
 
-def _label_value(label: Any, where: str) -> float:
-    if isinstance(label, str):
-        low = label.strip().lower()
-        if low in ("real", "0"):
-            return 0.0
-        if low in ("fake", "1"):
-            return 1.0
-    elif isinstance(label, int | float) and label in (0, 1):
-        return float(label)
-    raise ValueError(f"{where}: label must be 'real' or 'fake' (or 0/1), got {label!r}")
-
-
 class VlmImageDataset(Dataset):
     """Images of one manifest split, decoded safely and bounded to the recipe's pixel range."""
 
@@ -119,7 +107,7 @@ class VlmImageDataset(Dataset):
         for i, row in enumerate(rows):
             path = Path(str(row["path"])).expanduser()
             path = path if path.is_absolute() else base / path
-            label = _label_value(row.get("label"), f"{base} row {i} ({row.get('path')})")
+            label = label_value(row.get("label"), f"{base} row {i} ({row.get('path')})")
             self.items.append((path, label, row.get("rationale") if with_rationale else None))
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
 
