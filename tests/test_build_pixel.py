@@ -131,7 +131,7 @@ def test_pairing_and_split_inheritance(tmp_path: Path) -> None:
     res = build_pixel_set(
         rows, gens, tmp_path / "all", PixelBuildConfig(**NO_OPS), source_base=base, progress=False
     )
-    assert res.pairs_by_generator == {"g1": 2, "g2": 2}
+    assert res.counts == {"g1": 2, "g2": 2}
     by_source = {(r.source, r.split) for r in res.rows}
     assert by_source == {("a", "train"), ("b", "val")}
     cfg = PixelBuildConfig(**NO_OPS, pairing="round-robin")
@@ -143,7 +143,7 @@ def test_pairing_and_split_inheritance(tmp_path: Path) -> None:
         source_base=base,
         progress=False,
     )
-    assert res.pairs_by_generator == {"g1": 1, "g2": 1}
+    assert res.counts == {"g1": 1, "g2": 1}
 
 
 def test_resume_does_no_work_and_redoes_only_missing_pairs(tmp_path: Path) -> None:

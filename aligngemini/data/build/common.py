@@ -178,6 +178,19 @@ class OutputDir:
         return rows
 
 
+@dataclass
+class BuildResult:
+    """What a set build did: its folder and rows, the statistics, how many generator calls it made, how long it
+    took, and its counts (pairs by generator for a pixel set, images by split/class for a semantic set)."""
+
+    out_dir: Path
+    rows: list[ManifestRow]
+    stats: BuildStats
+    calls: int = 0
+    seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
 class SetBuilder:
     """What both set builders share: the recipe, the output folder, where relative source paths are resolved,
     the statistics, and a count of generator calls. Subclasses add ``prepare`` and ``finish``."""

@@ -23,7 +23,7 @@ import io
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from PIL import Image
 from aligngemini.data import transforms as T
 from aligngemini.data.build.common import (
     BuildError,
+    BuildResult,
     BuildStats,
     OutputDir,
     SetBuilder,
@@ -135,16 +136,6 @@ class _Prepared:
     source_quality: int | None
     subsampling: int | None
     source_size: tuple[int, int]
-
-
-@dataclass
-class PixelBuildResult:
-    out_dir: Path
-    rows: list[ManifestRow]
-    stats: BuildStats
-    generator_calls: int = 0
-    seconds: float = 0.0
-    pairs_by_generator: dict[str, int] = field(default_factory=dict)
 
 
 def plan_pairs(
@@ -293,7 +284,7 @@ def build_pixel_set(
     limit: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
-) -> PixelBuildResult:
+) -> BuildResult:
     """Pair every real row (label ``real``) with its reconstruction by each generator into ``out_dir``.
 
     ``source_base`` is the folder relative source paths are resolved against (the source manifest's).
@@ -341,9 +332,7 @@ def build_pixel_set(
     for r in final_rows:
         if r.label == "fake" and str(r.group) in wanted:
             counts[str(r.generator)] = counts.get(str(r.generator), 0) + 1
-    result = PixelBuildResult(
-        out.root, final_rows, stats, builder.calls, time.perf_counter() - started, counts
-    )
+    result = BuildResult(out.root, final_rows, stats, builder.calls, time.perf_counter() - started, counts)
     report_build(out.root, "pixel", "pairs", len(jobs), stats, ("generator_calls", builder.calls), result.seconds,
                  pairs_by_generator=counts, rows_in_manifest=len(final_rows))  # fmt: skip
     return result

@@ -22,7 +22,7 @@ import hashlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from PIL import Image
 from aligngemini.data import transforms as T
 from aligngemini.data.build.common import (
     BuildError,
+    BuildResult,
     BuildStats,
     OutputDir,
     SetBuilder,
@@ -114,16 +115,6 @@ class _Prepared:
     use_vae: bool
     source_format: str | None
     source_size: tuple[int, int]
-
-
-@dataclass
-class SemanticBuildResult:
-    out_dir: Path
-    rows: list[ManifestRow]
-    stats: BuildStats
-    vae_calls: int = 0
-    seconds: float = 0.0
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 def draw_target(short: int, cfg: SemanticBuildConfig, rng: np.random.Generator) -> int | None:
@@ -238,7 +229,7 @@ def build_semantic_set(
     overwrite: bool = False,
     progress: bool = True,
     extra_report: dict[str, Any] | None = None,
-) -> SemanticBuildResult:
+) -> BuildResult:
     """Pass every row (real and fake) through the shared chain into ``out_dir``.
 
     ``rows`` should already be content-balanced (see ``balance.balance_rows``). ``limit`` caps rows
@@ -287,9 +278,7 @@ def build_semantic_set(
     for r in final_rows:
         key = f"{r.split}/{r.label}"
         counts[key] = counts.get(key, 0) + 1
-    result = SemanticBuildResult(
-        out.root, final_rows, stats, builder.calls, time.perf_counter() - started, counts
-    )
+    result = BuildResult(out.root, final_rows, stats, builder.calls, time.perf_counter() - started, counts)
     report_build(out.root, "semantic", "images", len(jobs), stats, ("vae_calls", builder.calls), result.seconds,
                  counts_by_split_label=counts, **(extra_report or {}))  # fmt: skip
     return result
