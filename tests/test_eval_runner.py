@@ -260,12 +260,16 @@ def test_limit_samples_reproducibly(monkeypatch: pytest.MonkeyPatch, data: Path,
     assert any("--limit 5" in n for n in a["notes"])
 
 
-def test_choices_in_step_with_modules() -> None:
+def test_the_cli_takes_every_registered_layout_and_rule() -> None:
     from aligngemini.eval.layouts import LAYOUT_CHOICES
     from aligngemini.fusion import RULES
 
-    assert tuple(commands.LAYOUT_CHOICES) == tuple(LAYOUT_CHOICES)
-    assert tuple(commands.RULE_CHOICES) == tuple(RULES)
+    parser = cli.build_parser()
+    for layout in LAYOUT_CHOICES:
+        assert parser.parse_args(["eval", "d", "--layout", layout, "--report", "r"]).layout == layout
+    for rule in RULES:
+        assert parser.parse_args(["eval", "d", "--rule", rule, "--report", "r"]).rule == rule
+        assert parser.parse_args(["calibrate", "d", "--rule", rule, "--out", "o"]).rule == rule
 
 
 def test_nothing_scorable_writes_the_errors_and_exits_1(

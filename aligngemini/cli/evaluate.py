@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from aligngemini.eval.layouts import LAYOUT_CHOICES as LAYOUT_NAMES
 from aligngemini.fusion import RULES
 
-# Kept in step with aligngemini.eval.layouts.LAYOUT_CHOICES (a test checks); the rules come from fusion.RULES.
-LAYOUT_CHOICES = ("auto", "genimage", "forensynths", "aigcdetect", "aigibench", "chameleon", "wildrf",
-                  "synthwildx", "bfree-online", "drct2m", "synthbuster", "folder", "manifest")  # fmt: skip
+# The names come from their registries: adding a layout or a fusion rule touches only its own module.
+LAYOUT_CHOICES = tuple(LAYOUT_NAMES)
 RULE_CHOICES = tuple(RULES)
 
 EVAL_EPILOG = """\

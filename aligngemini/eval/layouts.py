@@ -272,15 +272,20 @@ def read_folder(root: Path, split: str | None = None) -> list[EvalItem]:
     return _items_from_label_dirs(root, dirs, lambda parts: "/".join(parts) if parts else bench, bench)
 
 
+def _listing(csv_path: Path) -> tuple[Path, str, list[dict[str, str]]]:
+    """A benchmark listed in a CSV: the folder its paths are relative to, the benchmark's name, the rows."""
+    base = csv_path.parent
+    _, rows = _read_csv(csv_path)
+    return base, _bench_name(base), rows
+
+
 def read_synthwildx(root: Path, split: str | None = None) -> list[EvalItem]:
     """SynthWildX (Cozzolino et al. 2024): ``list.csv`` with columns url, filename, typ; typ is ``real``
     or the generator (dalle3, firefly, midjourney). Files listed but not downloaded are skipped."""
     csv_path = root if root.is_file() else root / "list.csv"
     if not csv_path.is_file():
         raise LayoutError(f"{root}: SynthWildX needs its list.csv (columns url, filename, typ)")
-    base = csv_path.parent
-    _, rows = _read_csv(csv_path)
-    bench = _bench_name(base)
+    base, bench, rows = _listing(csv_path)
     items = []
     for row in rows:
         typ = (row.get("typ") or "").strip()
@@ -311,9 +316,7 @@ def read_bfree_online(root: Path, split: str | None = None) -> list[EvalItem]:
         if not found:
             raise LayoutError(f"{root}: BFree-Online needs its CSV (filename, label, source_id, ...)")
         csv_path = found[0]
-    base = csv_path.parent
-    _, rows = _read_csv(csv_path)
-    bench = _bench_name(base)
+    base, bench, rows = _listing(csv_path)
     items = []
     for row in rows:
         rel = (row.get("filename") or "").strip()
