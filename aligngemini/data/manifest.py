@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import UnidentifiedImageError
 
-from aligngemini.decode import IMAGE_SUFFIXES, read_header
+from aligngemini.decode import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, read_header
 from aligngemini.resolve import sha256_file
 
 LABELS = ("real", "fake")
@@ -82,6 +82,24 @@ def describe_image(path: str | os.PathLike, label: str, **kwargs: Any) -> Manife
     if frames > 1:
         row.extra["n_frames"] = frames
     return row
+
+
+@dataclass
+class ManifestData:
+    """The ``data`` section every training task's recipe shares: which manifest, which of its sources, which
+    splits. Tasks extend it with their own keys."""
+
+    manifest: str = (
+        ""  # JSONL rows (path, label real|fake, split[, group]); data:REL names one under the data home
+    )
+    sources: list[str] | None = (
+        None  # train and validate only on rows whose source matches one of these globs
+    )
+    exclude_sources: list[str] | None = None  # ...and none of these (hold whole sources out)
+    train_split: str = "train"
+    val_split: str = "val"
+    max_pixels: int = DEFAULT_MAX_PIXELS  # refuse larger images (decoded pixels)
+    max_val: int | None = None  # keep at most this many validation rows (evenly spread)
 
 
 LABEL_VALUES = {"real": 0.0, "fake": 1.0, "0": 0.0, "1": 1.0}

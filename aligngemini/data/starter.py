@@ -118,6 +118,15 @@ def _plasma_photos(members: list[Member]) -> list[Member]:
 COMFY_INDEX_PACKAGE = ("comfyui-workflow-templates-json", "0.1.123")
 _COMFY_LICENSE = "MIT (ComfyUI workflow templates)"
 
+
+def _comfy_media(kind: str, version: str) -> SourceSpec:
+    """One of ComfyUI's template-thumbnail wheels (``comfyui-workflow-templates-<kind>``), judged with the
+    templates' own index."""
+    folder = f"comfyui_workflow_templates_{kind.replace('-', '_')}/templates/"
+    return SourceSpec(f"comfyui-{kind}", "pypi", f"comfyui-workflow-templates-{kind}", "fake", f"^{folder}[^/]+$",
+                      version, folder, _COMFY_LICENSE, comfy=True)  # fmt: skip
+
+
 DEFAULT_SOURCES: tuple[SourceSpec, ...] = (
     # --- real photographs, PyPI ---
     SourceSpec("scikit-image", "pypi", "scikit-image", "real", r"^skimage/data/[^/]+$", "0.26.0", "skimage/data/",
@@ -151,18 +160,8 @@ DEFAULT_SOURCES: tuple[SourceSpec, ...] = (
     SourceSpec("palapeli-data", "deb", "palapeli-data", "real", r"^usr/share/palapeli/collection/[^/]+$",
                strip="usr/share/palapeli/collection/"),
     # --- AI-generated: ComfyUI template thumbnails (PyPI, MIT) ---
-    SourceSpec("comfyui-media-image", "pypi", "comfyui-workflow-templates-media-image", "fake",
-               r"^comfyui_workflow_templates_media_image/templates/[^/]+$", "0.3.160",
-               "comfyui_workflow_templates_media_image/templates/", _COMFY_LICENSE, comfy=True),
-    SourceSpec("comfyui-media-api", "pypi", "comfyui-workflow-templates-media-api", "fake",
-               r"^comfyui_workflow_templates_media_api/templates/[^/]+$", "0.3.84",
-               "comfyui_workflow_templates_media_api/templates/", _COMFY_LICENSE, comfy=True),
-    SourceSpec("comfyui-media-assets-01", "pypi", "comfyui-workflow-templates-media-assets-01", "fake",
-               r"^comfyui_workflow_templates_media_assets_01/templates/[^/]+$", "0.1.48",
-               "comfyui_workflow_templates_media_assets_01/templates/", _COMFY_LICENSE, comfy=True),
-    SourceSpec("comfyui-media-assets-02", "pypi", "comfyui-workflow-templates-media-assets-02", "fake",
-               r"^comfyui_workflow_templates_media_assets_02/templates/[^/]+$", "0.1.24",
-               "comfyui_workflow_templates_media_assets_02/templates/", _COMFY_LICENSE, comfy=True),
+    *(_comfy_media(key, version) for key, version in (("media-image", "0.3.160"), ("media-api", "0.3.84"),
+                                                      ("media-assets-01", "0.1.48"), ("media-assets-02", "0.1.24"))),
 )  # fmt: skip
 
 

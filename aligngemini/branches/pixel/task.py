@@ -48,27 +48,18 @@ from aligngemini.branches.pixel.crops import (
 )
 from aligngemini.branches.pixel.model import ModelConfig, PixelModel
 from aligngemini.config import from_dict, to_dict
-from aligngemini.data.manifest import label_value, read_manifest, select_sources
-from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from aligngemini.data.manifest import ManifestData, label_value, read_manifest, select_sources
+from aligngemini.decode import ImageLoadError, load_image
 from aligngemini.train.task import register_task, unwrap
 
 JPEG_GRID = 16  # pre-crop windows start on the 16-pixel MCU grid so JPEG block phase is kept
 
 
 @dataclass
-class PixelDataConfig:
-    manifest: str = ""
-    sources: list[str] | None = (
-        None  # train and validate only on rows whose source matches one of these globs
+class PixelDataConfig(ManifestData):
+    paired: bool = (
+        True  # a training item is a pair (a real and one of its reconstructions), same crop for both
     )
-    exclude_sources: list[str] | None = (
-        None  # ...and none of these (hold whole sources out)  # JSONL: path, label (real|fake), split, group (pair id)
-    )
-    paired: bool = True
-    train_split: str = "train"
-    val_split: str = "val"
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_val: int | None = None  # keep at most this many validation images (evenly spread)
 
 
 @dataclass

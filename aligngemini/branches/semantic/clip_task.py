@@ -45,7 +45,7 @@ from aligngemini.branches.semantic.clip import (
 )
 from aligngemini.branches.semantic.preprocess import RESIZE_MODES
 from aligngemini.config import ConfigError, from_dict
-from aligngemini.data.manifest import label_value, read_manifest, select_sources
+from aligngemini.data.manifest import ManifestData, label_value, read_manifest, select_sources
 from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from aligngemini.paths import cache_dir
 from aligngemini.train.task import register_task, unwrap
@@ -95,21 +95,10 @@ class ClipModelConfig:
 
 
 @dataclass
-class ClipDataConfig:
-    manifest: str = ""
-    sources: list[str] | None = (
-        None  # train and validate only on rows whose source matches one of these globs
-    )
-    exclude_sources: list[str] | None = (
-        None  # ...and none of these (hold whole sources out)  # JSONL rows: path, label (real|fake), split
-    )
-    train_split: str = "train"
-    val_split: str = "val"
+class ClipDataConfig(ManifestData):
     cache_features: bool = True  # frozen tower only
     feature_batch_size: int = 32
-    max_pixels: int = DEFAULT_MAX_PIXELS
     max_train: int | None = None  # keep at most this many rows per split (evenly spread); for quick runs
-    max_val: int | None = None
 
 
 @dataclass

@@ -45,7 +45,7 @@ from aligngemini.branches.semantic.vlm import (
     use_grouped_vision_attention,
 )
 from aligngemini.config import ConfigError, from_dict
-from aligngemini.data.manifest import label_value, manifest_path, read_manifest
+from aligngemini.data.manifest import ManifestData, label_value, manifest_path, read_manifest, select_sources
 from aligngemini.decode import load_image
 from aligngemini.train.task import register_task
 
@@ -82,10 +82,8 @@ class VlmLoraSection:
 
 
 @dataclass
-class VlmDataSection:
-    manifest: str = ""
-    train_split: str = "train"
-    val_split: str | None = "val"
+class VlmDataSection(ManifestData):
+    val_split: str | None = "val"  # None: no validation
     rationale: bool = False  # train on the rows' ``rationale`` text after the answer word
 
 
@@ -93,9 +91,11 @@ class VlmDataSection:
 # Data
 
 
-def read_rows(manifest: str | Path) -> list[dict[str, Any]]:
-    """Manifest rows as dicts (``data:REL`` names one under the data home), paths absolute."""
-    return [dataclasses.asdict(r) for r in read_manifest(manifest)]
+def read_rows(manifest: str | Path, sources: Sequence[str] | None = None,
+              exclude_sources: Sequence[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Manifest rows as dicts (``data:REL`` names one under the data home), paths absolute, narrowed to the
+    given source globs."""
+    return [dataclasses.asdict(r) for r in select_sources(read_manifest(manifest), sources, exclude_sources)]
 
 
 class VlmImageDataset(Dataset):
@@ -259,7 +259,7 @@ class VlmSftTask:
                 "recipe data.manifest (semantic-vlm): set it to the pure-semantic set's manifest.jsonl"
             )
         manifest = manifest_path(self.data_cfg.manifest)
-        rows = read_rows(manifest)
+        rows = read_rows(manifest, self.data_cfg.sources, self.data_cfg.exclude_sources)
         c = self.model_cfg
 
         def split(name: str) -> VlmImageDataset:
