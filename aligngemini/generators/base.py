@@ -45,6 +45,32 @@ class GeneratorSpecError(ValueError):
     """A generator spec that cannot be parsed or built; the message names the spec and the fix."""
 
 
+def _vae(spec: str, arg: str, device: str | None) -> Generator:
+    from aligngemini.generators.vae import VAEGenerator
+
+    return VAEGenerator(arg, device=device)
+
+
+def _esrgan(spec: str, arg: str, device: str | None) -> Generator:
+    from aligngemini.generators.esrgan import ESRGANGenerator
+
+    return ESRGANGenerator.from_spec(spec, device=device)
+
+
+def _taesd(spec: str, arg: str, device: str | None) -> Generator:
+    from aligngemini.generators.taesd import TinyAutoencoderGenerator
+
+    return TinyAutoencoderGenerator(arg, device=device)
+
+
+# Generator kinds by the spec's prefix: ``KIND:ARG`` builds ``GENERATORS[KIND](spec, ARG, device)``.
+GENERATORS: dict[str, Callable[[str, str, str | None], Generator]] = {
+    "vae": _vae,
+    "esrgan": _esrgan,
+    "taesd": _taesd,
+}
+
+
 def build_generator(spec: str, *, device: str | None = None) -> Generator:
     """Build the generator a spec names (see the module docstring for the grammar)."""
     if not isinstance(spec, str) or not spec.strip():
@@ -53,19 +79,9 @@ def build_generator(spec: str, *, device: str | None = None) -> Generator:
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise GeneratorSpecError(f"{spec!r}: missing ':'-separated argument; {SPEC_HELP}")
-    if kind == "vae":
-        from aligngemini.generators.vae import VAEGenerator
-
-        return VAEGenerator(rest, device=device)
-    if kind == "esrgan":
-        from aligngemini.generators.esrgan import ESRGANGenerator
-
-        return ESRGANGenerator.from_spec(spec, device=device)
-    if kind == "taesd":
-        from aligngemini.generators.taesd import TinyAutoencoderGenerator
-
-        return TinyAutoencoderGenerator(rest, device=device)
-    raise GeneratorSpecError(f"{spec!r}: unknown generator kind {kind!r}; {SPEC_HELP}")
+    if kind not in GENERATORS:
+        raise GeneratorSpecError(f"{spec!r}: unknown generator kind {kind!r}; {SPEC_HELP}")
+    return GENERATORS[kind](spec, rest, device)
 
 
 def resolve_device(device: str | None) -> torch.device:
