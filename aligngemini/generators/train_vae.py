@@ -265,31 +265,22 @@ def _bicubic_psnr(val: torch.Tensor, factor: int = 8) -> float:
 # ------------------------------------------------------------------------------------- checkpointing
 
 
+CHECKPOINT_STATE = "trainer.json"  # the one trainer's checkpoint layout (aligngemini.train.checkpoint)
+
+
 def _save_checkpoint(
     ckpt: Path, model: AutoencoderKL, opt: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
-    """Model and optimizer as safetensors plus a JSON of the rest; written to a temp folder then swapped in."""
-    import torch
-    from safetensors.torch import save_file
+    """Model and optimizer as safetensors plus a JSON of the rest, in the one trainer's checkpoint layout;
+    written to a temp folder then swapped in."""
+    from aligngemini.train import checkpoint
 
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors"
-    )
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{pid}/{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    save_file(tensors, tmp / "optimizer.safetensors")
-    state = dict(state, optimizer={"param_groups": sd["param_groups"], "scalars": scalars})
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    names = [n for n, _ in model.named_parameters()]
+    model_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    checkpoint.write_model_and_optimizer(tmp, model_state, opt.state_dict(), names, state)
     old = ckpt.with_name(ckpt.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if ckpt.exists():
@@ -299,39 +290,29 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(ckpt: Path, model: AutoencoderKL, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    from safetensors.torch import load_file
+    from aligngemini.train import checkpoint
 
-    state = json.loads((ckpt / "state.json").read_text())
-    model.load_state_dict(load_file(ckpt / "model.safetensors"))
-    flat = load_file(ckpt / "optimizer.safetensors")
-    per_param: dict[int, dict[str, Any]] = {}
-    for key, value in flat.items():
-        pid, k = key.split("/", 1)
-        per_param.setdefault(int(pid), {})[k] = value
-    for pid, extra in state["optimizer"]["scalars"].items():
-        per_param.setdefault(int(pid), {}).update(extra)
-    opt.load_state_dict({"state": per_param, "param_groups": state["optimizer"]["param_groups"]})
-    return state
-
-
-# ------------------------------------------------------------------------------------------ training
+    cp = checkpoint.read_checkpoint(ckpt)
+    model.load_state_dict(cp.model)
+    opt.load_state_dict(cp.optimizer)
+    return cp.trainer
 
 
 def _lr_at(step: int, cfg: TrainVAEConfig, total: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    """The one trainer's schedule: linear warm-up, then cosine down to a tenth of the peak."""
+    from aligngemini.train.trainer import lr_factor
+
+    return cfg.lr * lr_factor(step, total, cfg.warmup, "cosine", min_ratio=0.1)
 
 
 def _prepare_out(cfg: TrainVAEConfig) -> Path:
     out = Path(cfg.out).expanduser()
     ckpt = out / "checkpoint"
     if out.exists() and any(out.iterdir()):
-        if cfg.resume and (ckpt / "state.json").is_file():
+        if cfg.resume and (ckpt / CHECKPOINT_STATE).is_file():
             return out
         if not cfg.overwrite:
-            hint = "pass --resume to continue it or " if (ckpt / "state.json").is_file() else ""
+            hint = "pass --resume to continue it or " if (ckpt / CHECKPOINT_STATE).is_file() else ""
             raise TrainVAEError(
                 f"{out} exists and is not empty; {hint}pass --overwrite or choose another --out"
             )
@@ -395,8 +376,8 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     ckpt = out / "checkpoint"
     start, elapsed, history = 0, 0.0, []
-    if cfg.resume and (ckpt / "state.json").is_file():
-        state = json.loads((ckpt / "state.json").read_text())
+    if cfg.resume and (ckpt / CHECKPOINT_STATE).is_file():
+        state = json.loads((ckpt / CHECKPOINT_STATE).read_text())
         if state.get("arch") != cfg.arch():
             raise TrainVAEError(
                 f"{ckpt}: checkpoint architecture {state.get('arch')} differs from {cfg.arch()}"
