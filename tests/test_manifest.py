@@ -227,3 +227,11 @@ def test_tasks_train_on_the_sources_asked_for(tmp_path: Path) -> None:
     path = write_manifest(rows, tmp_path / "m.jsonl")
     assert [p.path.name for p in pixel_rows(path, exclude_sources=["wildmix:*", "realorai"])] == ["3.png"]
     assert [p.path.name for p in clip_rows(path, sources=["realorai"])] == ["0.png"]
+
+
+def test_recipes_can_name_several_splits_or_none() -> None:
+    from aligngemini.data.manifest import ManifestData
+
+    assert ManifestData.in_split("val", ["train", "val"]) and not ManifestData.in_split("test", ["train", "val"])
+    assert ManifestData.in_split("train", "train") and not ManifestData.in_split("train", None)
+    assert not ManifestData.in_split("val", [])

@@ -96,10 +96,17 @@ class ManifestData:
         None  # train and validate only on rows whose source matches one of these globs
     )
     exclude_sources: list[str] | None = None  # ...and none of these (hold whole sources out)
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str | list[str] = "train"  # a split name, or several (e.g. [train, val] for a final model)
+    val_split: str | list[str] | None = "val"  # None or []: no validation
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse larger images (decoded pixels)
     max_val: int | None = None  # keep at most this many validation rows (evenly spread)
+
+    @staticmethod
+    def in_split(split: str | None, spec: str | list[str] | None) -> bool:
+        """Whether a row's split is one the recipe names (``spec``: one name, a list, or None for none)."""
+        if spec is None:
+            return False
+        return (split or "") in ([spec] if isinstance(spec, str) else spec)
 
 
 LABEL_VALUES = {"real": 0.0, "fake": 1.0, "0": 0.0, "1": 1.0}

@@ -215,8 +215,8 @@ class PixelTask:
         if not self.data.manifest:
             raise ValueError("recipe data.manifest is not set; pass data.manifest=PATH/manifest.jsonl")
         rows = read_rows(self.data.manifest, self.data.sources, self.data.exclude_sources)
-        train = [r for r in rows if r.split == self.data.train_split]
-        val = [r for r in rows if r.split == self.data.val_split]
+        train = [r for r in rows if self.data.in_split(r.split, self.data.train_split)]
+        val = [r for r in rows if self.data.in_split(r.split, self.data.val_split)]
         if not train:
             splits = sorted({r.split for r in rows})
             raise ValueError(

@@ -330,8 +330,12 @@ class ClipTask:
         if not self.data.manifest:
             raise ValueError("recipe data.manifest is not set; pass data.manifest=PATH/manifest.jsonl")
         rows = read_rows(self.data.manifest, self.data.sources, self.data.exclude_sources)
-        train = _spread([r for r in rows if r.split == self.data.train_split], self.data.max_train)
-        val = _spread([r for r in rows if r.split == self.data.val_split], self.data.max_val)
+        train = _spread(
+            [r for r in rows if self.data.in_split(r.split, self.data.train_split)], self.data.max_train
+        )
+        val = _spread(
+            [r for r in rows if self.data.in_split(r.split, self.data.val_split)], self.data.max_val
+        )
         if not train:
             splits = sorted({r.split for r in rows})
             raise ValueError(

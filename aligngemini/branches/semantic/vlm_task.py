@@ -83,7 +83,6 @@ class VlmLoraSection:
 
 @dataclass
 class VlmDataSection(ManifestData):
-    val_split: str | None = "val"  # None: no validation
     rationale: bool = False  # train on the rows' ``rationale`` text after the answer word
 
 
@@ -262,8 +261,8 @@ class VlmSftTask:
         rows = read_rows(manifest, self.data_cfg.sources, self.data_cfg.exclude_sources)
         c = self.model_cfg
 
-        def split(name: str) -> VlmImageDataset:
-            chosen = [r for r in rows if str(r.get("split", "train")) == name]
+        def split(name: str | list[str] | None) -> VlmImageDataset:
+            chosen = [r for r in rows if self.data_cfg.in_split(str(r.get("split") or "train"), name)]
             return VlmImageDataset(
                 chosen, manifest.parent, c.min_pixels, c.max_pixels, self.data_cfg.rationale
             )
