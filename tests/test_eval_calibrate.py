@@ -257,3 +257,15 @@ def test_calibrate_from_a_scores_csv_needs_no_detector(
     assert cli.main(["calibrate", str(tmp_path), "--scores", str(csv_path), "--bundle", str(src), "--out",
                      str(tmp_path / "x")]) == 2  # fmt: skip
     assert "not both" in capsys.readouterr().err
+
+
+def test_stack_never_learns_that_looking_generated_means_real() -> None:
+    from aligngemini.eval.calibrate import fit_stack
+
+    rng = np.random.default_rng(7)
+    n = 300
+    labels = np.r_[np.zeros(n, int), np.ones(n, int)]
+    semantic = 1 / (1 + np.exp(-(rng.normal(0, 1, 2 * n) + 1.5 * labels)))
+    inverted = 1 / (1 + np.exp(-(rng.normal(0, 1, 2 * n) - 1.0 * labels)))  # an expert backwards on this data
+    params = fit_stack({"pixel": inverted, "semantic": semantic}, labels, {"pixel": 0.5, "semantic": 0.5})
+    assert params["weights"]["pixel"] == 0.0 and params["weights"]["semantic"] > 0

@@ -257,16 +257,29 @@ def fit_stack(
     target_fpr: float = 0.05,
 ) -> dict[str, Any]:
     """The ``stack`` rule's ``weights`` and ``bias``: class-balanced logistic regression on each branch's
-    centred logit; for an ``fpr`` target the bias is then lowered until the fused FPR meets it."""
+    centred logit, weights kept non-negative; for an ``fpr`` target the bias is then lowered until the fused
+    FPR meets it."""
     from sklearn.linear_model import LogisticRegression
 
     roles = sorted(scores)
     x = np.stack([_centred_logit(scores[r], thresholds[r]) for r in roles], axis=1)
-    lr = LogisticRegression(class_weight="balanced", C=1.0).fit(x, labels)
-    weights = {r: float(w) for r, w in zip(roles, lr.coef_[0], strict=True)}
+    # Each expert may only raise P(fake): a negative weight would read "looks generated, so it is real",
+    # which no detector should learn (it can only come from a quirk of the fitting data). A branch whose
+    # fitted weight is negative is given weight 0 and the others are fitted again.
+    keep = list(range(len(roles)))
+    while True:
+        lr = LogisticRegression(class_weight="balanced", C=1.0).fit(x[:, keep], labels)
+        if (lr.coef_[0] >= 0).all() or len(keep) == 1:
+            break
+        keep = [k for k, w in zip(keep, lr.coef_[0], strict=True) if w >= 0] or [
+            keep[int(np.argmax(lr.coef_[0]))]
+        ]
+    coef = np.zeros(len(roles))
+    coef[keep] = np.maximum(lr.coef_[0], 0.0)
+    weights = {r: float(w) for r, w in zip(roles, coef, strict=True)}
     bias = float(lr.intercept_[0])
     if target == "fpr":
-        z = x @ lr.coef_[0]
+        z = x @ coef
         real_z = np.sort(z[labels == 0])[::-1]
         budget = int(np.floor(target_fpr * real_z.size + 1e-9))
         if budget < real_z.size:  # fused >= 0.5 exactly when z + bias >= 0: cut just above that real
