@@ -149,8 +149,8 @@ def test_config_errors(bundle: tuple[Path, dict], tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="resize"):
         build_branch("semantic", {**section, "resize": "stretch"}, out, device=CPU, dtype=torch.float32)
-    with pytest.raises(ValueError, match="image_size"):
-        build_branch("semantic", {**section, "image_size": 224}, out, device=CPU, dtype=torch.float32)
+    with pytest.raises(ValueError, match="patch size"):  # image_size feeds the tower that size: a patch multiple
+        build_branch("semantic", {**section, "image_size": 30}, out, device=CPU, dtype=torch.float32)
     with pytest.raises(FileNotFoundError, match="semantic head"):
         build_branch(
             "semantic", {**section, "head": "none.safetensors"}, out, device=CPU, dtype=torch.float32
@@ -231,3 +231,17 @@ def test_embed_images_accepts_paths_and_reuses_the_tower(tmp_path: Path) -> None
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert clip.get_tower(str(folder)) is clip.get_tower(str(folder))
     assert clip.embed_images([], str(folder)).shape == (0, TINY["projection_dim"])
+
+
+def test_a_smaller_input_interpolates_the_position_embeddings(bundle: tuple[Path, dict]) -> None:
+    out, section = bundle
+    small = TINY["image_size"] // 2
+    branch = build_branch("semantic", {**section, "image_size": small}, out, device=CPU, dtype=torch.float32)
+    (x,) = branch.prepare(_images(1)[0])
+    assert x.shape == (3, small, small)
+    with torch.no_grad():
+        want = branch.tower.model(pixel_values=x[None], interpolate_pos_encoding=True).image_embeds
+        torch.testing.assert_close(branch.tower(x[None]), want)
+    assert 0 <= branch.score([x[None]])[0] <= 1
+    with pytest.raises(ValueError, match="multiple of the tower's patch size"):
+        branch.tower.set_input_size(small + 1)

@@ -232,6 +232,8 @@ def test_tasks_train_on_the_sources_asked_for(tmp_path: Path) -> None:
 def test_recipes_can_name_several_splits_or_none() -> None:
     from aligngemini.data.manifest import ManifestData
 
-    assert ManifestData.in_split("val", ["train", "val"]) and not ManifestData.in_split("test", ["train", "val"])
+    assert ManifestData.in_split("val", ["train", "val"]) and not ManifestData.in_split(
+        "test", ["train", "val"]
+    )
     assert ManifestData.in_split("train", "train") and not ManifestData.in_split("train", None)
     assert not ManifestData.in_split("val", [])

@@ -91,7 +91,7 @@ class ClipTower(nn.Module):
         self.model = model
         self.kind = kind  # clip-projection | pooled
         self.source = source
-        self.image_size = int(image_size)
+        self.image_size = self.native_size = int(image_size)  # what it is fed / what it was trained on
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.identity = identity  # content-derived id: the feature cache's key
@@ -104,6 +104,21 @@ class ClipTower(nn.Module):
     def _param_dtype(self) -> torch.dtype:
         p = next(self.model.parameters(), None)
         return p.dtype if p is not None else torch.float32
+
+    def set_input_size(self, size: int) -> None:
+        """Feed the tower ``size`` x ``size`` images, its position embeddings interpolated to that grid (a
+        smaller input is a cheaper forward pass; the head must be trained at the same size)."""
+        patch = int(getattr(self.model.config, "patch_size", 1))
+        if size < patch or size % patch:
+            raise ValueError(
+                f"input size {size} must be a positive multiple of the tower's patch size {patch}"
+            )
+        self.image_size = int(size)
+
+    def _run(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
+        if self.image_size != self.native_size:
+            kwargs["interpolate_pos_encoding"] = True
+        return self.model(pixel_values=pixel_values, **kwargs)
 
     def feature_dim(self, features: str = "embed") -> int:
         """Width of ``forward(x, features)``."""
@@ -122,10 +137,10 @@ class ClipTower(nn.Module):
     def forward(self, pixel_values: torch.Tensor, features: str = "embed") -> torch.Tensor:
         """[B, 3, S, S] -> [B, feature_dim(features)]: the embedding, or every layer's class token side by side."""
         if features == "embed":
-            return self._embed(self.model(pixel_values=pixel_values))
+            return self._embed(self._run(pixel_values))
         if features not in FEATURES:
             raise ValueError(f"features {features!r} is unknown; use one of {FEATURES}")
-        hidden = self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[1:]
+        hidden = self._run(pixel_values, output_hidden_states=True).hidden_states[1:]
         return torch.cat([h[:, 0] for h in hidden], dim=-1)
 
     def preprocess(self, image: Image.Image, resize: str = DEFAULT_RESIZE) -> torch.Tensor:
@@ -545,10 +560,7 @@ def make_clip_branch(
         section.tower, sha256=section.tower_sha256, bundle_dir=bundle_dir, device=device, dtype=dtype
     )
     if section.image_size is not None and int(section.image_size) != tower.image_size:
-        raise ValueError(
-            f"branch {role!r}: config image_size {section.image_size} but the tower {section.tower!r} "
-            f"takes {tower.image_size}"
-        )
+        tower.set_input_size(int(section.image_size))  # the head was trained at this input size
     if section.image_mean is not None:
         tower.mean = tuple(float(v) for v in section.image_mean)
     if section.image_std is not None:
