@@ -188,7 +188,7 @@ class Detector:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         name_iter = iter(names) if names is not None else None
-        workers = workers or min(8, (os.cpu_count() or 2))
+        workers = workers or self.default_workers()
 
         def load(pair: tuple[ImageSource, str | None]) -> _Ready | Verdict:
             item, name = pair
@@ -218,6 +218,12 @@ class Detector:
                 ahead = submitted
             if ahead is not None:
                 yield from self._score_ready([f.result() for f in ahead])
+
+    def default_workers(self) -> int:
+        """Decoding threads: on a GPU, enough to keep it fed; on the CPU the models already use every core, so
+        few (measured on 2 cores: one worker gives 94% of the models-only rate, two 84%)."""
+        cpus = os.cpu_count() or 2
+        return min(16, cpus) if self.device.type == "cuda" else max(1, min(4, cpus // 4))
 
     def _score_ready(self, items: list[_Ready | Verdict]) -> list[Verdict]:
         good = [d for d in items if isinstance(d, _Ready)]

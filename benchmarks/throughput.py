@@ -42,6 +42,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: the detector's)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--semantic-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="S",
+        help="also time the semantic branch with its tower fed S x S inputs (e.g. 224 192 160 128)",
+    )
     p.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     p.add_argument("--machine", default="2-core CPU dev box")
     return p.parse_args(argv)
@@ -77,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     det = Detector.load(args.bundle, device=args.device, dtype=args.dtype)
-    workers = args.workers or min(8, os.cpu_count() or 2)
+    workers = args.workers or det.default_workers()
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_jpegs(Path(tmp), args.images, tuple(args.size))
         warm = paths[: args.batch_size]
@@ -105,6 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         verdicts, t_e2e = timed(
             lambda: list(det.iter_predict(paths, batch_size=args.batch_size, workers=workers))
         )
+        by_size = {}
+        sem = det.branches.get("semantic")
+        for size in args.semantic_sizes if sem is not None else []:
+            sem.tower.set_input_size(size)
+            views = [sem.prepare(img) for img in images]
+            sem.score(views[: args.batch_size])  # warm-up at this size
+
+            def semantic_only(views: list[Any] = views) -> None:
+                for i in range(0, len(views), args.batch_size):
+                    sem.score(views[i : i + args.batch_size])
+
+            _, t = timed(semantic_only)
+            by_size[size] = round(len(paths) / t, 2)
     assert all(v.error is None for v in verdicts)
     n = len(paths)
     record = {
@@ -128,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             "end_to_end": round(n / t_e2e, 2),
         },
         "models_per_branch_images_per_s": per_branch,
+        "semantic_branch_images_per_s_by_input_size": by_size,
         "end_to_end_over_models": round(t_models / t_e2e, 3),
     }
     text = json.dumps(record, indent=1)
@@ -138,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         ips = record["images_per_s"]
         rows = "\n".join(f"| {k} | {v} |" for k, v in ips.items())
         rows += "".join(f"\n| model: {r} branch alone | {v} |" for r, v in per_branch.items())
+        rows += "".join(f"\n| model: semantic branch, tower fed {s} px | {v} |" for s, v in by_size.items())
         args.out.with_suffix(".md").write_text(
             f"# Throughput: `{record['bundle']}` on {record['device']} ({record['dtype']})\n\n"
             f"`{record['command']}` on the {record['machine']}, {record['date']} (load average {load:.2f} at "

@@ -66,6 +66,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--semantic-set", default="data:semantic-wild/manifest.jsonl",
                    help="the pure-semantic set built from the corpus (its rows keep their source)")  # fmt: skip
     p.add_argument("--semantic-recipe", default=str(ROOT / "recipes" / "semantic-wild.yaml"))
+    p.add_argument("--semantic-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the semantic recipe, e.g. model.image_size=160 (repeatable)")  # fmt: skip
     p.add_argument("--pixel-run", action="append", default=[], metavar="DIR",
                    help="an 'aligngemini train' output of the pixel task (repeatable)")  # fmt: skip
     p.add_argument("--no-pixel", action="store_true", help="evaluate the semantic expert alone")
@@ -155,10 +157,10 @@ def corpus_features(rows: list[dict[str, Any]], recipe: dict[str, Any]) -> np.nd
 def semantic_scores(rows: list[dict[str, Any]], args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Out-of-fold P(fake): ``oof[i]`` from the head trained without image i's fold; ``nested[(f, g)]`` from
     the head trained without folds f and g, on fold g (for fitting fusion when f is held out)."""
-    from aligngemini.config import load_config
+    from aligngemini.config import apply_overrides, load_config
     from aligngemini.data.manifest import read_manifest
 
-    recipe = load_config(args.semantic_recipe)
+    recipe = apply_overrides(load_config(args.semantic_recipe), args.semantic_opt)
     feats = corpus_features(rows, recipe)
     sem_rows = read_manifest(args.semantic_set)
     folds = sorted(FOLDS)
