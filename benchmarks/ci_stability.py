@@ -1,0 +1,93 @@
+"""Is CI green every time? Run `.ci/run` once in a fresh clone (fresh venv, fresh home), then the README's test
+command N more times in that clone while another CPU-heavy job (a second pytest of the same suite) runs
+beside it, and record every outcome.
+
+    python benchmarks/ci_stability.py --runs 5 --out benchmarks/results/ci_stability
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_COMMAND = [".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+
+
+def summary_of(output: str) -> str:
+    found = re.findall(r"^=*\s*(\d+ (?:passed|failed).*?) in [\d.]+s", output, flags=re.M)
+    return found[-1] if found else output.strip().splitlines()[-1][:200] if output.strip() else ""
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> dict[str, Any]:
+    t0 = time.monotonic()
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    out = log.read_text(errors="replace")
+    return {"returncode": proc.returncode, "seconds": round(time.monotonic() - t0, 1), "summary": summary_of(out),
+            "load_avg_after": round(os.getloadavg()[0], 2)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--runs", type=int, default=5, help="test-command runs under load after .ci/run (default 5)"
+    )
+    p.add_argument("--ref", default="main", help="what to clone (default: main)")
+    p.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
+    p.add_argument("--machine", default="2-core CPU dev box")
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="ci-stability-"))
+    clone, home = work / "clone", work / "home"
+    home.mkdir()
+    subprocess.run(["git", "clone", "-q", "--branch", args.ref, str(ROOT), str(clone)], check=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True
+    ).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALIGNGEMINI_", "VIRTUAL_ENV"))}
+    env["HOME"] = str(home)  # a fresh cache: setup fetches what the tests need, as on a new machine
+    results: list[dict[str, Any]] = []
+    first = run(["bash", ".ci/run"], clone, env, work / "ci-run.log")
+    results.append({"run": 1, "what": ".ci/run (fresh clone, venv and home)", "beside": "nothing", **first})
+    print(results[-1], file=sys.stderr)
+    for k in range(args.runs):
+        load_log = open(work / f"load-{k}.log", "w")  # noqa: SIM115
+        load = subprocess.Popen(TEST_COMMAND, cwd=clone, env=env, stdout=load_log, stderr=subprocess.STDOUT)
+        res = run(TEST_COMMAND, clone, env, work / f"test-{k}.log")
+        load.wait()
+        load_log.close()
+        results.append({"run": k + 2, "what": "README test command", "beside": "a second pytest of the suite",
+                        **res})  # fmt: skip
+        print(results[-1], file=sys.stderr)
+    green = sum(r["returncode"] == 0 for r in results)
+    record = {"benchmark": "ci_stability", "date": datetime.now(UTC).isoformat(timespec="seconds"),
+              "machine": f"{args.machine} ({platform.machine()}, {os.cpu_count()} CPUs)", "commit": commit,
+              "command": "python benchmarks/ci_stability.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "green": green, "runs": len(results), "results": results, "logs": str(work)}  # fmt: skip
+    print(json.dumps(record, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+        rows = "\n".join(f"| {r['run']} | {r['what']} | {r['beside']} | {'green' if r['returncode'] == 0 else 'RED'} | "
+                         f"{r['summary']} | {r['seconds']} | {r['load_avg_after']} |" for r in results)  # fmt: skip
+        args.out.with_suffix(".md").write_text(
+            f"# CI stability: {green}/{len(results)} green\n\n`{record['command']}` on the {record['machine']}, "
+            f"{record['date']}, a fresh clone of `{args.ref}` at {commit}.\n\n"
+            "| run | what | beside it | result | tests | seconds | load average after |\n"
+            f"| --- | --- | --- | --- | --- | --- | --- |\n{rows}\n"
+        )
+    return 0 if green == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
