@@ -61,6 +61,17 @@ def _bce(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     return torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch["label"])
 
 
+def _fit(task: ct.ClipTask, model: torch.nn.Module, train: ct.EmbeddingSet, steps: int) -> None:
+    """Full-batch AdamW on the head, then eval mode."""
+    opt = torch.optim.AdamW(task.trainable_parameters(model), lr=0.05)
+    batch = task.collate([train[i] for i in range(len(train))])
+    for _ in range(steps):
+        opt.zero_grad()
+        _bce(model, batch).backward()
+        opt.step()
+    model.eval()
+
+
 def test_one_step_lowers_the_loss_on_separable_embeddings(tower_dir: Path, manifest: Path) -> None:
     task = build_task(_recipe(tower_dir, manifest))
     assert isinstance(task, ct.ClipTask)
@@ -123,13 +134,7 @@ def test_layer_tokens_and_views_train_and_export_a_branch_that_averages_them(
     assert len(train) == 2 * 8 and len(val) == 2 * 4  # each view of an image is an item
     assert train.embeddings.shape[1] == tower.feature_dim("cls-layers")
     assert len(list(ct.FeatureCache(tower, "squash+flip", features="cls-layers").root.rglob("*.npy"))) == 12
-    opt = torch.optim.AdamW(task.trainable_parameters(model), lr=0.05)
-    batch = task.collate([train[i] for i in range(len(train))])
-    for _ in range(10):
-        opt.zero_grad()
-        _bce(model, batch).backward()
-        opt.step()
-    model.eval()
+    _fit(task, model, train, steps=10)
     section = task.export(model, tmp_path / "branch")
     assert section["features"] == "cls-layers" and section["views"] == views
     branch = build_branch("semantic", section, tmp_path / "branch", device=CPU, dtype=torch.float32)
@@ -157,13 +162,7 @@ def test_export_gives_a_branch_that_scores_like_the_model(
     task = build_task(_recipe(tower_dir, manifest, head_type="mlp", head_hidden=8))
     model = task.build_model()
     train, val = task.build_datasets()
-    opt = torch.optim.AdamW(task.trainable_parameters(model), lr=0.05)
-    batch = task.collate([train[i] for i in range(len(train))])
-    for _ in range(20):
-        opt.zero_grad()
-        _bce(model, batch).backward()
-        opt.step()
-    model.eval()
+    _fit(task, model, train, steps=20)
     section = task.export(model, tmp_path / "branch")
     assert (tmp_path / "branch" / "semantic_head.safetensors").is_file()
     assert section["family"] == "semantic-clip" and section["head"] == "semantic_head.safetensors"
