@@ -163,7 +163,11 @@ def score_items(
     """Per-branch scores of ``items`` (perturbed on the fly), from the cache where it has them.
     An unreadable or unscorable image is recorded in ``errors`` and does not stop the run."""
     t0 = time.perf_counter()
-    workers = workers or min(8, os.cpu_count() or 2)
+    default_workers = getattr(detector, "default_workers", None)
+    workers = workers or (default_workers() if callable(default_workers) else min(8, os.cpu_count() or 2))
+    # A real Detector splits CPU preparation (crops, resizing) from scoring: the workers then prepare too,
+    # as detect does, and only the models run on the scoring side.
+    prepare = getattr(detector, "prepare", None) if hasattr(detector, "score_prepared") else None
     roles = list(detector.branches)
     keys = branch_model_keys(detector)
     perturb_key = perturbation.key if perturbation else CLEAN
@@ -188,14 +192,14 @@ def score_items(
             todo.append(i)
     n_cached = n - len(errors) - len(todo)
 
-    def load(i: int) -> tuple[int, LoadedImage | str]:
+    def load(i: int) -> tuple[int, Any]:
         item = items[i]
         try:
             data = item.path.read_bytes()
             img = decode_bytes(data, str(item.path), max_pixels=max_pixels)
             if perturbation is not None:
                 img = perturbation.apply(img, max_pixels=max_pixels)
-            return i, img
+            return i, (prepare(img) if prepare is not None else img)
         except ImageLoadError as exc:
             return i, exc.reason
         except OSError as exc:
@@ -204,7 +208,7 @@ def score_items(
     desc = "scoring" if perturb_key == CLEAN else f"scoring {perturb_key}"
     with ThreadPoolExecutor(max_workers=workers) as pool, _progress(n, desc, progress) as bar:
         bar.update(n_cached + len(hash_errors))
-        batch: list[tuple[int, LoadedImage]] = []
+        batch: list[tuple[int, Any]] = []
 
         def flush() -> None:
             if not batch:
@@ -232,16 +236,18 @@ def score_items(
 
 def _score_batch(
     detector: Any,
-    batch: list[tuple[int, LoadedImage]],
+    batch: list[tuple[int, Any]],
     roles: list[str],
     scores: dict[str, np.ndarray],
     errors: dict[int, str],
 ) -> list[int]:
-    """Score one batch; on failure, image by image so one bad input cannot sink the rest. Returns the
-    indices scored. If every image of a batch fails on its own, the detector is broken: raise."""
+    """Score one batch (decoded images, or images already through ``detector.prepare``); on failure, image by
+    image so one bad input cannot sink the rest. Returns the indices scored. If every image of a batch fails
+    on its own, the detector is broken: raise."""
     idx = [i for i, _ in batch]
+    score = detector.score_loaded if isinstance(batch[0][1], LoadedImage) else detector.score_prepared
     try:
-        out = _checked(detector.score_loaded([img for _, img in batch]), roles, len(batch))
+        out = _checked(score([img for _, img in batch]), roles, len(batch))
         for role in roles:
             scores[role][idx] = out[role]
         return idx
@@ -254,7 +260,7 @@ def _score_batch(
     last: Exception | None = None
     for i, img in batch:
         try:
-            out = _checked(detector.score_loaded([img]), roles, 1)
+            out = _checked(score([img]), roles, 1)
         except Exception as exc:  # noqa: BLE001
             errors[i] = f"scoring failed: {type(exc).__name__}: {exc}"
             last = exc
