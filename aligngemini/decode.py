@@ -67,6 +67,9 @@ class LoadedImage:
     image: Image.Image  # always RGB, orientation applied
     facts: ImageFacts
     extra: dict[str, Any] = field(default_factory=dict)
+    data: bytes | None = field(
+        default=None, repr=False
+    )  # the original bytes, for provenance; None for arrays
 
     @property
     def source(self) -> str:
@@ -324,7 +327,7 @@ def decode_bytes(
     except Exception as exc:  # noqa: BLE001 - truncated data surfaces as OSError, SyntaxError, ...
         raise ImageLoadError(source, f"corrupt or truncated image data: {exc}") from None
     facts = ImageFacts(source, fmt, w, h, mode, quality, n_frames, digest)
-    return LoadedImage(rgb, facts)
+    return LoadedImage(rgb, facts, data=data)
 
 
 def is_image_file(path: Path) -> bool:

@@ -22,6 +22,7 @@ from aligngemini.branches.base import Branch, build_branch
 from aligngemini.bundle import Bundle, load_bundle
 from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, LoadedImage, load_image
 from aligngemini.fusion import fuse
+from aligngemini.provenance import PROVENANCE_MODES, Provenance, read_provenance
 from aligngemini.record import ROLES, BranchResult, Verdict
 
 log = logging.getLogger(__name__)
@@ -57,20 +58,28 @@ class _Ready:
 
     source: str
     prepared: dict[str, Any]
+    provenance: Provenance | None = None
 
 
 class Detector:
     """A loaded bundle: its branches, thresholds and fusion rule."""
 
     def __init__(self, bundle: Bundle, branches: dict[str, Branch], device: torch.device, dtype: torch.dtype,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):  # fmt: skip
+                 max_pixels: int = DEFAULT_MAX_PIXELS, provenance: str = "report",
+                 trust_anchors: str | None = None):  # fmt: skip
         if not branches:
             raise ValueError(f"bundle {bundle.name!r} has no usable branch")
+        if provenance not in PROVENANCE_MODES:
+            raise ValueError(f"provenance must be one of {PROVENANCE_MODES}, not {provenance!r}")
         self.bundle = bundle
         self.branches = branches
         self.device = device
         self.dtype = dtype
         self.max_pixels = max_pixels
+        self.provenance = (
+            provenance  # "report": beside the verdict; "override": a signed AI claim makes it fake
+        )
+        self.trust_anchors = trust_anchors  # PEM certificates a C2PA signer may chain to
 
     @classmethod
     def load(
@@ -81,9 +90,13 @@ class Detector:
         dtype: str | torch.dtype | None = None,
         only: Sequence[str] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        provenance: str = "report",
+        trust_anchors: str | None = None,
     ) -> Detector:
         """Load a registered name (``"starter"``), a bundle folder or archive, or a hub id.
-        ``only`` restricts to some branches (e.g. ``["pixel"]``)."""
+        ``only`` restricts to some branches (e.g. ``["pixel"]``). ``provenance``: "report" (what each file
+        declares about its origin, beside the verdict), "override" (a validly signed C2PA claim of AI
+        generation makes the verdict fake) or "off"."""
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         dev = torch.device(device) if device is not None else default_device()
         dt = _parse_dtype(dtype, dev)
@@ -96,7 +109,7 @@ class Detector:
         branches = {
             role: build_branch(role, cfg, b.dir, device=dev, dtype=dt) for role, cfg in sections.items()
         }
-        det = cls(b, branches, dev, dt, max_pixels)
+        det = cls(b, branches, dev, dt, max_pixels, provenance, trust_anchors)
         if det.missing_branches:
             log.warning("bundle %s has no %s branch: verdicts rest on %s alone", b.name,
                         " or ".join(det.missing_branches), " and ".join(sorted(branches)))  # fmt: skip
@@ -137,6 +150,12 @@ class Detector:
     def load_input(self, item: ImageSource, name: str | None = None) -> LoadedImage:
         return load_image(item, max_pixels=self.max_pixels, name=name)
 
+    def provenance_of(self, image: LoadedImage) -> Provenance | None:
+        """What the image's original bytes declare about its origin; None when off or there were no bytes."""
+        if self.provenance == "off" or image.data is None:
+            return None
+        return read_provenance(image.data, trust_anchors=self.trust_anchors)
+
     def prepare(self, image: LoadedImage) -> dict[str, Any]:
         """Every branch's model input for one decoded image (CPU work: crops, resizing). Thread-safe, so that
         it runs in the decoding workers, off the models' critical path."""
@@ -159,8 +178,14 @@ class Detector:
         return self.score_prepared([self.prepare(img) for img in images])
 
     def verdicts_from_scores(
-        self, names: Sequence[str | None], scores: dict[str, np.ndarray]
+        self,
+        names: Sequence[str | None],
+        scores: dict[str, np.ndarray],
+        provenance: Sequence[Provenance | None] | None = None,
     ) -> list[Verdict]:
+        """Fuse per-branch scores into verdicts. With ``provenance="override"``, a file whose validly signed
+        C2PA manifest declares AI generation is fake whatever the pixels say, and "provenance" is in
+        ``fired``; its ``p_fake`` stays the pixels' score."""
         thresholds = self.thresholds
         fused = fuse(scores, thresholds, self.fusion_rule, self.uncertain_band, self.fusion_params)
         results = []
@@ -171,7 +196,11 @@ class Detector:
                 )
                 for role in scores
             }
-            results.append(Verdict(name, float(fused.p_fake[j]), fused.verdicts[j], branches, fused.fired[j]))
+            prov = provenance[j] if provenance is not None else None
+            verdict, fired = fused.verdicts[j], list(fused.fired[j])
+            if self.provenance == "override" and prov is not None and prov.signed_ai_claim:
+                verdict, fired = "fake", [*fired, "provenance"]
+            results.append(Verdict(name, float(fused.p_fake[j]), verdict, branches, fired, provenance=prov))
         return results
 
     def iter_predict(
@@ -197,7 +226,7 @@ class Detector:
                 image = self.load_input(item, name=label)
             except ImageLoadError as exc:
                 return Verdict.failed(label, exc.reason)
-            return _Ready(image.source, self.prepare(image))
+            return _Ready(image.source, self.prepare(image), self.provenance_of(image))
 
         def batches() -> Iterator[list[tuple[ImageSource, str | None]]]:
             batch: list[tuple[ImageSource, str | None]] = []
@@ -228,7 +257,8 @@ class Detector:
     def _score_ready(self, items: list[_Ready | Verdict]) -> list[Verdict]:
         good = [d for d in items if isinstance(d, _Ready)]
         scores = self.score_prepared([g.prepared for g in good])
-        scored = iter(self.verdicts_from_scores([g.source for g in good], scores) if good else [])
+        provenance = [g.provenance for g in good]
+        scored = iter(self.verdicts_from_scores([g.source for g in good], scores, provenance) if good else [])
         return [next(scored) if isinstance(d, _Ready) else d for d in items]
 
     def predict(self, inputs: ImageSource | Iterable[ImageSource], *, batch_size: int = 16) -> list[Verdict]:

@@ -13,15 +13,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from aligngemini.provenance.model import PROVENANCE_SCHEMA, Provenance
+
 ROLES = ("pixel", "semantic")
 VERDICTS = ("real", "fake", "uncertain")
-SCHEMA_TEXT = """\
-{"path": str, "p_fake": float | null, "verdict": "real" | "fake" | "uncertain" | null,
- "branches": {"pixel": {"p_fake": float | null, "fake": bool | null},
-              "semantic": {"p_fake": float | null, "fake": bool | null}},
- "fired": [branch, ...], "error": str | null}
+SCHEMA_TEXT = f"""\
+{{"path": str, "p_fake": float | null, "verdict": "real" | "fake" | "uncertain" | null,
+ "branches": {{"pixel": {{"p_fake": float | null, "fake": bool | null}},
+              "semantic": {{"p_fake": float | null, "fake": bool | null}}}},
+ "fired": [branch | "provenance", ...], "error": str | null,
+ "provenance": {{...}} | null}}
 Every branch is always present, with nulls where the bundle lacks it or the image could not
-be scored; "error" says why exactly when "verdict" is null."""
+be scored; "error" says why exactly when "verdict" is null.
+{PROVENANCE_SCHEMA}"""
 
 
 def _finite(x: float | None) -> float | None:
@@ -52,11 +56,12 @@ class Verdict:
     branches: dict[str, BranchResult] = field(default_factory=dict)
     fired: list[str] = field(default_factory=list)
     error: str | None = None
+    provenance: Provenance | None = None  # what the file declares; None when not read
 
     CSV_FIELDS: ClassVar[tuple[str, ...]] = (
         "path", "verdict", "p_fake",
         *(f"{role}_{key}" for role in ROLES for key in ("p_fake", "fake")),
-        "fired", "error",
+        "fired", "error", "provenance_declared_ai", "provenance_signed", "provenance_evidence",
     )  # fmt: skip
     TABLE_HEADER: ClassVar[tuple[str, ...]] = ("path", "verdict", "p_fake", *ROLES, "note")
 
@@ -81,6 +86,7 @@ class Verdict:
             "branches": {role: res.to_dict() for role, res in self.branches.items()},
             "fired": list(self.fired),
             "error": self.error,
+            "provenance": self.provenance.to_dict() if self.provenance is not None else None,
         }
 
     def to_json(self) -> str:
@@ -94,6 +100,10 @@ class Verdict:
             row[f"{role}_p_fake"] = rec["branches"][role]["p_fake"]
             row[f"{role}_fake"] = rec["branches"][role]["fake"]
         row["fired"] = ";".join(self.fired)
+        prov = self.provenance
+        row["provenance_declared_ai"] = None if prov is None else prov.declared_ai
+        row["provenance_signed"] = None if prov is None else prov.signed
+        row["provenance_evidence"] = None if prov is None else " | ".join(prov.evidence)
         return {key: row[key] for key in self.CSV_FIELDS}
 
     def to_table_row(self, uncertain_band: tuple[float, float] | None = None) -> list[str]:
@@ -106,6 +116,8 @@ class Verdict:
             if self.verdict == "uncertain":
                 band = f" [{uncertain_band[0]:.2f}, {uncertain_band[1]:.2f})" if uncertain_band else ""
                 parts.append(f"fused score inside the uncertain band{band}")
+            if self.provenance is not None and self.provenance.summary():
+                parts.append(self.provenance.summary())
             note = "; ".join(parts)
         scores = [_fmt(self.branches[role].p_fake) for role in ROLES]
         return [self.path or "", self.verdict or "error", _fmt(self.p_fake), *scores, note]
@@ -133,9 +145,48 @@ def record_model() -> type:
         p_fake=(float | None, Field(description="fused P(fake); null when the image could not be scored")),
         verdict=(Literal[VERDICTS] | None, Field(description="null exactly when error is set")),
         branches=(branches, Field(description="every branch; nulls where it is missing or did not score")),
-        fired=(list[str], Field(description="branches whose score reached their threshold")),
+        fired=(list[str], Field(description="branches whose score reached their threshold, and \"provenance\" "
+                                            "when --provenance override made the verdict")),
         error=(str | None, Field(description="why this image could not be scored, else null")),
-    )
+        provenance=(_provenance_model() | None,
+                    Field(description="what the file declares about its origin; null when not read")),
+    )  # fmt: skip
+
+
+def _provenance_model() -> type:
+    from pydantic import BaseModel, Field
+
+    class C2paAction(BaseModel):
+        action: str
+        digital_source_type: str | None
+        software_agent: str | None
+
+    class C2paSummary(BaseModel):
+        claim_generator: str | None = None
+        title: str | None = None
+        issuer: str | None = Field(None, description="the signing certificate's organisation")
+        signer: str | None = Field(None, description="the signing certificate's common name")
+        signed_at: str | None = None
+        actions: list[C2paAction] = Field([], description="the active manifest's actions")
+        source_types: list[str] = Field([], description="IPTC digital source types named in any manifest")
+        declares_ai: bool = False
+        declares_capture: bool = False
+        manifests: int = 0
+        validation_state: str | None = Field(None, description="the SDK's: Invalid, Valid or Trusted")
+        signature_valid: bool = Field(False, description="signature and content hashes verify")
+        trusted: bool = Field(False, description="the signer chains to a trust anchor the server was given")
+        failures: list[str] = Field([], description="C2PA validation failure codes")
+        remote_url: str | None = Field(None, description="a remote manifest's URL (never fetched)")
+
+    class ProvenanceRecord(BaseModel):
+        c2pa: C2paSummary | None
+        declared_ai: bool | None = Field(description="true: the file declares AI generation; false: a capture; "
+                                         "null: it says nothing")  # fmt: skip
+        signed: bool
+        evidence: list[str]
+        warnings: list[str]
+
+    return ProvenanceRecord
 
 
 def _fmt(p: float | None) -> str:

@@ -149,7 +149,9 @@ def test_config_errors(bundle: tuple[Path, dict], tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="resize"):
         build_branch("semantic", {**section, "resize": "stretch"}, out, device=CPU, dtype=torch.float32)
-    with pytest.raises(ValueError, match="patch size"):  # image_size feeds the tower that size: a patch multiple
+    with pytest.raises(
+        ValueError, match="patch size"
+    ):  # image_size feeds the tower that size: a patch multiple
         build_branch("semantic", {**section, "image_size": 30}, out, device=CPU, dtype=torch.float32)
     with pytest.raises(FileNotFoundError, match="semantic head"):
         build_branch(

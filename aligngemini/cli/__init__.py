@@ -14,6 +14,7 @@ import argparse
 import importlib
 import sys
 import textwrap
+from pathlib import Path
 
 # Top-level commands, by owning module.
 COMMAND_MODULES = [
@@ -60,6 +61,39 @@ def add_quiet(parser: argparse.ArgumentParser, *, no_progress_alias: bool = Fals
     ``--no-progress`` as an alias on commands that had it."""
     flags = ["-q", "--quiet"] + (["--no-progress"] if no_progress_alias else [])
     parser.add_argument(*flags, dest="quiet", action="store_true", help=QUIET_HELP)
+
+
+def add_provenance(parser: argparse.ArgumentParser) -> None:
+    """The provenance options, the same on every command that writes records: ``--provenance MODE`` and
+    ``--trust-anchors PEM`` (dests ``provenance``, ``trust_anchors``)."""
+    parser.add_argument(
+        "--provenance", choices=("report", "override", "off"), default="report",
+        help="what each file declares about its origin (C2PA, IPTC source type, generator parameters): "
+             "'report' shows it beside the verdict (default); 'override' also marks fake a file whose validly "
+             "signed C2PA manifest declares AI generation (fired: provenance); 'off' skips reading it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trust-anchors", type=Path, metavar="PEM", default=None,
+        help="PEM file of C2PA trust anchors: signers chaining to one are reported as trusted (default: none, "
+             "so a valid signature is reported as valid but untrusted)",
+    )  # fmt: skip
+
+
+def read_trust_anchors(path: Path | None) -> str | None:
+    """The text of a --trust-anchors file; raises ValueError naming the file and the fix."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"--trust-anchors {path}: cannot read it ({exc}); give a PEM file of certificates"
+        ) from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError(
+            f"--trust-anchors {path}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)"
+        )
+    return text
 
 
 EPILOG = """\

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from aligngemini.cli import add_provenance, read_trust_anchors
 from aligngemini.record import SCHEMA_TEXT
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -39,6 +40,7 @@ examples:
   aligngemini detect ~/Pictures --format jsonl -o verdicts.jsonl
   aligngemini detect ~/Pictures --format jsonl -o verdicts.jsonl --resume   # continue a long run
   find . -name '*.webp' | aligngemini detect - --format csv
+  aligngemini detect downloads/ --provenance override   # a signed C2PA claim of AI generation decides
 """
 
 
@@ -77,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
                    help="no progress bars on stderr (ours and the model libraries'); messages still print")  # fmt: skip
+    add_provenance(p)
     p.set_defaults(func=run_detect)
 
 
@@ -188,8 +191,14 @@ def run_detect(args: argparse.Namespace) -> int:
     if args.quiet:
         silence_library_bars()
     try:
+        anchors = read_trust_anchors(args.trust_anchors)
+    except ValueError as exc:
+        _say(str(exc))
+        return 2
+    try:
         det = Detector.load(args.bundle, device=args.device, dtype=args.dtype, only=args.only,
-                            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)  # fmt: skip
+                            max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, provenance=args.provenance,
+                            trust_anchors=anchors)  # fmt: skip
     except (BundleError, ResolveError, ValueError) as exc:
         _say(f"cannot load bundle {args.bundle!r}: {exc}")
         return 2

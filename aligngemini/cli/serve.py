@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from aligngemini.cli import add_provenance, read_trust_anchors
 from aligngemini.serve.limits import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_IMAGES,
@@ -77,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "machine 1 can be many times faster)")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default: info)")  # fmt: skip
+    add_provenance(p)
     p.set_defaults(func=run_serve)
 
 
@@ -112,6 +114,7 @@ def run_serve(args: argparse.Namespace) -> int:
                                  max_file_bytes=args.max_file_bytes, max_request_bytes=args.max_request_bytes,
                                  max_pixels=args.max_pixels, max_images=args.max_images,
                                  token=args.token or None)  # fmt: skip
+        anchors = read_trust_anchors(args.trust_anchors)
     except ValueError as exc:
         print(f"aligngemini serve: {exc}", file=sys.stderr)
         return 2
@@ -132,7 +135,8 @@ def run_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
 
     def load() -> Detector:
-        return Detector.load(bundle, device=args.device, dtype=args.dtype, max_pixels=args.max_pixels)
+        return Detector.load(bundle, device=args.device, dtype=args.dtype, max_pixels=args.max_pixels,
+                             provenance=args.provenance, trust_anchors=anchors)  # fmt: skip
 
     app = create_app(load, settings)
     shown = f"[{args.host}]" if ":" in args.host else args.host

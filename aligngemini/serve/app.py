@@ -282,7 +282,8 @@ class ServeState:
     def _score(self, images: list[LoadedImage]) -> list[dict[str, Any]]:
         det = self.detector
         scores = det.score_loaded(images)
-        verdicts = det.verdicts_from_scores([im.source for im in images], scores)
+        provenance = [im.extra.get("provenance") for im in images]  # read in decode_all, off this thread
+        verdicts = det.verdicts_from_scores([im.source for im in images], scores, provenance)
         return [v.to_dict() for v in verdicts]
 
     def _explain(self, image: LoadedImage) -> str:
@@ -459,8 +460,11 @@ def create_app(detector: Any, settings: ServeSettings | None = None) -> FastAPI:
         out: list[LoadedImage | dict[str, Any]] = []
         for up in uploads:
             try:
-                out.append(decode_bytes(up.data, up.name, max_pixels=limits.max_pixels,
-                                        max_bytes=limits.max_file_bytes))  # fmt: skip
+                image = decode_bytes(
+                    up.data, up.name, max_pixels=limits.max_pixels, max_bytes=limits.max_file_bytes
+                )
+                image.extra["provenance"] = state.detector.provenance_of(image)
+                out.append(image)
             except ImageLoadError as exc:
                 state.metrics.errors.labels("decode_error").inc()
                 out.append(Verdict.failed(up.name, exc.reason).to_dict())

@@ -261,8 +261,31 @@
     item.node.querySelector(".fired").textContent = rec.fired.length
       ? "Fired: " + rec.fired.join(", ") + (rec.verdict === "uncertain" ? " (inside the uncertain band)" : "")
       : "No branch fired" + (rec.verdict === "uncertain" ? " (inside the uncertain band)" : "") + ".";
+    showProvenance(item.node.querySelector(".provenance"), rec.provenance);
     const ex = state.info.explain;
     setExplainable(item, ex.available, ex.available ? "" : ex.reason, "Not available with this bundle");
+  }
+
+  // One line on what the file itself declares: who signed it and with which tool, or its metadata.
+  function provenanceLine(prov) {
+    if (!prov || (!prov.c2pa && prov.declared_ai === null && prov.evidence.length === 0)) return "";
+    const c = prov.c2pa;
+    let head = prov.declared_ai === true ? "The file declares AI generation"
+      : prov.declared_ai === false ? "The file declares a capture" : "File metadata";
+    if (c && !c.remote_url) {
+      const tool = c.claim_generator || "an unnamed tool";
+      const issuer = c.issuer ? ", issued by " + c.issuer : "";
+      const sig = c.signature_valid ? (c.trusted ? "signed, trusted" : "signed, issuer not in a trust list")
+        : "signature does not verify";
+      return head + " · C2PA from " + tool + issuer + " (" + sig + ")";
+    }
+    return head + " · unsigned · " + prov.evidence.slice(0, 2).join("; ");
+  }
+
+  function showProvenance(el, prov) {
+    const line = provenanceLine(prov);
+    el.hidden = !line;
+    el.textContent = line ? "Provenance: " + line : "";
   }
 
   function showError(item, message) {
