@@ -68,6 +68,11 @@ def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = False) -> Non
         "--cache", metavar="FILE", help="score cache (default: the user cache's scores/scores.sqlite)"
     )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached scores")
+    p.add_argument("--provenance", choices=("report", "override", "off"), default="report",
+                   help="metadata never changes a score: 'report' counts per set which images carry C2PA, IPTC "
+                        "source types or generator parameters (default); 'override' also lets a validly signed "
+                        "C2PA claim of AI generation decide the fused verdict (scores and AUCs stay the "
+                        "pixels'); 'off' reads no metadata")  # fmt: skip
     add_quiet(p)
 
 
@@ -195,7 +200,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     cache = _open_cache(args)
     try:
         run = run_evaluation(detector, evalset, settings=settings, sweeps=sweeps, cache=cache,
-                             batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)  # fmt: skip
+                             batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
+                             provenance=args.provenance)  # fmt: skip
     finally:
         if cache is not None:
             cache.close()

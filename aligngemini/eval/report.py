@@ -57,6 +57,7 @@ def build_report(run: EvalRun) -> dict[str, Any]:
         "summary": meas.summary,
         "blind_spots": meas.blind_spots,
     }
+    report["provenance"] = run.provenance
     if len(es.inputs) > 1:
         report["benchmarks"] = _benchmarks(run)
     if run.sweeps:
@@ -173,6 +174,26 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _provenance_lines(prov: Mapping[str, Any] | None) -> list[str]:
+    """What the files declare about their origin, per subset: numbers here are from pixels regardless."""
+    if not prov:
+        return []
+    from aligngemini.eval.provenance_census import KINDS
+
+    used = (
+        "decided the fused verdict of the " + str(prov.get("overridden", 0)) + " clean image(s) with a "
+        "validly signed C2PA claim of AI generation"
+        if prov["mode"] == "override"
+        else "was not used in any score"
+    )
+    lines = ["", "## Provenance the files carry", "",
+             f"Metadata ({used}); counts of images carrying each kind:", ""]  # fmt: skip
+    rows = [[name, *(str(c[k]) for k in ("n", *KINDS))] for name, c in
+            [("all", prov["overall"]), *prov["subsets"].items()]]  # fmt: skip
+    lines += _table(["set", "n", *KINDS], rows)
+    return [*lines, ""]
+
+
 def render_markdown(report: Mapping[str, Any], plot_files: list[str]) -> str:
     det = report["detector"]
     fusion = det["fusion"]
@@ -198,6 +219,7 @@ def render_markdown(report: Mapping[str, Any], plot_files: list[str]) -> str:
     ]
     for note in report.get("notes") or []:
         lines.append(f"> note: {note}")
+    lines += _provenance_lines(report.get("provenance"))
     lines += ["", "## Overall", ""]
     keys = list(METRIC_KEYS)
     rows = []

@@ -21,6 +21,7 @@ import numpy as np
 from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, LoadedImage, decode_bytes
 from aligngemini.eval.layouts import EvalItem, EvalSet
 from aligngemini.eval.metrics import Metrics, binary_metrics, summarize
+from aligngemini.eval.provenance_census import census, read_all
 from aligngemini.eval.robustness import CLEAN, Perturbation, Sweep
 from aligngemini.eval.score_cache import ScoreCache, branch_model_keys, file_sha256
 from aligngemini.fusion import FusionResult, fuse
@@ -310,10 +311,16 @@ def _fused_metrics(labels: np.ndarray, fr: FusionResult, idx: np.ndarray) -> Met
 
 
 def measure(
-    evalset: EvalSet, table: ScoreTable, settings: FusionSettings, roles: Sequence[str] = ROLES
+    evalset: EvalSet,
+    table: ScoreTable,
+    settings: FusionSettings,
+    roles: Sequence[str] = ROLES,
+    forced_fake: np.ndarray | None = None,
 ) -> Measured:
     """Metrics overall and per subset, for the fused decision and for each branch alone. A role the
-    detector lacks gets None. Items that could not be scored are left out of every metric."""
+    detector lacks gets None. Items that could not be scored are left out of every metric. ``forced_fake``
+    marks items whose fused decision provenance overrides to fake (only when asked: ``--provenance override``);
+    their scores, and so every AUC, stay the pixels'."""
     labels = evalset.labels
     ok = table.ok
     present = [r for r in table.roles]
@@ -339,6 +346,8 @@ def measure(
         for j, i in enumerate(ok_idx):
             verdicts[i] = fr_ok.verdicts[j]
             fired[i] = fr_ok.fired[j]
+        for i in np.flatnonzero(forced_fake & ok) if forced_fake is not None else []:
+            fake[i], verdicts[i], fired[i] = True, "fake", [*fired[i], "provenance"]
         fr = FusionResult(p, fake, verdicts, fired)
 
     def block(idx: np.ndarray) -> dict[str, Metrics | None]:
@@ -446,6 +455,7 @@ class EvalRun:
     sweeps: list[tuple[Sweep, list[SweepPoint]]] = field(default_factory=list)
     cache_path: str | None = None
     seconds: float = 0.0
+    provenance: dict[str, Any] | None = None  # census of what the files declare; None when not read
 
 
 def describe_detector(detector: Any) -> dict[str, Any]:
@@ -471,8 +481,11 @@ def run_evaluation(
     batch_size: int = 16,
     workers: int | None = None,
     progress: bool = True,
+    provenance: str = "report",
 ) -> EvalRun:
-    """Score the clean images and every sweep point (files hashed once), then measure each."""
+    """Score the clean images and every sweep point (files hashed once), then measure each. Scores come
+    from pixels only; ``provenance`` "report" (default) counts what the files declare, "override" also lets
+    a validly signed C2PA claim of AI generation decide the clean images' fused verdict, "off" skips it."""
     t0 = time.perf_counter()
     workers = workers or min(8, os.cpu_count() or 2)
     settings = settings or fusion_settings(detector)
@@ -485,8 +498,16 @@ def run_evaluation(
         "hashed": hashed,
     }
     table = score_items(detector, evalset.items, **common)
-    run = EvalRun(evalset, settings, table, measure(evalset, table, settings), describe_detector(detector),
-                  cache_path=str(cache.path) if cache is not None else None)  # fmt: skip
+    census_report, forced = None, None
+    if provenance != "off":
+        found = read_all([it.path for it in evalset.items], workers=workers)
+        census_report = {"mode": provenance, **census(found, evalset.subset_indices())}
+        if provenance == "override":
+            forced = np.array([p is not None and p.signed_ai_claim for p in found], dtype=bool)
+            census_report["overridden"] = int((forced & table.ok).sum())
+    run = EvalRun(evalset, settings, table, measure(evalset, table, settings, forced_fake=forced),
+                  describe_detector(detector), cache_path=str(cache.path) if cache is not None else None,
+                  provenance=census_report)  # fmt: skip
     for sweep in sweeps:
         points = []
         for pert in sweep.points():
