@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -43,3 +44,13 @@ def test_every_python_block_in_the_readme_compiles() -> None:
     assert blocks
     for block in blocks:
         compile(block, str(README), "exec")
+
+
+def test_every_json_record_in_the_readme_fits_the_record_schema() -> None:
+    from aligngemini.record import record_model
+
+    blocks = re.findall(r"```json\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    assert blocks
+    for block in blocks:
+        record = json.loads(block)
+        assert record_model().model_validate(record).model_dump() == record
