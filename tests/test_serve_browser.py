@@ -232,3 +232,32 @@ def test_the_uncertain_band_is_drawn_on_the_fused_bar(browser, det: Detector, tm
         rec = api_record(url, path)
         assert page.locator(".verdict").get_attribute("data-verdict") == rec["verdict"]
         page.close()
+
+
+def test_each_verdict_shows_what_the_file_declares(browser, server: str, tmp_path: Path) -> None:
+    from provenance_files import A1111, c2pa_signed, make_credentials, png
+
+    signed = tmp_path / "signed.jpg"
+    signed.write_bytes(
+        c2pa_signed(image_file(tmp_path, "src.jpg", 3, "JPEG").read_bytes(), make_credentials())[0]
+    )
+    params = tmp_path / "params.png"
+    params.write_bytes(png({"parameters": A1111}, seed=4))
+    plain = image_file(tmp_path, "plain.png", 5, "PNG")
+    p = Page(browser, server)
+    p.wait_info()
+    p.page.set_input_files("#file-input", [str(signed), str(params), str(plain)])
+    p.wait_cards(3)
+    lines = p.page.locator(".result .provenance")
+    assert lines.nth(0).text_content() == ("Provenance: The file declares AI generation · C2PA from Example Image "
+                                           "Model 3.1, issued by Example AI Lab (signed, issuer not in a trust list)")  # fmt: skip
+    assert (
+        lines.nth(1)
+        .text_content()
+        .startswith(
+            "Provenance: The file declares AI generation · unsigned · PNG text 'parameters': Stable Diffusion web UI"
+        )
+    )
+    assert lines.nth(2).is_hidden()  # a file that says nothing shows nothing: silence is not evidence
+    assert not p.errors, p.errors
+    p.page.close()
