@@ -167,7 +167,30 @@ def fuzz_multipart(data: bytes) -> None:
         assert "/" not in up.name and "\\" not in up.name and 0 < len(up.name) <= 255
 
 
-TARGETS = {"decode": fuzz_decode, "bundle": fuzz_bundle, "multipart": fuzz_multipart}
+# -- read_provenance -----------------------------------------------------------------------------------------
+def fuzz_provenance(data: bytes) -> None:
+    """Any bytes: a bounded, JSON-serialisable Provenance; never an exception, never an unsigned "signed"."""
+    from aligngemini.provenance import Provenance, read_provenance
+    from aligngemini.provenance.model import MAX_ITEMS, MAX_TEXT
+
+    prov = read_provenance(data)
+    assert isinstance(prov, Provenance)
+    record = prov.to_dict()
+    json.dumps(record, allow_nan=False)
+    assert len(prov.evidence) <= MAX_ITEMS and len(prov.warnings) <= MAX_ITEMS
+    assert all(isinstance(s, str) and len(s) <= MAX_TEXT for s in prov.evidence + prov.warnings)
+    assert record["declared_ai"] in (True, False, None)
+    assert not record["signed"] or (
+        prov.c2pa is not None and prov.c2pa["validation_state"] in ("Valid", "Trusted")
+    )
+
+
+TARGETS = {
+    "decode": fuzz_decode,
+    "bundle": fuzz_bundle,
+    "multipart": fuzz_multipart,
+    "provenance": fuzz_provenance,
+}
 
 
 def seed_inputs(target: str) -> list[bytes]:
@@ -180,6 +203,21 @@ def seed_inputs(target: str) -> list[bytes]:
             img.save(buf, format=fmt)
             out.append(buf.getvalue())
         return out
+    if target == "provenance":
+        from provenance_files import (
+            A1111,
+            AI_TYPE,
+            COMFY_PROMPT,
+            c2pa_signed,
+            jpeg,
+            make_credentials,
+            png,
+            xmp_packet,
+        )
+
+        signed = c2pa_signed(jpeg(seed=1), make_credentials())[0]
+        return [signed, png({"parameters": A1111}), png({"prompt": json.dumps(COMFY_PROMPT)}),
+                jpeg(xmp=xmp_packet(AI_TYPE)), c2pa_signed(png(seed=2), make_credentials(), mime="image/png")[0]]  # fmt: skip
     if target == "multipart":
         part = (b"--XyZ\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n"
                 b"Content-Type: image/png\r\n\r\n\x89PNG data\r\n--XyZ--\r\n")  # fmt: skip
