@@ -59,6 +59,7 @@ class _Ready:
     source: str
     prepared: dict[str, Any]
     provenance: Provenance | None = None
+    sha256: str | None = None
 
 
 class Detector:
@@ -226,7 +227,7 @@ class Detector:
                 image = self.load_input(item, name=label)
             except ImageLoadError as exc:
                 return Verdict.failed(label, exc.reason)
-            return _Ready(image.source, self.prepare(image), self.provenance_of(image))
+            return _Ready(image.source, self.prepare(image), self.provenance_of(image), image.facts.sha256)
 
         def batches() -> Iterator[list[tuple[ImageSource, str | None]]]:
             batch: list[tuple[ImageSource, str | None]] = []
@@ -257,8 +258,14 @@ class Detector:
     def _score_ready(self, items: list[_Ready | Verdict]) -> list[Verdict]:
         good = [d for d in items if isinstance(d, _Ready)]
         scores = self.score_prepared([g.prepared for g in good])
-        provenance = [g.provenance for g in good]
-        scored = iter(self.verdicts_from_scores([g.source for g in good], scores, provenance) if good else [])
+        verdicts = (
+            self.verdicts_from_scores([g.source for g in good], scores, [g.provenance for g in good])
+            if good
+            else []
+        )
+        for g, verdict in zip(good, verdicts, strict=True):
+            verdict.sha256 = g.sha256
+        scored = iter(verdicts)
         return [next(scored) if isinstance(d, _Ready) else d for d in items]
 
     def predict(self, inputs: ImageSource | Iterable[ImageSource], *, batch_size: int = 16) -> list[Verdict]:

@@ -22,9 +22,11 @@ SCHEMA_TEXT = f"""\
  "branches": {{"pixel": {{"p_fake": float | null, "fake": bool | null}},
               "semantic": {{"p_fake": float | null, "fake": bool | null}}}},
  "fired": [branch | "provenance", ...], "error": str | null,
- "provenance": {{...}} | null}}
+ "sha256": str | null, "duplicate_of": str | null, "provenance": {{...}} | null}}
 Every branch is always present, with nulls where the bundle lacks it or the image could not
-be scored; "error" says why exactly when "verdict" is null.
+be scored; "error" says why exactly when "verdict" is null. "sha256": of the input's original bytes
+(null when they could not be read). "duplicate_of": for a byte-identical copy of an input already
+scored (scan), the first such input's path; its scores are that input's.
 {PROVENANCE_SCHEMA}"""
 
 
@@ -57,11 +59,14 @@ class Verdict:
     fired: list[str] = field(default_factory=list)
     error: str | None = None
     provenance: Provenance | None = None  # what the file declares; None when not read
+    sha256: str | None = None  # of the original bytes
+    duplicate_of: str | None = None  # the first input with the same bytes, when this one was not scored anew
 
     CSV_FIELDS: ClassVar[tuple[str, ...]] = (
         "path", "verdict", "p_fake",
         *(f"{role}_{key}" for role in ROLES for key in ("p_fake", "fake")),
-        "fired", "error", "provenance_declared_ai", "provenance_signed", "provenance_evidence",
+        "fired", "error", "sha256", "duplicate_of",
+        "provenance_declared_ai", "provenance_signed", "provenance_evidence",
     )  # fmt: skip
     TABLE_HEADER: ClassVar[tuple[str, ...]] = ("path", "verdict", "p_fake", *ROLES, "note")
 
@@ -86,6 +91,8 @@ class Verdict:
             "branches": {role: res.to_dict() for role, res in self.branches.items()},
             "fired": list(self.fired),
             "error": self.error,
+            "sha256": self.sha256,
+            "duplicate_of": self.duplicate_of,
             "provenance": self.provenance.to_dict() if self.provenance is not None else None,
         }
 
@@ -94,17 +101,7 @@ class Verdict:
         return json.dumps(self.to_dict(), allow_nan=False)
 
     def to_csv_row(self) -> dict[str, Any]:
-        rec = self.to_dict()
-        row = {key: rec[key] for key in ("path", "verdict", "p_fake", "error")}
-        for role in ROLES:
-            row[f"{role}_p_fake"] = rec["branches"][role]["p_fake"]
-            row[f"{role}_fake"] = rec["branches"][role]["fake"]
-        row["fired"] = ";".join(self.fired)
-        prov = self.provenance
-        row["provenance_declared_ai"] = None if prov is None else prov.declared_ai
-        row["provenance_signed"] = None if prov is None else prov.signed
-        row["provenance_evidence"] = None if prov is None else " | ".join(prov.evidence)
-        return {key: row[key] for key in self.CSV_FIELDS}
+        return csv_row(self.to_dict())
 
     def to_table_row(self, uncertain_band: tuple[float, float] | None = None) -> list[str]:
         """Cells under ``TABLE_HEADER``. The note says why: the error, which branches fired, and for an
@@ -121,6 +118,21 @@ class Verdict:
             note = "; ".join(parts)
         scores = [_fmt(self.branches[role].p_fake) for role in ROLES]
         return [self.path or "", self.verdict or "error", _fmt(self.p_fake), *scores, note]
+
+
+def csv_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record (``Verdict.to_dict()``, or one read back from a scan's store) flattened to ``CSV_FIELDS``."""
+    row = {key: rec.get(key) for key in ("path", "verdict", "p_fake", "error", "sha256", "duplicate_of")}
+    for role in ROLES:
+        branch = (rec.get("branches") or {}).get(role) or {}
+        row[f"{role}_p_fake"] = branch.get("p_fake")
+        row[f"{role}_fake"] = branch.get("fake")
+    row["fired"] = ";".join(rec.get("fired") or [])
+    prov = rec.get("provenance")
+    row["provenance_declared_ai"] = None if prov is None else prov.get("declared_ai")
+    row["provenance_signed"] = None if prov is None else prov.get("signed")
+    row["provenance_evidence"] = None if prov is None else " | ".join(prov.get("evidence") or [])
+    return {key: row[key] for key in Verdict.CSV_FIELDS}
 
 
 @functools.cache
@@ -148,6 +160,9 @@ def record_model() -> type:
         fired=(list[str], Field(description="branches whose score reached their threshold, and \"provenance\" "
                                             "when --provenance override made the verdict")),
         error=(str | None, Field(description="why this image could not be scored, else null")),
+        sha256=(str | None, Field(description="sha256 of the original bytes; null when they could not be read")),
+        duplicate_of=(str | None, Field(description="the first input with the same bytes, whose scores these are "
+                                                    "(aligngemini scan); else null")),
         provenance=(_provenance_model() | None,
                     Field(description="what the file declares about its origin; null when not read")),
     )  # fmt: skip

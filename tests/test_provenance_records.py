@@ -4,6 +4,7 @@ verdict from pixels changed only by ``--provenance override`` and only for a val
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -79,8 +80,12 @@ def test_detect_writes_provenance_in_jsonl_csv_and_table(files, tiny_bundle_dir:
     assert recs["signed.jpg"]["provenance"]["c2pa"]["issuer"] == "Example AI Lab"
     assert recs["plain.jpg"]["provenance"] == {"c2pa": None, "declared_ai": None, "signed": False,
                                                "evidence": [], "warnings": []}  # fmt: skip
-    for rec in recs.values():
+    for name, rec in recs.items():
         record_model().model_validate(rec)
+        assert (
+            rec["sha256"] == hashlib.sha256(files[name].read_bytes()).hexdigest()
+            and rec["duplicate_of"] is None
+        )
 
     assert main([*base, "--format", "csv"]) == 0
     rows = {Path(r["path"]).name: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}

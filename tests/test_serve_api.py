@@ -22,7 +22,17 @@ from aligngemini.decode import sniff_image_type
 from aligngemini.detector import Detector
 from aligngemini.serve.app import ServeSettings, branch_sources, create_app
 
-RECORD_KEYS = {"path", "p_fake", "verdict", "branches", "fired", "error", "provenance"}
+RECORD_KEYS = {
+    "path",
+    "p_fake",
+    "verdict",
+    "branches",
+    "fired",
+    "error",
+    "sha256",
+    "duplicate_of",
+    "provenance",
+}
 
 
 def image_bytes(seed: int, fmt: str = "PNG", w: int = 72, h: int = 56) -> bytes:

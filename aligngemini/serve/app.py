@@ -284,6 +284,8 @@ class ServeState:
         scores = det.score_loaded(images)
         provenance = [im.extra.get("provenance") for im in images]  # read in decode_all, off this thread
         verdicts = det.verdicts_from_scores([im.source for im in images], scores, provenance)
+        for v, im in zip(verdicts, images, strict=True):
+            v.sha256 = im.facts.sha256
         return [v.to_dict() for v in verdicts]
 
     def _explain(self, image: LoadedImage) -> str:
