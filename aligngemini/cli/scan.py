@@ -136,6 +136,12 @@ def _scan(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or (args.actors is not None and args.actors < 1):
         _say("--batch-size and --actors must be at least 1")
         return 2
+    if args.engine == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            _say("--engine ray needs Ray Data: pip install 'aligngemini[ray]' (or 'ray[data]')")
+            return 2
     try:
         anchors = read_trust_anchors(args.trust_anchors)
         bundle = load_bundle(args.bundle)
@@ -164,10 +170,11 @@ def _scan(args: argparse.Namespace) -> int:
         _say(f"... and {len(skipped) - NAMED_SKIPS} more file(s) that are not images")
     _say(f"{plan['planned']} input(s) planned ({plan['done']} already done, {plan['pending']} to scan) "
          f"in {time.monotonic() - t0:.1f} s")  # fmt: skip
-    if plan["planned"] == 0:
-        _say("nothing to scan: no source named an image")
-        return 2
-    if plan["pending"] == 0:
+    if plan["planned"] == 0 or plan["pending"] == 0:
+        plan["store"].close()
+        if plan["planned"] == 0:
+            _say("nothing to scan: no source named an image")
+            return 2
         _say(f"every input already has a result in {args.out}; see --summary")
         return 0
 

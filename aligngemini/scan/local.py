@@ -21,7 +21,7 @@ def run_local(
 ) -> ContentScorer:
     """Score every planned input that has no result yet. ``on_block`` sees each committed block's records."""
     scorer = ContentScorer(detector, store.known, batch_size=batch_size)
-    block = max(4 * batch_size, 64)
+    block = 4 * batch_size
     with ThreadPoolExecutor(io_threads, thread_name_prefix="scan-read") as readers, \
             ThreadPoolExecutor(1, thread_name_prefix="scan-plan") as planner:  # fmt: skip
 

@@ -1,0 +1,161 @@
+"""The Ray engine: Ray Data reads the listing, decodes nothing on the driver, reads and hashes inputs in tasks,
+and scores them with ``map_batches`` on an actor pool (one Detector per actor, one GPU each when the cluster
+has GPUs). The driver writes each finished block as one Parquet shard (``store.ShardStore``).
+
+``ray.init()`` joins the cluster at ``RAY_ADDRESS`` when it is set, else starts a local one. Content is
+scored once per actor and per run on the store's earlier shards; two actors that meet the same bytes in one
+run may both score them, and the driver then records the later one as a duplicate of the first (same
+scores, ``duplicate_of`` set), so the results are the same as the local engine's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aligngemini.scan.scorer import ContentScorer, Fetched, Record, as_duplicate, fetch
+from aligngemini.scan.sources import iter_sources
+from aligngemini.scan.store import ShardStore, StoreError, check_meta, engine_of
+
+ACTOR_MEMORY_OF_FIRSTS = 200_000  # contents an actor remembers having scored in this run
+
+
+def plan_ray(out: Path, sources: list[str], bundle_id: str, on_skip: Callable[[str, str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Expand the sources (each path once, in order), and leave out the paths the store's shards hold."""
+    if engine_of(out) == "local":
+        raise StoreError(
+            f"{out} holds a local scan; continue it with --engine local, or scan into another --out"
+        )
+    store = ShardStore(out, create=True)
+    meta = store.meta()
+    check_meta(meta, bundle_id, out)
+    paths = list(dict.fromkeys(iter_sources(sources, on_skip=on_skip)))
+    if not meta:
+        store.set_meta(engine="ray", bundle_id=bundle_id, created=datetime.now(UTC).isoformat(timespec="seconds"),
+                       runs=0, seconds=0.0)  # fmt: skip
+    store.set_meta(sources=sorted(set(meta.get("sources", [])) | set(sources)), inputs=len(paths))
+    done = store.done_paths()
+    pending = [(seq, p) for seq, p in enumerate(paths) if p not in done]
+    return {"store": store, "planned": len(paths), "done": len(paths) - len(pending), "pending": len(pending),
+            "items": pending}  # fmt: skip
+
+
+def _fetch_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Ray task: read and hash a batch of inputs (empty strings stand for "none": Arrow columns stay typed)."""
+    got = [fetch(int(s), str(p)) for s, p in zip(batch["seq"], batch["path"], strict=True)]
+    return {
+        "seq": np.array([g.seq for g in got], dtype=np.int64),
+        "path": [g.path for g in got],
+        "data": [g.data or b"" for g in got],
+        "sha256": [g.sha256 or "" for g in got],
+        "error": [g.error or "" for g in got],
+    }
+
+
+class ScanActor:
+    """One Detector, scoring the blocks Ray Data hands it."""
+
+    def __init__(self, detector_args: dict[str, Any], known: Any, batch_size: int, threads: int | None):
+        import ray
+        import torch
+
+        from aligngemini.detector import Detector
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.known: dict[str, Record] = ray.get(known) if isinstance(known, ray.ObjectRef) else known
+        self.firsts: dict[str, Record] = {}
+        self.scorer = ContentScorer(
+            Detector.load(**detector_args), self._lookup, batch_size=batch_size, workers=1
+        )
+
+    def _lookup(self, sha: str) -> Record | None:
+        return self.known.get(sha) or self.firsts.get(sha)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        items = [Fetched(int(s), str(p), bytes(d) or None, str(h) or None, str(e) or None)
+                 for s, p, d, h, e in zip(batch["seq"], batch["path"], batch["data"], batch["sha256"],
+                                          batch["error"], strict=True)]  # fmt: skip
+        records = self.scorer.score(items)
+        for rec in records:
+            sha = rec.get("sha256")
+            if sha and not rec.get("duplicate_of") and len(self.firsts) < ACTOR_MEMORY_OF_FIRSTS:
+                self.firsts.setdefault(sha, rec)
+        return {"seq": np.array([it.seq for it in items], dtype=np.int64),
+                "record": [json.dumps(r, allow_nan=False) for r in records]}  # fmt: skip
+
+
+def run_ray(plan: dict[str, Any], detector_args: dict[str, Any], *, actors: int | None, batch_size: int,
+            on_block: Callable[[list[Record]], None]) -> None:  # fmt: skip
+    import ray
+
+    store: ShardStore = plan["store"]
+    started = _init_ray()
+    try:
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+        n_actors = actors or max(1, gpus)
+        if gpus:
+            actor_opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1}
+            threads = None
+        else:  # leave a quarter CPU for the reading tasks, so that they never wait on the actors
+            actor_opts = {"num_cpus": max(0.25, min(1.0, (cpus - 0.25) / n_actors))}
+            threads = max(1, int(cpus // n_actors))
+        firsts = store.first_records()
+        items = [{"seq": s, "path": p} for s, p in plan["items"]]
+        rows = 4 * batch_size  # inputs per block: read by one task, scored in one actor call, one shard
+        ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // rows)))
+        ds = ds.map_batches(_fetch_batch, batch_size=rows, batch_format="numpy", num_cpus=0.25)
+        ds = ds.map_batches(
+            ScanActor,
+            fn_constructor_kwargs={"detector_args": detector_args, "known": firsts,
+                                   "batch_size": batch_size, "threads": threads},
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            batch_size=rows,
+            batch_format="numpy",
+            **actor_opts,
+        )  # fmt: skip
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            rows = []
+            for seq, text in zip(batch["seq"], batch["record"], strict=True):
+                rec = json.loads(str(text))
+                sha = rec.get("sha256")
+                if sha and not rec.get("duplicate_of"):  # two actors may have scored the same bytes
+                    first = firsts.setdefault(sha, rec)
+                    if first is not rec:
+                        rec = as_duplicate(first, rec["path"])
+                rows.append((int(seq), rec))
+            store.write(rows)
+            on_block([r for _, r in rows])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _init_ray() -> bool:
+    """Join the cluster at RAY_ADDRESS, else start a local one (passing our settings to its workers); True
+    when this process started Ray and so shuts it down."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {k: v for k, v in os.environ.items() if k.startswith(("ALIGNGEMINI_", "HF_", "OMP_"))}
+    logging.getLogger("ray").setLevel(logging.ERROR)  # the scan reports progress and problems itself
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR, configure_logging=True,
+             runtime_env={"env_vars": env} if env else None)  # fmt: skip
+    ctx = ray.data.DataContext.get_current()
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ctx.enable_progress_bars = False  # the scan's own bar counts images
+    ctx.print_on_execution_start = False
+    warnings.filterwarnings("ignore", message=".*won't fully utilize the available concurrency.*")
+    return True
