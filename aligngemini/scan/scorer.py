@@ -5,6 +5,7 @@ block) is not scored again: its record is the first one's, with its own path and
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from aligngemini.record import Verdict
 from aligngemini.scan.sources import read_input
 
 Record = dict[str, Any]
+RECENT_CONTENTS = 20_000  # first records kept in memory, so that a popular content's copies skip the store
 
 
 @dataclass
@@ -61,6 +63,22 @@ class ContentScorer:
         self.batch_size = batch_size
         self.workers = workers
         self.scored = 0  # inputs the models ran on, over this scorer's life
+        self.recent: OrderedDict[str, Record] = OrderedDict()  # first records of recent contents (an LRU)
+
+    def _first(self, sha: str) -> Record | None:
+        rec = self.recent.get(sha)
+        if rec is not None:
+            self.recent.move_to_end(sha)
+            return rec
+        rec = self.known(sha)
+        if rec is not None:
+            self._remember(sha, rec)
+        return rec
+
+    def _remember(self, sha: str, rec: Record) -> None:
+        self.recent[sha] = rec
+        if len(self.recent) > RECENT_CONTENTS:
+            self.recent.popitem(last=False)
 
     def score(self, items: Sequence[Fetched]) -> list[Record]:
         out: list[Record | None] = [None] * len(items)
@@ -72,7 +90,7 @@ class ContentScorer:
                 out[i] = Verdict.failed(it.path, it.error or "cannot read").to_dict()
             elif it.sha256 in first_in_block:
                 later.append(i)
-            elif (prior := self.known(it.sha256)) is not None:
+            elif (prior := self._first(it.sha256)) is not None:
                 out[i] = as_duplicate(prior, it.path)
             else:
                 first_in_block[it.sha256] = i

@@ -65,8 +65,8 @@ class SQLiteStore:
             CREATE TABLE IF NOT EXISTS results (
                 path TEXT PRIMARY KEY, seq INTEGER NOT NULL, sha256 TEXT, verdict TEXT, error TEXT,
                 duplicate_of TEXT, record TEXT NOT NULL);
-            CREATE INDEX IF NOT EXISTS results_sha ON results (sha256);
             CREATE INDEX IF NOT EXISTS results_seq ON results (seq);
+            CREATE TABLE IF NOT EXISTS contents (sha256 TEXT PRIMARY KEY, record TEXT NOT NULL);
             """
         )
 
