@@ -121,6 +121,7 @@ def run_ray(plan: dict[str, Any], detector_args: dict[str, Any], *, actors: int 
             compute=ray.data.ActorPoolStrategy(size=n_actors),
             batch_size=rows,
             batch_format="numpy",
+            ray_remote_args_fn=_no_restarts,
             **actor_opts,
         )  # fmt: skip
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -140,6 +141,12 @@ def run_ray(plan: dict[str, Any], detector_args: dict[str, Any], *, actors: int 
             ray.shutdown()
 
 
+def _no_restarts() -> dict[str, Any]:
+    """An actor that dies fails the scan, which then resumes from its last shard (restarting it would re-send
+    constructor arguments that may be gone from the object store)."""
+    return {"max_restarts": 0}
+
+
 def _init_ray() -> bool:
     """Join the cluster at RAY_ADDRESS, else start a local one (passing our settings to its workers); True
     when this process started Ray and so shuts it down."""
@@ -149,7 +156,6 @@ def _init_ray() -> bool:
         return False
     env = {k: v for k, v in os.environ.items() if k.startswith(("ALIGNGEMINI_", "HF_", "OMP_"))}
     logging.getLogger("ray").setLevel(logging.ERROR)  # the scan reports progress and problems itself
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False,
              logging_level=logging.ERROR, configure_logging=True,
              runtime_env={"env_vars": env} if env else None)  # fmt: skip
@@ -158,4 +164,7 @@ def _init_ray() -> bool:
     ctx.enable_progress_bars = False  # the scan's own bar counts images
     ctx.print_on_execution_start = False
     warnings.filterwarnings("ignore", message=".*won't fully utilize the available concurrency.*")
+    warnings.filterwarnings(
+        "ignore", message="`ray_remote_args_fn` is deprecated"
+    )  # still the only way to max_restarts
     return True
