@@ -1,5 +1,5 @@
-"""The Ray engine: Ray Data reads the listing, decodes nothing on the driver, reads and hashes inputs in tasks,
-and scores them with ``map_batches`` on an actor pool (one Detector per actor, one GPU each when the cluster
+"""The Ray engine: Ray Data reads, hashes and decodes the inputs (and reads their provenance) in tasks, and
+scores them with ``map_batches`` on an actor pool (one Detector per actor, one GPU each when the cluster
 has GPUs). The driver writes each finished block as one Parquet shard (``store.ShardStore``).
 
 ``ray.init()`` joins the cluster at ``RAY_ADDRESS`` when it is set, else starts a local one. Content is
@@ -48,16 +48,44 @@ def plan_ray(out: Path, sources: list[str], bundle_id: str, on_skip: Callable[[s
             "items": pending}  # fmt: skip
 
 
-def _fetch_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Ray task: read and hash a batch of inputs (empty strings stand for "none": Arrow columns stay typed)."""
-    got = [fetch(int(s), str(p)) for s, p in zip(batch["seq"], batch["path"], strict=True)]
-    return {
-        "seq": np.array([g.seq for g in got], dtype=np.int64),
-        "path": [g.path for g in got],
-        "data": [g.data or b"" for g in got],
-        "sha256": [g.sha256 or "" for g in got],
-        "error": [g.error or "" for g in got],
-    }
+def _read_decode_batch(
+    batch: dict[str, np.ndarray], *, detector_args: dict[str, Any], known: Any
+) -> dict[str, Any]:
+    """Ray task: read, hash, decode (within the pixel limit) and read the provenance of a batch of inputs, so
+    that the actors only run models. Content already in the store is not decoded. Empty strings and zero
+    sizes stand for "none", so that the Arrow columns stay typed."""
+    import ray
+
+    from aligngemini.decode import ImageLoadError, decode_bytes
+    from aligngemini.provenance import read_provenance
+
+    known_shas = ray.get(known) if isinstance(known, ray.ObjectRef) else known
+    cols: dict[str, list[Any]] = {k: [] for k in ("seq", "path", "sha256", "error", "pixels", "height", "width",
+                                                   "provenance")}  # fmt: skip
+    for seq, path in zip(batch["seq"], batch["path"], strict=True):
+        got = fetch(int(seq), str(path))
+        pixels, height, width, prov, error = b"", 0, 0, "", got.error or ""
+        if got.data is not None and got.sha256 not in known_shas:
+            try:
+                image = decode_bytes(got.data, got.path)
+                pixels, (width, height) = image.image.tobytes(), image.image.size
+                if detector_args.get("provenance", "report") != "off":
+                    found = read_provenance(got.data, trust_anchors=detector_args.get("trust_anchors"))
+                    prov = json.dumps(found.to_dict(), allow_nan=False)
+            except ImageLoadError as exc:
+                error = exc.reason
+        for key, value in (
+            ("seq", got.seq),
+            ("path", got.path),
+            ("sha256", got.sha256 or ""),
+            ("error", error),
+            ("pixels", pixels),
+            ("height", height),
+            ("width", width),
+            ("provenance", prov),
+        ):
+            cols[key].append(value)  # fmt: skip
+    return {**cols, "seq": np.array(cols["seq"], dtype=np.int64)}
 
 
 class ScanActor:
@@ -81,9 +109,22 @@ class ScanActor:
         return self.known.get(sha) or self.firsts.get(sha)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        items = [Fetched(int(s), str(p), bytes(d) or None, str(h) or None, str(e) or None)
-                 for s, p, d, h, e in zip(batch["seq"], batch["path"], batch["data"], batch["sha256"],
-                                          batch["error"], strict=True)]  # fmt: skip
+        from PIL import Image
+
+        from aligngemini.decode import ImageFacts, LoadedImage
+        from aligngemini.provenance import Provenance
+
+        items = []
+        for seq, path, sha, err, px, h, w, prov in zip(*(batch[k] for k in ("seq", "path", "sha256", "error",
+                                                       "pixels", "height", "width", "provenance")), strict=True):  # fmt: skip
+            it = Fetched(int(seq), str(path), sha256=str(sha) or None, error=str(err) or None)
+            if int(w) > 0:
+                rgb = Image.frombytes("RGB", (int(w), int(h)), bytes(px))
+                it.image = LoadedImage(
+                    rgb, ImageFacts(it.path, None, int(w), int(h), "RGB", sha256=it.sha256)
+                )
+                it.provenance = Provenance.from_dict(json.loads(str(prov))) if str(prov) else None
+            items.append(it)
         records = self.scorer.score(items)
         for rec in records:
             sha = rec.get("sha256")
@@ -113,7 +154,8 @@ def run_ray(plan: dict[str, Any], detector_args: dict[str, Any], *, actors: int 
         items = [{"seq": s, "path": p} for s, p in plan["items"]]
         rows = 4 * batch_size  # inputs per block: read by one task, scored in one actor call, one shard
         ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // rows)))
-        ds = ds.map_batches(_fetch_batch, batch_size=rows, batch_format="numpy", num_cpus=0.25)
+        ds = ds.map_batches(_read_decode_batch, batch_size=rows, batch_format="numpy", num_cpus=0.25,
+                            fn_kwargs={"detector_args": detector_args, "known": ray.put(set(firsts))})  # fmt: skip
         ds = ds.map_batches(
             ScanActor,
             fn_constructor_kwargs={"detector_args": detector_args, "known": firsts,

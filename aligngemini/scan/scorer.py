@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aligngemini.decode import DEFAULT_MAX_BYTES
+from aligngemini.decode import DEFAULT_MAX_BYTES, LoadedImage
+from aligngemini.provenance import Provenance
 from aligngemini.record import Verdict
 from aligngemini.scan.sources import read_input
 
@@ -20,13 +21,16 @@ RECENT_CONTENTS = 20_000  # first records kept in memory, so that a popular cont
 
 @dataclass
 class Fetched:
-    """One input's bytes and their sha256, or why they could not be read."""
+    """One input's bytes and their sha256, or why they could not be read; or, when a task decoded it already,
+    its pixels and provenance (``image``, ``provenance``) in place of the bytes."""
 
     seq: int
     path: str
     data: bytes | None = None
     sha256: str | None = None
     error: str | None = None
+    image: LoadedImage | None = None
+    provenance: Provenance | None = None
 
 
 def fetch(seq: int, path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Fetched:
@@ -86,7 +90,7 @@ class ContentScorer:
         fresh: list[int] = []
         later: list[int] = []
         for i, it in enumerate(items):
-            if it.error is not None or it.sha256 is None:
+            if it.sha256 is None:  # unreadable: no content to share
                 out[i] = Verdict.failed(it.path, it.error or "cannot read").to_dict()
             elif it.sha256 in first_in_block:
                 later.append(i)
@@ -94,20 +98,34 @@ class ContentScorer:
                 out[i] = as_duplicate(prior, it.path)
             else:
                 first_in_block[it.sha256] = i
-                fresh.append(i)
-        if fresh:
-            verdicts = self.detector.iter_predict(
-                [items[i].data for i in fresh], names=[items[i].path for i in fresh],
-                batch_size=self.batch_size, workers=self.workers,
-            )  # fmt: skip
-            for i, verdict in zip(fresh, verdicts, strict=True):
-                verdict.sha256 = items[
-                    i
-                ].sha256  # also for bytes that would not decode: their copies are known
-                out[i] = verdict.to_dict()
-            self.scored += len(fresh)
+                if it.error is None:
+                    fresh.append(i)
+                    continue
+                out[i] = {
+                    **Verdict.failed(it.path, it.error).to_dict(),
+                    "sha256": it.sha256,
+                }  # read, not decodable
+                self._remember(it.sha256, out[i])
+        self._score_fresh(items, fresh, out)
         for i in later:
             first = out[first_in_block[items[i].sha256]]  # type: ignore[index]
             assert first is not None
             out[i] = as_duplicate(first, items[i].path)
         return [r for r in out if r is not None]
+
+    def _score_fresh(self, items: Sequence[Fetched], fresh: list[int], out: list[Record | None]) -> None:
+        det = self.detector
+        raw = [i for i in fresh if items[i].image is None]
+        verdicts = list(det.iter_predict([items[i].data for i in raw], names=[items[i].path for i in raw],
+                                         batch_size=self.batch_size, workers=self.workers)) if raw else []  # fmt: skip
+        decoded = [i for i in fresh if items[i].image is not None]
+        for start in range(0, len(decoded), self.batch_size):  # decoded by a task already: prepare and score
+            chunk = decoded[start : start + self.batch_size]
+            scores = det.score_prepared([det.prepare(items[i].image) for i in chunk])
+            verdicts += det.verdicts_from_scores([items[i].path for i in chunk], scores,
+                                                 [items[i].provenance for i in chunk])  # fmt: skip
+        for i, verdict in zip(raw + decoded, verdicts, strict=True):
+            verdict.sha256 = items[i].sha256  # also for bytes that would not decode: their copies are known
+            out[i] = verdict.to_dict()
+            self._remember(items[i].sha256, out[i])  # type: ignore[arg-type]
+        self.scored += len(fresh)
