@@ -201,7 +201,7 @@ def render(r: dict[str, Any]) -> str:
             f"({s['inputs_per_s']:,} inputs/s: every file read and hashed, {s['summary']['scored']} scored, "
             f"{s['summary']['duplicates']:,} recorded as duplicates); store {s['store_mb']} MB; --summary "
             f"{s['summary_seconds']} s; --export to Parquet {s['export_seconds']} s ({s['exported_rows']:,} rows); "
-            f"peak RSS of the scan {s['peak_rss_mb_of_children']} MB.", ""]  # fmt: skip
+            f"largest RSS of any scan process so far in this run {s['peak_rss_mb_of_children']} MB.", ""]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -81,7 +81,9 @@ class Provenance:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Provenance:
         """The inverse of ``to_dict`` (``signed`` follows from ``c2pa``)."""
-        return cls(d.get("c2pa"), d.get("declared_ai"), list(d.get("evidence") or []), list(d.get("warnings") or []))
+        return cls(
+            d.get("c2pa"), d.get("declared_ai"), list(d.get("evidence") or []), list(d.get("warnings") or [])
+        )
 
     def summary(self) -> str:
         """A short phrase for a table row: what the file declares, how, and by which tool."""
