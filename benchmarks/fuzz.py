@@ -109,7 +109,10 @@ Targets: `decode` = `decode.decode_bytes` on any bytes (refused with ImageLoadEr
 pixel limit; Pillow's global limit untouched); `bundle` = `bundle.load_bundle` on archives (tar, tar.gz, zip)
 and folders whose members and config.json the fuzzer chooses (path traversal, absolute names, links, pickles,
 malformed JSON), refused with BundleError and never writing outside the unpacked bundle's cache folder;
-`multipart` = `serve.uploads.parse_multipart` on any body and boundary (uploads within every limit, or a 4xx).
+`multipart` = `serve.uploads.parse_multipart` on any body and boundary (uploads within every limit, or a 4xx);
+`provenance` = `provenance.read_provenance` on any bytes, seeded with C2PA-signed, generator-parameter and XMP
+files (a bounded, serialisable record, never an exception; the C2PA SDK's native parser runs but is not
+coverage-instrumented).
 
 Crash inputs are kept in `tests/fuzz_corpus/TARGET/` and replayed by `tests/test_fuzz_regressions.py`.
 """
