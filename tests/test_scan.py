@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -266,3 +267,16 @@ def _without_scores(rec: dict) -> dict:
     out = {k: v for k, v in rec.items() if k != "p_fake"}
     out["branches"] = {role: {"fake": b["fake"]} for role, b in rec["branches"].items()}
     return out
+
+
+def test_a_log_gets_periodic_progress_lines_and_a_final_tally(folder: Path, tiny_bundle_dir: Path, tmp_path: Path,
+                                                               capsys) -> None:  # fmt: skip
+    args = ["scan", str(folder), "--out", str(tmp_path / "r"), "--bundle", str(tiny_bundle_dir), "--device", "cpu",
+            "--batch-size", "4", "--log-every", "0"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    lines = re.findall(r"^scan: (\d+)/31 \([\d.]+ img/s, ETA (?:[\d:]+|unknown)\)$", err, flags=re.M)
+    assert len(lines) >= 2 and lines[-1] == "31", err  # one line per block on stderr that is not a terminal
+    assert re.search(
+        r"31 inputs in [\d.]+ s \([\d.]+/s\): 28 scored, 2 duplicates, 1 errors \(.+: 1\), \d+ fake", err
+    )
