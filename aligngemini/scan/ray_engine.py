@@ -25,8 +25,6 @@ from aligngemini.scan.scorer import ContentScorer, Fetched, Record, as_duplicate
 from aligngemini.scan.sources import iter_sources
 from aligngemini.scan.store import ShardStore, StoreError, check_meta, engine_of
 
-ACTOR_MEMORY_OF_FIRSTS = 200_000  # contents an actor remembers having scored in this run
-
 
 def plan_ray(out: Path, sources: list[str], bundle_id: str, on_skip: Callable[[str, str], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Expand the sources (each path once, in order), and leave out the paths the store's shards hold."""
@@ -99,14 +97,11 @@ class ScanActor:
 
         if threads:
             torch.set_num_threads(threads)
-        self.known: dict[str, Record] = ray.get(known) if isinstance(known, ray.ObjectRef) else known
-        self.firsts: dict[str, Record] = {}
+        known_firsts: dict[str, Record] = ray.get(known) if isinstance(known, ray.ObjectRef) else known
+        # contents of earlier runs come from the store; this run's repeats from the scorer's own memory
         self.scorer = ContentScorer(
-            Detector.load(**detector_args), self._lookup, batch_size=batch_size, workers=1
+            Detector.load(**detector_args), known_firsts.get, batch_size=batch_size, workers=1
         )
-
-    def _lookup(self, sha: str) -> Record | None:
-        return self.known.get(sha) or self.firsts.get(sha)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         from PIL import Image
@@ -126,10 +121,6 @@ class ScanActor:
                 it.provenance = Provenance.from_dict(json.loads(str(prov))) if str(prov) else None
             items.append(it)
         records = self.scorer.score(items)
-        for rec in records:
-            sha = rec.get("sha256")
-            if sha and not rec.get("duplicate_of") and len(self.firsts) < ACTOR_MEMORY_OF_FIRSTS:
-                self.firsts.setdefault(sha, rec)
         return {"seq": np.array([it.seq for it in items], dtype=np.int64),
                 "record": [json.dumps(r, allow_nan=False) for r in records]}  # fmt: skip
 
@@ -167,7 +158,7 @@ def run_ray(plan: dict[str, Any], detector_args: dict[str, Any], *, actors: int 
             **actor_opts,
         )  # fmt: skip
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            rows = []
+            written: list[tuple[int, Record]] = []
             for seq, text in zip(batch["seq"], batch["record"], strict=True):
                 rec = json.loads(str(text))
                 sha = rec.get("sha256")
@@ -175,9 +166,9 @@ def run_ray(plan: dict[str, Any], detector_args: dict[str, Any], *, actors: int 
                     first = firsts.setdefault(sha, rec)
                     if first is not rec:
                         rec = as_duplicate(first, rec["path"])
-                rows.append((int(seq), rec))
-            store.write(rows)
-            on_block([r for _, r in rows])
+                written.append((int(seq), rec))
+            store.write(written)
+            on_block([r for _, r in written])
     finally:
         if started:
             ray.shutdown()
