@@ -142,6 +142,9 @@ def run_ray(plan: dict[str, Any], detector_args: dict[str, Any], *, actors: int 
             actor_opts = {"num_cpus": max(0.25, min(1.0, (cpus - 0.25) / n_actors))}
             threads = max(1, int(cpus // n_actors))
         firsts = store.first_records()
+        # Blocks come back in input order, so that "the first path" of a content is the first in the listing
+        # whichever actor finishes first: the records are then the local engine's.
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
         items = [{"seq": s, "path": p} for s, p in plan["items"]]
         rows = 4 * batch_size  # inputs per block: read by one task, scored in one actor call, one shard
         ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // rows)))
