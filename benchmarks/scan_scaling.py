@@ -57,6 +57,23 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
 
 
+def scan_args(source: Path, out: Path, engine: str, bundle: str, batch: int, actors: int | None) -> list[str]:
+    """The scan command's arguments for one measured run."""
+    args = [
+        str(source),
+        "--out",
+        str(out),
+        "--engine",
+        engine,
+        "--bundle",
+        bundle,
+        "--batch-size",
+        str(batch),
+        "-q",
+    ]
+    return args + (["--actors", str(actors)] if actors else [])
+
+
 def scaling(work: Path, n: int, bundle: str, batch: int) -> list[dict[str, Any]]:
     folder = work / "jpegs"
     folder.mkdir()
@@ -64,21 +81,7 @@ def scaling(work: Path, n: int, bundle: str, batch: int) -> list[dict[str, Any]]
     rows = []
     for engine, actors in (("local", None), ("ray", 1), ("ray", 2)):
         out = work / f"r-{engine}-{actors}"
-        args = [
-            str(folder),
-            "--out",
-            str(out),
-            "--engine",
-            engine,
-            "--bundle",
-            bundle,
-            "--batch-size",
-            str(batch),
-            "-q",
-        ]
-        if actors:
-            args += ["--actors", str(actors)]
-        res = run(args)
+        res = run(scan_args(folder, out, engine, bundle, batch, actors))
         rows.append({"engine": engine, "actors": actors, "images": n, **res,
                      "images_per_s": round(n / res["seconds"], 2)})  # fmt: skip
         print(rows[-1], flush=True)
@@ -105,21 +108,7 @@ def simulate(work: Path, rows: int, files: int, bundle: str, engine: str, batch:
     pq.write_table(pa.table({"path": paths}), listing)
     setup = time.perf_counter() - t0
     out = work / f"sim-{engine}"
-    args = [
-        str(listing),
-        "--out",
-        str(out),
-        "--engine",
-        engine,
-        "--bundle",
-        bundle,
-        "--batch-size",
-        str(batch),
-        "-q",
-    ]
-    if engine == "ray":
-        args += ["--actors", "2"]
-    scan = run(args)
+    scan = run(scan_args(listing, out, engine, bundle, batch, 2 if engine == "ray" else None))
     t1 = time.perf_counter()
     proc = subprocess.run([*SCAN, "--summary", str(out), "--format", "json"], capture_output=True, text=True)
     summary_s = time.perf_counter() - t1
