@@ -88,6 +88,11 @@ def _ijg_table(quality: int) -> np.ndarray:
     return np.clip(np.floor((_STD_LUMA * scale + 50) / 100), 1, 255)
 
 
+# Every quality's table, once: row q-1 is quality q (as given, and with its values sorted).
+_IJG_TABLES = np.stack([_ijg_table(q) for q in range(1, 101)])
+_IJG_SORTED = np.sort(_IJG_TABLES, axis=1)
+
+
 def estimate_jpeg_quality(image: Image.Image) -> int | None:
     """IJG quality (1-100) whose luminance table is closest to this JPEG's; None for non-JPEG."""
     tables = getattr(image, "quantization", None)
@@ -97,11 +102,9 @@ def estimate_jpeg_quality(image: Image.Image) -> int | None:
     if luma.size != 64:
         return None
     # PIL gives tables in zigzag order for some versions, natural order for others: compare sorted values too.
-    errs = []
-    for q in range(1, 101):
-        ref = _ijg_table(q)
-        errs.append(min(np.abs(ref - luma).mean(), np.abs(np.sort(ref) - np.sort(luma)).mean()))
-    return int(np.argmin(errs) + 1)
+    as_given = np.abs(_IJG_TABLES - luma).mean(axis=1)
+    sorted_ = np.abs(_IJG_SORTED - np.sort(luma)).mean(axis=1)
+    return int(np.argmin(np.minimum(as_given, sorted_)) + 1)
 
 
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
@@ -285,7 +288,12 @@ def read_header(
 
 
 def decode_bytes(
-    data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+    data: bytes,
+    source: str,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    sha256: str | None = None,
 ) -> LoadedImage:
     """Decode encoded bytes to RGB, refusing more than ``max_pixels`` decoded pixels before decoding.
 
@@ -293,12 +301,13 @@ def decode_bytes(
     it: changing it per call would race between threads and could switch it off for the whole process.
     So Pillow still refuses anything over twice its own limit (about 179 M pixels by default), reported
     here in the same words; a ``max_pixels`` above that needs the application to raise Pillow's limit.
+    ``sha256``: the digest of ``data`` when the caller hashed it already (it is not hashed again).
     """
     if len(data) == 0:
         raise ImageLoadError(source, "empty file (0 bytes)")
     if len(data) > max_bytes:
         raise ImageLoadError(source, f"{len(data)} bytes, over the limit of {max_bytes}")
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256 or hashlib.sha256(data).hexdigest()
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:

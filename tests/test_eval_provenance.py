@@ -58,3 +58,23 @@ def test_override_decides_the_fused_verdict_and_leaves_scores_alone(
     assert base["fake_acc"] == pytest.approx(6 / 7) and fused["fake_acc"] == pytest.approx(7 / 7)
     assert fused["real_acc"] == base["real_acc"]  # the unsigned parameters on a real decide nothing
     assert fused["auc"] == base["auc"]
+
+
+def test_one_read_per_file_gives_both_the_hash_and_the_provenance(
+    monkeypatch: pytest.MonkeyPatch, declared: Path
+) -> None:
+    from aligngemini.eval.layouts import read_data
+    from aligngemini.eval.runner import hash_items
+    from aligngemini.eval.score_cache import file_sha256
+    from aligngemini.provenance import read_provenance
+
+    items = read_data([declared]).items
+    reads: list[Path] = []
+    original = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or original(self))
+    hashed = hash_items(items, workers=2, progress=False, provenance=True)
+    assert sorted(reads) == sorted(it.path for it in items)  # each file once
+    assert hashed.shas == [file_sha256(it.path) for it in items] and not hashed.errors
+    monkeypatch.setattr(Path, "read_bytes", original)
+    assert hashed.provenance == [read_provenance(it.path.read_bytes()) for it in items]
+    assert hash_items(items, workers=2, progress=False).provenance is None

@@ -4,8 +4,6 @@ metadata unknowingly: scores come from pixels, and the report says what the file
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,19 +42,9 @@ def kinds_of(prov: Provenance | None) -> set[str]:
     return found
 
 
-def read_all(paths: Sequence[Path], *, workers: int = 4) -> list[Provenance | None]:
-    """Each file's provenance (None for a file that cannot be read or is over the size limit)."""
-
-    def one(path: Path) -> Provenance | None:
-        try:
-            if path.stat().st_size > DEFAULT_MAX_BYTES:
-                return None
-            return read_provenance(path.read_bytes())
-        except OSError:
-            return None
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, paths))
+def read_file_provenance(data: bytes) -> Provenance | None:
+    """A file's provenance from its bytes (None over the size limit: such a file is never decoded either)."""
+    return None if len(data) > DEFAULT_MAX_BYTES else read_provenance(data)
 
 
 def census(provenance: Sequence[Provenance | None], groups: Mapping[str, np.ndarray]) -> dict[str, Any]:

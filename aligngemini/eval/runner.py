@@ -6,6 +6,7 @@ The runner relies on the detector contract only: ``branches`` (roles), ``config`
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -18,13 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, LoadedImage, decode_bytes
+from aligngemini.decode import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    LoadedImage,
+    decode_bytes,
+)
 from aligngemini.eval.layouts import EvalItem, EvalSet
 from aligngemini.eval.metrics import Metrics, binary_metrics, summarize
-from aligngemini.eval.provenance_census import census, read_all
+from aligngemini.eval.provenance_census import census, read_file_provenance
 from aligngemini.eval.robustness import CLEAN, Perturbation, Sweep
 from aligngemini.eval.score_cache import ScoreCache, branch_model_keys, file_sha256
 from aligngemini.fusion import FusionResult, fuse
+from aligngemini.provenance import Provenance
 
 log = logging.getLogger(__name__)
 ROLES = ("pixel", "semantic")
@@ -127,26 +135,41 @@ def _bounded_map(
             pending.append(pool.submit(fn, nxt))
 
 
+@dataclass
+class HashedFiles:
+    """Every file read once: its sha256 (the cache key) or why it could not be read, and, when asked for, what
+    it declares about its origin (``provenance``: one entry per item, None where nothing could be read)."""
+
+    shas: list[str | None]
+    errors: dict[int, str]
+    provenance: list[Provenance | None] | None = None
+
+
 def hash_items(
-    items: Sequence[EvalItem], *, workers: int = 4, progress: bool = True
-) -> tuple[list[str | None], dict[int, str]]:
-    """sha256 of every file (the cache key); unreadable files get an error instead."""
+    items: Sequence[EvalItem], *, workers: int = 4, progress: bool = True, provenance: bool = False
+) -> HashedFiles:
+    """sha256 of every file; with ``provenance`` its metadata read from the same bytes (one read per file)."""
 
-    def one(i: int) -> tuple[int, str | None, str | None]:
+    def one(i: int) -> tuple[int, str | None, Provenance | None, str | None]:
+        path = items[i].path
         try:
-            return i, file_sha256(items[i].path), None
+            if not provenance or path.stat().st_size > DEFAULT_MAX_BYTES:
+                return i, file_sha256(path), None, None
+            data = path.read_bytes()
+            return i, hashlib.sha256(data).hexdigest(), read_file_provenance(data), None
         except OSError as exc:
-            return i, None, f"cannot read: {exc.strerror or exc}"
+            return i, None, None, f"cannot read: {exc.strerror or exc}"
 
-    shas: list[str | None] = [None] * len(items)
-    errors: dict[int, str] = {}
+    out = HashedFiles([None] * len(items), {}, [None] * len(items) if provenance else None)
     with ThreadPoolExecutor(max_workers=workers) as pool, _progress(len(items), "hashing", progress) as bar:
-        for i, sha, err in _bounded_map(pool, one, range(len(items)), 4 * workers):
-            shas[i] = sha
+        for i, sha, prov, err in _bounded_map(pool, one, range(len(items)), 4 * workers):
+            out.shas[i] = sha
+            if out.provenance is not None:
+                out.provenance[i] = prov
             if err:
-                errors[i] = err
+                out.errors[i] = err
             bar.update(1)
-    return shas, errors
+    return out
 
 
 def score_items(
@@ -158,7 +181,7 @@ def score_items(
     batch_size: int = 16,
     workers: int | None = None,
     progress: bool = True,
-    hashed: tuple[list[str | None], dict[int, str]] | None = None,
+    hashed: HashedFiles | None = None,
     max_pixels: int | None = None,
 ) -> ScoreTable:
     """Per-branch scores of ``items`` (perturbed on the fly), from the cache where it has them.
@@ -175,9 +198,8 @@ def score_items(
     if perturbation is not None and perturbation.is_identity:
         perturbation = None
     max_pixels = max_pixels or int(getattr(detector, "max_pixels", DEFAULT_MAX_PIXELS))
-    shas, hash_errors = (
-        hashed if hashed is not None else hash_items(items, workers=workers, progress=progress)
-    )
+    hashed = hashed if hashed is not None else hash_items(items, workers=workers, progress=progress)
+    shas, hash_errors = hashed.shas, hashed.errors
     n = len(items)
     scores = {role: np.full(n, np.nan) for role in roles}
     errors = dict(hash_errors)
@@ -197,7 +219,7 @@ def score_items(
         item = items[i]
         try:
             data = item.path.read_bytes()
-            img = decode_bytes(data, str(item.path), max_pixels=max_pixels)
+            img = decode_bytes(data, str(item.path), max_pixels=max_pixels, sha256=shas[i])
             if perturbation is not None:
                 img = perturbation.apply(img, max_pixels=max_pixels)
             return i, (prepare(img) if prepare is not None else img)
@@ -489,7 +511,7 @@ def run_evaluation(
     t0 = time.perf_counter()
     workers = workers or min(8, os.cpu_count() or 2)
     settings = settings or fusion_settings(detector)
-    hashed = hash_items(evalset.items, workers=workers, progress=progress)
+    hashed = hash_items(evalset.items, workers=workers, progress=progress, provenance=provenance != "off")
     common = {
         "cache": cache,
         "batch_size": batch_size,
@@ -500,7 +522,7 @@ def run_evaluation(
     table = score_items(detector, evalset.items, **common)
     census_report, forced = None, None
     if provenance != "off":
-        found = read_all([it.path for it in evalset.items], workers=workers)
+        found = hashed.provenance or []
         census_report = {"mode": provenance, **census(found, evalset.subset_indices())}
         if provenance == "override":
             forced = np.array([p is not None and p.signed_ai_claim for p in found], dtype=bool)

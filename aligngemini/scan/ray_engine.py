@@ -65,7 +65,7 @@ def _read_decode_batch(
         pixels, height, width, prov, error = b"", 0, 0, "", got.error or ""
         if got.data is not None and got.sha256 not in known_shas:
             try:
-                image = decode_bytes(got.data, got.path)
+                image = decode_bytes(got.data, got.path, sha256=got.sha256)
                 pixels, (width, height) = image.image.tobytes(), image.image.size
                 if detector_args.get("provenance", "report") != "off":
                     found = read_provenance(got.data, trust_anchors=detector_args.get("trust_anchors"))
