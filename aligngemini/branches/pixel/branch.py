@@ -25,6 +25,7 @@ import torch
 
 from aligngemini.branches.base import register_family
 from aligngemini.branches.pixel.crops import CropConfig, combine_scores, inference_views_uint8
+from aligngemini.branches.pixel.fold_bn import fold_checked
 from aligngemini.branches.pixel.model import PixelModel, load_exported
 from aligngemini.config import from_dict
 from aligngemini.decode import LoadedImage
@@ -41,6 +42,11 @@ _KNOWN_KEYS = {
     "lora_merged",
     "notes",
 }
+
+
+# Crops per forward pass on a CPU: 8 to 16 crops of 160 px run about 20% faster than 32 or more (activations
+# stay in cache; measured with EfficientNet-Lite0 on the 2-core dev box); a GPU takes the bundle's batch size.
+CPU_CROPS_PER_BATCH = 16
 
 
 class PixelBranch:
@@ -65,6 +71,8 @@ class PixelBranch:
         self.device = torch.device(device)
         self.dtype = dtype
         self.batch_size = max(1, int(batch_size))
+        probe = torch.rand(2, 3, crop.size, crop.size, generator=torch.Generator().manual_seed(0))
+        model, self.folded_bn = fold_checked(model.float().eval(), probe)  # in fp32, before any cast
         self.model = model.to(device=self.device, dtype=dtype).eval()
 
     def prepare(self, image: LoadedImage) -> torch.Tensor:
@@ -78,7 +86,8 @@ class PixelBranch:
         """Per-crop logits for a [N, 3, size, size] stack (uint8 pixels, or floats in [0, 1]), in chunks of
         ``batch_size``; uint8 becomes float32 / 255 on the model's device."""
         out = []
-        for chunk in views.split(self.batch_size):
+        batch = min(self.batch_size, CPU_CROPS_PER_BATCH) if self.device.type == "cpu" else self.batch_size
+        for chunk in views.split(batch):
             x = chunk.to(self.device, non_blocking=True)
             if x.dtype == torch.uint8:
                 x = x.float().div_(255.0)
