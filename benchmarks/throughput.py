@@ -50,6 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="S",
         help="also time the semantic branch with its tower fed S x S inputs (e.g. 224 192 160 128)",
     )
+    p.add_argument(
+        "--semantic-precisions",
+        nargs="*",
+        default=None,
+        metavar="P",
+        help="time each --semantic-sizes entry in these tower precisions (fp32, bf16; default: the bundle's)",
+    )
     p.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     p.add_argument("--machine", default="2-core CPU dev box")
     return p.parse_args(argv)
@@ -115,17 +122,24 @@ def main(argv: list[str] | None = None) -> int:
         )
         by_size = {}
         sem = det.branches.get("semantic")
-        for size in args.semantic_sizes if sem is not None else []:
-            sem.tower.set_input_size(size)
-            views = [sem.prepare(img) for img in images]
-            sem.score(views[: args.batch_size])  # warm-up at this size
+        precisions = args.semantic_precisions or ([sem.tower.precision] if sem is not None else [])
+        for precision in precisions if sem is not None else []:
+            sem.tower.set_precision(precision)  # weights as the branch would hold them at this precision
+            if sem.tower.compute_precision == "bf16":
+                sem.tower.store_matmul_weights_in_bf16()
+            else:
+                sem.tower.model.float()
+            for size in args.semantic_sizes:
+                sem.tower.set_input_size(size)
+                views = [sem.prepare(img) for img in images]
+                sem.score(views[: args.batch_size])  # warm-up at this size
 
-            def semantic_only(views: list[Any] = views) -> None:
-                for i in range(0, len(views), args.batch_size):
-                    sem.score(views[i : i + args.batch_size])
+                def semantic_only(views: list[Any] = views) -> None:
+                    for i in range(0, len(views), args.batch_size):
+                        sem.score(views[i : i + args.batch_size])
 
-            _, t = timed(semantic_only)
-            by_size[size] = round(len(paths) / t, 2)
+                _, t = timed(semantic_only)
+                by_size[f"{size} px {sem.tower.compute_precision}"] = round(len(paths) / t, 2)
     assert all(v.error is None for v in verdicts)
     n = len(paths)
     record = {
@@ -160,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         ips = record["images_per_s"]
         rows = "\n".join(f"| {k} | {v} |" for k, v in ips.items())
         rows += "".join(f"\n| model: {r} branch alone | {v} |" for r, v in per_branch.items())
-        rows += "".join(f"\n| model: semantic branch, tower fed {s} px | {v} |" for s, v in by_size.items())
+        rows += "".join(f"\n| model: semantic branch, tower fed {s} | {v} |" for s, v in by_size.items())
         args.out.with_suffix(".md").write_text(
             f"# Throughput: `{record['bundle']}` on {record['device']} ({record['dtype']})\n\n"
             f"`{record['command']}` on the {record['machine']}, {record['date']} (load average {load:.2f} at "

@@ -70,6 +70,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="override a value of the semantic recipe, e.g. model.image_size=160 (repeatable)")  # fmt: skip
     p.add_argument("--pixel-run", action="append", default=[], metavar="DIR",
                    help="an 'aligngemini train' output of the pixel task (repeatable)")  # fmt: skip
+    p.add_argument("--pixel-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of each pixel run's exported branch, e.g. crop.max_crops=4 (repeatable)")  # fmt: skip
     p.add_argument("--no-pixel", action="store_true", help="evaluate the semantic expert alone")
     p.add_argument("--work", type=Path, help="keep the per-fold training runs here (default: a temp folder)")
     p.add_argument("--out", type=Path, help="write OUT.json, OUT.md and OUT_scores.csv")
@@ -144,9 +146,9 @@ def corpus_features(rows: list[dict[str, Any]], recipe: dict[str, Any]) -> np.nd
     from aligngemini.branches.semantic.clip_task import FeatureCache, Row, embed_rows_cached
 
     m = recipe["model"]
-    tower = load_tower(m["tower"], sha256=m.get("tower_sha256"))
-    if m.get("image_size"):
-        tower.set_input_size(int(m["image_size"]))
+    tower = load_tower(m["tower"], sha256=m.get("tower_sha256")).configure(
+        image_size=m.get("image_size"), layers=m.get("layers"), precision=m.get("precision")
+    )
     features, view = m.get("features", "embed"), (m.get("views") or [m.get("resize", "squash")])[0]
     items = [Row(Path(r["path"]), float(r["label"]), "eval") for r in rows]
     cache = FeatureCache(tower, view, features=features)
@@ -195,11 +197,14 @@ def run_sources(run: Path) -> set[str]:
     return {r.source or "" for r in rows if r.label == "real"}
 
 
-def pixel_scores(rows: list[dict[str, Any]], runs: list[Path]) -> tuple[np.ndarray, dict[str, str]]:
+def pixel_scores(
+    rows: list[dict[str, Any]], runs: list[Path], opts: Sequence[str] = ()
+) -> tuple[np.ndarray, dict[str, str]]:
     """P(fake) of each original file from a pixel run that saw none of its fold's real photos."""
     import torch
 
     from aligngemini.branches import build_branch
+    from aligngemini.config import apply_overrides
     from aligngemini.decode import ImageLoadError, load_image
 
     trained_on = {run: run_sources(run) for run in runs}
@@ -216,7 +221,7 @@ def pixel_scores(rows: list[dict[str, Any]], runs: list[Path]) -> tuple[np.ndarr
             continue
         run = eligible[0]
         chosen[fold] = run.name
-        section = json.loads((run / "train_summary.json").read_text())["export"]
+        section = apply_overrides(json.loads((run / "train_summary.json").read_text())["export"], opts)
         branch = build_branch(
             "pixel", section, run / "branch", device=torch.device("cpu"), dtype=torch.float32
         )
@@ -375,7 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         sem = semantic_scores(rows, args, work)
-    pix, chosen = (None, {}) if args.no_pixel else pixel_scores(rows, [Path(r) for r in args.pixel_run])
+    pix, chosen = (
+        (None, {}) if args.no_pixel else pixel_scores(rows, [Path(r) for r in args.pixel_run], args.pixel_opt)
+    )
     result = evaluate(rows, sem, pix)
     record = {
         "benchmark": "wild_eval",

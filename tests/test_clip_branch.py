@@ -247,3 +247,45 @@ def test_a_smaller_input_interpolates_the_position_embeddings(bundle: tuple[Path
     assert 0 <= branch.score([x[None]])[0] <= 1
     with pytest.raises(ValueError, match="multiple of the tower's patch size"):
         branch.tower.set_input_size(small + 1)
+
+
+def test_first_layers_only_and_bf16_are_the_tower_settings_a_bundle_names(
+    bundle: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, section = bundle
+    monkeypatch.setattr(clip, "native_bf16", lambda device_type: True)  # as on a CPU with AVX512-BF16 or AMX
+    full = build_branch("semantic", section, out, device=CPU, dtype=torch.float32).tower
+    x = torch.stack([clip.preprocess_image(im.image, TINY["image_size"]) for im in _images(2)])
+    with torch.no_grad():
+        every = full(x, "cls-layers")
+    width = TINY["hidden_size"]
+    one = clip.load_tower(str(out / section["tower"])).configure(layers=1)
+    assert one.n_layers == 1 and one.feature_dim("cls-layers") == width and one.variant == "-L1"
+    with torch.no_grad():
+        torch.testing.assert_close(one(x, "cls-layers"), every[:, :width])  # the same first class token
+    half = clip.load_tower(str(out / section["tower"])).configure(precision="bf16")
+    assert half.variant == "-bf16" and full.variant == ""
+    with torch.no_grad():
+        low = half(x, "cls-layers")
+    assert not torch.equal(low.float(), every)  # bf16 arithmetic really ran
+    assert torch.nn.functional.cosine_similarity(low.float(), every).min() > 0.99
+    with pytest.raises(ValueError, match="between 1 and"):
+        clip.load_tower(str(out / section["tower"])).configure(layers=TINY["num_hidden_layers"] + 1)
+    with pytest.raises(ValueError, match="precision 'int4'"):
+        build_branch("semantic", {**section, "precision": "int4"}, out, device=CPU, dtype=torch.float32)
+
+
+def test_without_native_bf16_a_bf16_tower_computes_in_fp32(
+    bundle: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, section = bundle
+    monkeypatch.setattr(clip, "native_bf16", lambda device_type: False)  # emulated bf16 would be 3x slower
+    branch = build_branch("semantic", {**section, "precision": "bf16"}, out, device=CPU, dtype=torch.float32)
+    tower = branch.tower
+    assert tower.precision == "bf16" and tower.compute_precision == "fp32" and tower.variant == ""
+    assert all(p.dtype == torch.float32 for p in tower.parameters())  # no bf16 weight copies either
+    plain = build_branch("semantic", section, out, device=CPU, dtype=torch.float32)
+    images = [branch.prepare(im) for im in _images(3)]
+    np.testing.assert_array_equal(branch.score(images), plain.score(images))
+    with pytest.raises(ValueError, match="computing in bf16"):
+        tower.store_matmul_weights_in_bf16()

@@ -35,6 +35,7 @@ from aligngemini.branches.semantic.clip import (
     FAMILY,
     FEATURES,
     HEAD_TYPES,
+    PRECISIONS,
     STARTER_TOWER,
     ClipTower,
     SemanticHead,
@@ -68,6 +69,8 @@ class ClipModelConfig:
     views: list[str] | None = (
         None  # e.g. [squash, crop, squash+flip]: each a training item, averaged at inference
     )
+    layers: int | None = None  # cls-layers from the first N transformer layers only (None: all of them)
+    precision: str = "fp32"  # fp32 | bf16: the tower's arithmetic, at training and at inference alike
     lora: dict[str, Any] | None = None  # {r, alpha, dropout, target_modules}; None: tower frozen
 
     def __post_init__(self) -> None:
@@ -77,6 +80,10 @@ class ClipModelConfig:
             raise ConfigError(f"recipe model.resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         if self.features not in FEATURES:
             raise ConfigError(f"recipe model.features must be one of {FEATURES}, got {self.features!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"recipe model.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.layers is not None and (self.features != "cls-layers" or self.layers < 1):
+            raise ConfigError("recipe model.layers (a positive count) needs model.features: cls-layers")
         for view in self.views or []:
             try:
                 parse_view(view, where="recipe model.views")
@@ -142,13 +149,14 @@ def _spread(rows: list[Row], limit: int | None) -> list[Row]:
 class FeatureCache:
     """Raw (unnormalised) features on disk, one ``.npy`` per image: ``<root>/<sha[:2]>/<sha>.npy``.
 
-    ``root`` is ``cache_dir("features", <tower identity>-<view><size>[-<features>])``: a different tower,
-    view, input size or feature kind never reads another's; the image key is the sha256 of the file's bytes."""
+    ``root`` is ``cache_dir("features", <tower identity>-<view><size>[-<features>][<variant>])``: a different
+    tower, view, input size, feature kind, layer count or precision never reads another's; the image key is the sha256 of the file's bytes."""
 
     def __init__(
         self, tower: ClipTower, view: str, root: Path | None = None, features: str = "embed"
     ) -> None:
         name = f"{tower.identity}-{view}{tower.image_size}" + ("" if features == "embed" else f"-{features}")
+        name += tower.variant
         self.root = root or cache_dir("features", name)
 
     def path(self, sha256: str) -> Path:
@@ -304,9 +312,10 @@ class ClipTask:
         """The tower, loaded once (on a GPU when there is one and the tower is frozen: feature extraction)."""
         if self._tower is None:
             device = "cuda" if torch.cuda.is_available() and not self.tunes_tower else "cpu"
-            self._tower = load_tower(self.model_cfg.tower, sha256=self.model_cfg.tower_sha256, device=device)
-            if self.model_cfg.image_size is not None:
-                self._tower.set_input_size(self.model_cfg.image_size)
+            cfg = self.model_cfg
+            self._tower = load_tower(cfg.tower, sha256=cfg.tower_sha256, device=device).configure(
+                image_size=cfg.image_size, layers=cfg.layers, precision=cfg.precision
+            )
         return self._tower
 
     def build_model(self) -> ClipSemanticModel:
@@ -401,9 +410,12 @@ class ClipTask:
             "embed_dim": tower.feature_dim(self.model_cfg.features),
             "features": self.model_cfg.features,
             "views": self.model_cfg.view_list,
+            "precision": self.model_cfg.precision,
             "batch_size": int(self.export_cfg.batch_size),
             **tower.preprocess_config(),
         }
+        if self.model_cfg.layers is not None:
+            section["layers"] = tower.n_layers
         if self.model_cfg.tower_sha256:
             section["tower_sha256"] = self.model_cfg.tower_sha256
         if inner.tower is not None:

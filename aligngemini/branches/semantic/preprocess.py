@@ -21,7 +21,7 @@ def resize_for_tower(
     to ``size`` x ``size``; ``pad``: the whole image fit inside, padded with ``fill`` (mean colour, 0..1)."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode {mode!r} is unknown; use one of {RESIZE_MODES}")
-    image = image.convert("RGB")
+    image = image if image.mode == "RGB" else image.convert("RGB")
     w, h = image.size
     if mode == "squash":
         return image.resize((size, size), Image.Resampling.BICUBIC)
