@@ -289,3 +289,15 @@ def test_without_native_bf16_a_bf16_tower_computes_in_fp32(
     np.testing.assert_array_equal(branch.score(images), plain.score(images))
     with pytest.raises(ValueError, match="computing in bf16"):
         tower.store_matmul_weights_in_bf16()
+
+
+def test_the_environment_can_switch_bf16_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    clip.native_bf16.cache_clear()
+    try:
+        assert clip.native_bf16("cpu") is True  # what the CPU probe says
+        clip.native_bf16.cache_clear()
+        monkeypatch.setenv("ALIGNGEMINI_BF16", "off")
+        assert clip.native_bf16("cpu") is False and clip.native_bf16("cuda") is False
+    finally:
+        clip.native_bf16.cache_clear()

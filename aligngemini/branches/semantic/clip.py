@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -63,7 +64,10 @@ PRECISIONS = ("fp32", "bf16")
 
 @functools.cache
 def native_bf16(device_type: str) -> bool:
-    """Whether ``device_type`` ("cpu", "cuda") multiplies bfloat16 matrices in hardware."""
+    """Whether ``device_type`` ("cpu", "cuda") multiplies bfloat16 matrices in hardware. ``ALIGNGEMINI_BF16=off``
+    answers no everywhere: every tower then computes in fp32 (the same scores on any CPU, within fp32 kernels)."""
+    if os.environ.get("ALIGNGEMINI_BF16", "").lower() in ("off", "0", "no"):
+        return False
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device_type == "cpu":
