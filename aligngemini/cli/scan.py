@@ -75,7 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per model batch (default: 16)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--dtype", default=None,
+                   help="fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu; a bundle's semantic tower may "
+                        "still compute in bf16 on a CPU with native bf16, which ALIGNGEMINI_BF16=off refuses)")  # fmt: skip
     p.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
                    help="when stderr is not a terminal, one progress line this often (default: 30)")  # fmt: skip
     add_provenance(p)
