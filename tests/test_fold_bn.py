@@ -82,3 +82,9 @@ def test_a_pair_by_declaration_only_is_left_unfolded() -> None:
 def test_training_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)).train())
+
+
+def test_a_model_without_batchnorm_is_returned_uncopied() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.LayerNorm([4, 6, 6])).eval()
+    kept, folded = fold_checked(model, torch.randn(1, 3, 8, 8))
+    assert kept is model and folded == 0
