@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from aligngemini.decode import DEFAULT_MAX_BYTES
-from aligngemini.provenance import Provenance, read_provenance
+from aligngemini.provenance import Provenance
 
 KINDS = (
     "c2pa",
@@ -40,11 +39,6 @@ def kinds_of(prov: Provenance | None) -> set[str]:
     if any(e.startswith("XMP IPTC DigitalSourceType") for e in prov.evidence):
         found.add("xmp_source_type")
     return found
-
-
-def read_file_provenance(data: bytes) -> Provenance | None:
-    """A file's provenance from its bytes (None over the size limit: such a file is never decoded either)."""
-    return None if len(data) > DEFAULT_MAX_BYTES else read_provenance(data)
 
 
 def census(provenance: Sequence[Provenance | None], groups: Mapping[str, np.ndarray]) -> dict[str, Any]:

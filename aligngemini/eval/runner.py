@@ -28,11 +28,11 @@ from aligngemini.decode import (
 )
 from aligngemini.eval.layouts import EvalItem, EvalSet
 from aligngemini.eval.metrics import Metrics, binary_metrics, summarize
-from aligngemini.eval.provenance_census import census, read_file_provenance
+from aligngemini.eval.provenance_census import census
 from aligngemini.eval.robustness import CLEAN, Perturbation, Sweep
 from aligngemini.eval.score_cache import ScoreCache, branch_model_keys, file_sha256
 from aligngemini.fusion import FusionResult, fuse
-from aligngemini.provenance import Provenance
+from aligngemini.provenance import Provenance, read_provenance
 
 log = logging.getLogger(__name__)
 ROLES = ("pixel", "semantic")
@@ -153,10 +153,12 @@ def hash_items(
     def one(i: int) -> tuple[int, str | None, Provenance | None, str | None]:
         path = items[i].path
         try:
-            if not provenance or path.stat().st_size > DEFAULT_MAX_BYTES:
+            if (
+                not provenance or path.stat().st_size > DEFAULT_MAX_BYTES
+            ):  # too big to decode: no metadata read
                 return i, file_sha256(path), None, None
             data = path.read_bytes()
-            return i, hashlib.sha256(data).hexdigest(), read_file_provenance(data), None
+            return i, hashlib.sha256(data).hexdigest(), read_provenance(data), None
         except OSError as exc:
             return i, None, None, f"cannot read: {exc.strerror or exc}"
 
