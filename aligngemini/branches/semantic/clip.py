@@ -206,7 +206,7 @@ class ClipTower(nn.Module):
     def _run(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
         if self.image_size != self.native_size:
             kwargs["interpolate_pos_encoding"] = True
-        if self.precision == "bf16" and native_bf16(pixel_values.device.type):
+        if self.compute_precision == "bf16":
             with torch.autocast(pixel_values.device.type, dtype=torch.bfloat16):
                 return self.model(pixel_values=pixel_values, **kwargs)
         return self.model(pixel_values=pixel_values, **kwargs)

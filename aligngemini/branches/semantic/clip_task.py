@@ -150,7 +150,8 @@ class FeatureCache:
     """Raw (unnormalised) features on disk, one ``.npy`` per image: ``<root>/<sha[:2]>/<sha>.npy``.
 
     ``root`` is ``cache_dir("features", <tower identity>-<view><size>[-<features>][<variant>])``: a different
-    tower, view, input size, feature kind, layer count or precision never reads another's; the image key is the sha256 of the file's bytes."""
+    tower, view, input size, feature kind, layer count or precision never reads another's; the image key is
+    the sha256 of the file's bytes."""
 
     def __init__(
         self, tower: ClipTower, view: str, root: Path | None = None, features: str = "embed"
