@@ -35,14 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:  # before building the model
+        print(f"{args.out} is not empty; pass --overwrite to replace it", file=sys.stderr)
+        return 2
     kwargs = {"img_size": args.crop} if "vit" in args.backbone else {}
     normalize = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     torch.manual_seed(args.seed)
     cfg = ModelConfig(backbone=args.backbone, backbone_kwargs=kwargs, finetune="full", normalize=normalize)
     model = PixelModel.from_config(cfg, load_weights=False)
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        print(f"{args.out} is not empty; pass --overwrite to replace it", file=sys.stderr)
-        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     save_file(
         {k: v.contiguous() for k, v in model.export_state_dict().items()}, str(args.out / "pixel.safetensors")
