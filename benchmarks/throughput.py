@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         by_size = {}
         sem = det.branches.get("semantic")
-        precisions = args.semantic_precisions or ([sem.tower.precision] if sem is not None else [])
-        for precision in precisions if sem is not None else []:
+        precisions = (args.semantic_precisions or [sem.tower.precision]) if sem is not None else []
+        for precision in precisions:
             sem.tower.set_precision(precision)  # weights as the branch would hold them at this precision
             if sem.tower.compute_precision == "bf16":
                 sem.tower.store_matmul_weights_in_bf16()

@@ -142,14 +142,11 @@ def semantic_logits(branch_dir: Path, features: np.ndarray) -> np.ndarray:
 
 def corpus_features(rows: list[dict[str, Any]], recipe: dict[str, Any]) -> np.ndarray:
     """The tower's features of every original file, as the branch computes them (cached per image)."""
-    from aligngemini.branches.semantic.clip import load_tower
     from aligngemini.branches.semantic.clip_task import FeatureCache, Row, embed_rows_cached
+    from aligngemini.train.task import build_task
 
-    m = recipe["model"]
-    tower = load_tower(m["tower"], sha256=m.get("tower_sha256")).configure(
-        image_size=m.get("image_size"), layers=m.get("layers"), precision=m.get("precision")
-    )
-    features, view = m.get("features", "embed"), (m.get("views") or [m.get("resize", "squash")])[0]
+    task = build_task(recipe)  # the tower loaded and set up (size, layers, precision) as training does
+    tower, features, view = task.tower(), task.model_cfg.features, task.model_cfg.view_list[0]
     items = [Row(Path(r["path"]), float(r["label"]), "eval") for r in rows]
     cache = FeatureCache(tower, view, features=features)
     return embed_rows_cached(items, tower, resize=view, cache=cache, batch_size=16, features=features,
