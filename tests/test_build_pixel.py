@@ -285,3 +285,24 @@ def test_low_frequency_alignment_removes_a_colour_drift_and_keeps_the_fine_trace
         rows, [PatternGenerator()], tmp_path / "off", PixelBuildConfig(), source_base=base, progress=False
     )
     assert "lowfreq_align_prob" not in json.loads((tmp_path / "off" / "build.json").read_text())["config"]
+
+
+def test_several_crops_per_image_give_distinct_pairs_of_one_scene(tmp_path: Path) -> None:
+    rows, base = _sources(tmp_path, [Source("real", "cam", "train", size=(160, 128)) for _ in range(2)])
+    cfg = PixelBuildConfig(**NO_OPS, crop_size=64, crops_per_image=3)
+    res = build_pixel_set(rows, [PatternGenerator("g")], tmp_path / "x3", cfg, source_base=base, progress=False)
+    assert res.counts == {"g": 6}
+    pairs = _pairs(tmp_path / "x3")
+    assert len(pairs) == 6
+    by_scene: dict[str, set[tuple[int, ...]]] = {}
+    for pair in pairs.values():
+        real, fake = pair["real"], pair["fake"]
+        assert real.extra["crop_box"] == fake.extra["crop_box"] and real.split == "train"
+        by_scene.setdefault(real.extra["scene"], set()).add(tuple(real.extra["crop_box"]))
+    assert len(by_scene) == 2 and all(len(boxes) == 3 for boxes in by_scene.values())
+    # the first crop keeps the id (and the centre box) a one-crop build gives it, so such a set resumes
+    one = build_pixel_set(rows, [PatternGenerator("g")], tmp_path / "x1", PixelBuildConfig(**NO_OPS, crop_size=64),
+                          source_base=base, progress=False)  # fmt: skip
+    assert {str(r.group) for r in one.rows} < set(pairs)
+    with pytest.raises(ValueError, match="crops_per_image"):
+        PixelBuildConfig(crops_per_image=0)

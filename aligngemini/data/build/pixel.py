@@ -57,6 +57,9 @@ class PixelBuildConfig:
 
     crop_size: int = 512
     crop: str = "center"  # center | random
+    # Pairs per real image and generator. The first crop follows ``crop``; each further one is drawn at a
+    # random place, so a large photo gives several native-resolution pairs for one decode.
+    crops_per_image: int = 1
     multiple_of: int = 16
     min_size: int = 64
     pairing: str = "all"  # all: every real with every generator; round-robin: one generator per real
@@ -99,6 +102,8 @@ class PixelBuildConfig:
             raise ValueError(f"pixel config: crop must be 'center' or 'random', got {self.crop!r}")
         if self.pairing not in ("all", "round-robin"):
             raise ValueError(f"pixel config: pairing must be 'all' or 'round-robin', got {self.pairing!r}")
+        if not 1 <= int(self.crops_per_image) <= 64:
+            raise ValueError(f"pixel config: crops_per_image must be in [1, 64], got {self.crops_per_image}")
         if self.multiple_of < 1 or self.crop_size < self.multiple_of or self.min_size < 1:
             raise ValueError("pixel config: need 1 <= multiple_of <= crop_size and min_size >= 1")
         for method in self.resize_methods:
@@ -125,6 +130,7 @@ class _Job:
     row: ManifestRow
     generator: str
     pair_id: str
+    crop_index: int = 0
 
 
 @dataclass
@@ -141,12 +147,15 @@ class _Prepared:
 def plan_pairs(
     rows: Sequence[ManifestRow], generator_names: Sequence[str], cfg: PixelBuildConfig
 ) -> list[_Job]:
-    """Which (real image, generator) pairs to make, each with a stable id."""
+    """Which (real image, generator, crop) pairs to make, each with a stable id (the first crop's id is the
+    one sets built before ``crops_per_image`` existed used)."""
     jobs = []
     for i, row in enumerate(rows):
         names = generator_names if cfg.pairing == "all" else [generator_names[i % len(generator_names)]]
         for name in names:
-            jobs.append(_Job(row, name, stable_id("pixel", row_key(row), name)))
+            for k in range(cfg.crops_per_image):
+                pair_id = stable_id("pixel", row_key(row), name, *([str(k)] if k else []))
+                jobs.append(_Job(row, name, pair_id, k))
     return jobs
 
 
@@ -187,7 +196,7 @@ class _PixelBuilder(SetBuilder):
                 subsampling = T.jpeg_subsampling(header)
         align = JPEG_GRID if fmt == "JPEG" else 1
         rng = np.random.default_rng([*seed_for(cfg.seed, job.pair_id), 0])
-        if cfg.crop == "random":
+        if cfg.crop == "random" or job.crop_index > 0:
             box = T.random_box(w, h, cw, ch, rng, align=align)
         else:
             box = T.center_box(w, h, cw, ch, align=align)
@@ -259,6 +268,7 @@ class _PixelBuilder(SetBuilder):
                         "source_jpeg_quality": prep.source_quality,
                         "source_size": list(prep.source_size),
                         "crop_box": list(prep.box),
+                        "crop_index": job.crop_index,
                         "ops": ops,
                     },
                 )
@@ -341,6 +351,8 @@ def build_pixel_set(
 def _stamp(cfg: PixelBuildConfig) -> dict[str, Any]:
     data = asdict(cfg)
     data.pop("batch_size")  # does not change what is written
+    if cfg.crops_per_image == 1:  # stamped only when used, so that older sets still resume
+        data.pop("crops_per_image")
     if not cfg.lowfreq_align_prob:  # off: stamp as before the option existed, so older sets still resume
         data.pop("lowfreq_align_prob")
         data.pop("lowfreq_cut")
