@@ -290,7 +290,9 @@ def test_low_frequency_alignment_removes_a_colour_drift_and_keeps_the_fine_trace
 def test_several_crops_per_image_give_distinct_pairs_of_one_scene(tmp_path: Path) -> None:
     rows, base = _sources(tmp_path, [Source("real", "cam", "train", size=(160, 128)) for _ in range(2)])
     cfg = PixelBuildConfig(**NO_OPS, crop_size=64, crops_per_image=3)
-    res = build_pixel_set(rows, [PatternGenerator("g")], tmp_path / "x3", cfg, source_base=base, progress=False)
+    res = build_pixel_set(
+        rows, [PatternGenerator("g")], tmp_path / "x3", cfg, source_base=base, progress=False
+    )
     assert res.counts == {"g": 6}
     pairs = _pairs(tmp_path / "x3")
     assert len(pairs) == 6
