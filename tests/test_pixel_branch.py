@@ -18,6 +18,13 @@ from aligngemini.branches.pixel.task import PixelTask
 from aligngemini.decode import load_image
 from tests._pixel_fixtures import recipe, write_pairs
 
+TINY_CNN = {
+    "backbone": "resnet10t",
+    "weights": None,
+    "finetune": "full",
+    "backbone_kwargs": {"channels": [8, 8, 8, 8]},
+}
+
 
 def _images() -> list:
     rng = np.random.default_rng(0)
@@ -140,3 +147,33 @@ def test_config_errors(exported, tmp_path):
     with pytest.raises(ValueError, match="does not fit"):
         bad = {**cfg, "backbone": {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "depth": 3}}}
         build_branch("pixel", bad, out, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def test_npr_input_filter_is_trained_exported_and_applied_at_inference(tmp_path):
+    from aligngemini.branches.pixel.model import neighbouring_pixel_residual
+
+    # the residual of a nearest-neighbour x2 up-sampled image is exactly zero; of a photo it is not
+    small = torch.rand(1, 3, 8, 9, generator=torch.Generator().manual_seed(1))
+    upsampled = small.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., :15, :17]
+    assert neighbouring_pixel_residual(upsampled).abs().max() == 0
+    assert neighbouring_pixel_residual(small).abs().max() > 0.1
+    manifest = write_pairs(tmp_path)
+    task = PixelTask(recipe(manifest, model={**TINY_CNN, "input_filter": "npr"}))
+    model = task.build_model().eval()
+    plain = PixelTask(recipe(manifest, model=TINY_CNN)).build_model().eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # the same weights see a different input
+        assert not torch.allclose(model(x), plain(x))
+    cfg = task.export(model, tmp_path / "bundle")
+    assert cfg["input_filter"] == "npr"
+    assert "input_filter" not in PixelTask(recipe(manifest, model=TINY_CNN)).export(plain, tmp_path / "plain")
+    branch = build_branch("pixel", cfg, tmp_path / "bundle", device=torch.device("cpu"), dtype=torch.float32)
+    images = _images()
+    scores = branch.score([branch.prepare(im) for im in images])
+    np.testing.assert_allclose(scores, reference_scores(model, images, branch.crop), atol=1e-5)
+    with pytest.raises(ValueError, match="input_filter"):
+        build_branch("pixel", {**cfg, "input_filter": "fft"}, tmp_path / "bundle", device=torch.device("cpu"),
+                     dtype=torch.float32)  # fmt: skip
+    with pytest.raises(ValueError, match="input_filter"):
+        PixelTask(recipe(manifest, model={**TINY_CNN, "input_filter": "fft"}))

@@ -7,6 +7,7 @@ Config section (written by :meth:`aligngemini.branches.pixel.task.PixelTask.expo
      "backbone": {"name": "efficientnet_lite0", "kwargs": {}},
      "crop": {"size": 192, "pad_mode": "reflect", "inference": "grid", "max_crops": 9, "combine": "mean"},
      "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+     "input_filter": "npr",                     # optional: what the backbone sees (model.input_filter)
      "threshold": 0.5,
      "batch_size": 32}                          # crops per forward pass (optional)
 
@@ -26,7 +27,7 @@ import torch
 from aligngemini.branches.base import register_family
 from aligngemini.branches.pixel.crops import CropConfig, combine_scores, inference_views_uint8
 from aligngemini.branches.pixel.fold_bn import fold_checked
-from aligngemini.branches.pixel.model import PixelModel, load_exported
+from aligngemini.branches.pixel.model import PixelModel, check_input_filter, load_exported
 from aligngemini.config import from_dict
 from aligngemini.decode import LoadedImage
 
@@ -37,6 +38,7 @@ _KNOWN_KEYS = {
     "backbone",
     "crop",
     "normalize",
+    "input_filter",
     "threshold",
     "batch_size",
     "lora_merged",
@@ -152,7 +154,17 @@ def build_pixel_branch(
     if "mean" not in norm or "std" not in norm:
         raise ValueError("pixel branch config: 'normalize' must give mean and std")
     crop = from_dict(CropConfig, cfg.get("crop") or {}, where="pixel branch crop")
-    model = load_exported(name, kwargs, load_file(str(path)), norm["mean"], norm["std"], where=str(path))
+    input_filter = str(cfg.get("input_filter", "none"))
+    check_input_filter(input_filter, "pixel branch config: 'input_filter'")
+    model = load_exported(
+        name,
+        kwargs,
+        load_file(str(path)),
+        norm["mean"],
+        norm["std"],
+        where=str(path),
+        input_filter=input_filter,
+    )
     return PixelBranch(
         model,
         crop,

@@ -262,7 +262,7 @@ class PixelTask:
                 "lora_merged": str(bool(pixel.lora_names)).lower(),
             },
         )
-        return {
+        section = {
             "family": FAMILY,
             "weights": self.export_cfg.weights_name,
             "backbone": {"name": self.model_cfg.backbone, "kwargs": dict(self.model_cfg.backbone_kwargs)},
@@ -272,6 +272,9 @@ class PixelTask:
             "batch_size": int(self.export_cfg.batch_size),
             "lora_merged": bool(pixel.lora_names),
         }
+        if pixel.input_filter != "none":  # written only when used: older readers reject unknown keys
+            section["input_filter"] = pixel.input_filter
+        return section
 
 
 @register_task(FAMILY)
