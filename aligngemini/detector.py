@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aligngemini.branches.base import Branch, build_branch
+from aligngemini.branches.base import Branch, build_branch, compile_branch
 from aligngemini.bundle import Bundle, load_bundle
 from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, LoadedImage, load_image
 from aligngemini.fusion import fuse
@@ -93,11 +93,13 @@ class Detector:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         provenance: str = "report",
         trust_anchors: str | None = None,
+        compile_mode: str | None = None,
     ) -> Detector:
         """Load a registered name (``"starter"``), a bundle folder or archive, or a hub id.
         ``only`` restricts to some branches (e.g. ``["pixel"]``). ``provenance``: "report" (what each file
         declares about its origin, beside the verdict), "override" (a validly signed C2PA claim of AI
-        generation makes the verdict fake) or "off"."""
+        generation makes the verdict fake) or "off". ``compile_mode``: a torch.compile mode ("default",
+        "reduce-overhead", "max-autotune") for every branch that offers one; None runs eagerly."""
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         dev = torch.device(device) if device is not None else default_device()
         dt = _parse_dtype(dtype, dev)
@@ -110,6 +112,11 @@ class Detector:
         branches = {
             role: build_branch(role, cfg, b.dir, device=dev, dtype=dt) for role, cfg in sections.items()
         }
+        if compile_mode is not None:
+            for role, branch in branches.items():
+                if not compile_branch(branch, compile_mode):
+                    log.warning("branch %s (%s) has no compiled path: it runs eagerly", role,
+                                sections[role].get("family"))  # fmt: skip
         det = cls(b, branches, dev, dt, max_pixels, provenance, trust_anchors)
         if det.missing_branches:
             log.warning("bundle %s has no %s branch: verdicts rest on %s alone", b.name,

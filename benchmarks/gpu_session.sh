@@ -3,7 +3,7 @@
 # Writes its JSON and tables to $OUT (or ./gpu_session_out), named after the machine.
 #
 #   bash benchmarks/gpu_session.sh                                   # on the GPU machine
-#   DEVICE=cpu IMAGES=16 BATCH=8 BACKBONE=resnet10t CROP=64 bash benchmarks/gpu_session.sh   # CPU smoke run
+#   DEVICE=cpu IMAGES=16 BATCH=8 BACKBONE=resnet10t CROP=64 COMPILE=default bash benchmarks/gpu_session.sh  # CPU smoke
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -22,6 +22,9 @@ bundle=$(mktemp -d)/random-pixel
 $PY benchmarks/random_pixel_bundle.py --backbone "$BACKBONE" --crop "$CROP" --batch-size "$BATCH" --out "$bundle"
 $PY benchmarks/throughput.py --bundle "$bundle" --device "$DEVICE" --images "$IMAGES" --batch-size "$BATCH" \
   --machine "$machine" --out "$OUT/throughput_${tag}_pixel" | tail -n 3
+# 1b. the same, torch.compile'd (CUDA graphs: the crop batch has one shape)
+$PY benchmarks/throughput.py --bundle "$bundle" --device "$DEVICE" --images "$IMAGES" --batch-size "$BATCH" \
+  --compile "${COMPILE:-reduce-overhead}" --machine "$machine" --out "$OUT/throughput_${tag}_pixel_compiled" | tail -n 3
 # 2. the starter bundle on the same machine
 $PY benchmarks/throughput.py --device "$DEVICE" --images "$((IMAGES / 4))" --batch-size "$((BATCH / 2))" \
   --machine "$machine" --out "$OUT/throughput_${tag}_starter" | tail -n 3

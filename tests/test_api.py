@@ -89,3 +89,30 @@ def test_only_and_explain_errors(tiny_bundle_dir: Path) -> None:
         det.explain(_img(0))
     with pytest.raises(ValueError, match="has no branch"):
         Detector.load(tiny_bundle_dir, device="cpu", only=["colour"])
+
+
+def test_compiled_detector_scores_like_the_eager_one(tiny_bundle_dir: Path, caplog) -> None:
+    images = [_img(s, 70 + 9 * s, 50 + 7 * s) for s in range(3)]
+    eager = Detector.load(tiny_bundle_dir, device="cpu").predict(images)
+    det = Detector.load(tiny_bundle_dir, device="cpu", compile_mode="default")
+    assert all(type(b.model if hasattr(b, "model") else b.tower.model).__name__ == "OptimizedModule"
+               for b in det.branches.values())  # fmt: skip
+    for batch in (3, 1):  # a second batch shape: recompiled, same scores
+        compiled = det.predict(images, batch_size=batch)
+        for a, b in zip(eager, compiled, strict=True):
+            for role in ("pixel", "semantic"):
+                assert a.to_dict()["branches"][role]["p_fake"] == pytest.approx(
+                    b.to_dict()["branches"][role]["p_fake"], abs=1e-4
+                )
+            assert a.verdict == b.verdict
+    with pytest.raises(ValueError, match="compile mode"):
+        Detector.load(tiny_bundle_dir, device="cpu", compile_mode="fast")
+
+
+def test_a_branch_without_a_compiled_path_stays_eager() -> None:
+    from aligngemini.branches.base import compile_branch
+
+    class Eager:  # e.g. the VLM family: no compile(mode) method
+        pass
+
+    assert compile_branch(Eager(), "reduce-overhead") is False  # type: ignore[arg-type]

@@ -37,6 +37,22 @@ class Branch(Protocol):
         """A short rationale in words; raises NotImplementedError where the branch cannot explain."""
 
 
+# torch.compile modes a detector accepts; "reduce-overhead" records CUDA graphs on a GPU.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def compile_branch(branch: Branch, mode: str) -> bool:
+    """``torch.compile`` the branch's network where its family offers it (a ``compile(mode)`` method);
+    False, and the branch stays eager, where it does not."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, not {mode!r}")
+    hook = getattr(branch, "compile", None)
+    if hook is None:
+        return False
+    hook(mode)
+    return True
+
+
 BranchFactory = Callable[..., Branch]
 _FAMILIES: dict[str, BranchFactory] = {}
 # Every family by name: the module that builds its branch for inference and the module of the training task

@@ -80,6 +80,17 @@ def add_provenance(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_compile(parser: argparse.ArgumentParser) -> None:
+    """``--compile [MODE]`` (dest ``compile_mode``, None when absent), the same on every command that scores."""
+    parser.add_argument(
+        "--compile", dest="compile_mode", nargs="?", const="default", default=None,
+        choices=("default", "reduce-overhead", "max-autotune"), metavar="MODE",
+        help="torch.compile the models: faster batches after a warm-up of a minute or more (each new batch "
+             "shape compiles once). MODE: default; reduce-overhead (CUDA graphs on a GPU); max-autotune. "
+             "Needs a C++ compiler on a CPU. Off by default",
+    )  # fmt: skip
+
+
 def read_trust_anchors(path: Path | None) -> str | None:
     """The text of a --trust-anchors file; raises ValueError naming the file and the fix."""
     if path is None:

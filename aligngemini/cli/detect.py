@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from aligngemini.cli import add_provenance, read_trust_anchors
+from aligngemini.cli import add_compile, add_provenance, read_trust_anchors
 from aligngemini.record import SCHEMA_TEXT
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -82,6 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true",
                    help="no progress bars on stderr (ours and the model libraries'); messages still print")  # fmt: skip
     add_provenance(p)
+    add_compile(p)
     p.set_defaults(func=run_detect)
 
 
@@ -200,7 +201,7 @@ def run_detect(args: argparse.Namespace) -> int:
     try:
         det = Detector.load(args.bundle, device=args.device, dtype=args.dtype, only=args.only,
                             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, provenance=args.provenance,
-                            trust_anchors=anchors)  # fmt: skip
+                            trust_anchors=anchors, compile_mode=args.compile_mode)  # fmt: skip
     except (BundleError, ResolveError, ValueError) as exc:
         _say(f"cannot load bundle {args.bundle!r}: {exc}")
         return 2

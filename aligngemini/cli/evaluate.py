@@ -46,7 +46,7 @@ never changed.
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
-    from aligngemini.cli import add_quiet
+    from aligngemini.cli import add_compile, add_quiet
 
     p.add_argument("data", nargs="*" if optional else "+", metavar="DATA",
                    help="folders, benchmark CSVs or manifests")  # fmt: skip
@@ -68,6 +68,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = False) -> Non
         "--cache", metavar="FILE", help="score cache (default: the user cache's scores/scores.sqlite)"
     )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached scores")
+    add_compile(p)
     p.add_argument("--provenance", choices=("report", "override", "off"), default="report",
                    help="metadata never changes a score: 'report' counts per set which images carry C2PA, IPTC "
                         "source types or generator parameters (default); 'override' also lets a validly signed "
@@ -143,7 +144,7 @@ def load_detector(args: argparse.Namespace) -> Any:
     """The detector to evaluate (a seam the tests replace with a small fake)."""
     from aligngemini.detector import Detector
 
-    return Detector.load(args.bundle, device=args.device, dtype=args.dtype)
+    return Detector.load(args.bundle, device=args.device, dtype=args.dtype, compile_mode=args.compile_mode)
 
 
 def _parse_thresholds(items: list[str]) -> dict[str, float]:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aligngemini.cli import add_provenance, add_quiet, read_trust_anchors
+from aligngemini.cli import add_compile, add_provenance, add_quiet, read_trust_anchors
 
 NAMED_SKIPS = 20
 
@@ -81,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
                    help="when stderr is not a terminal, one progress line this often (default: 30)")  # fmt: skip
     add_provenance(p)
+    add_compile(p)
     add_quiet(p)
     p.set_defaults(func=run_scan)
 
@@ -188,7 +189,8 @@ def _scan(args: argparse.Namespace) -> int:
     tally = Tally()
     progress = Progress(plan["pending"], quiet=args.quiet, every=args.log_every)
     detector_args = {"bundle": args.bundle, "device": args.device, "dtype": args.dtype,
-                     "provenance": args.provenance, "trust_anchors": anchors}  # fmt: skip
+                     "provenance": args.provenance, "trust_anchors": anchors,
+                     "compile_mode": args.compile_mode}  # fmt: skip
 
     def on_block(records: list[dict[str, Any]]) -> None:
         for rec in records:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from aligngemini.cli import add_provenance, read_trust_anchors
+from aligngemini.cli import add_compile, add_provenance, read_trust_anchors
 from aligngemini.serve.limits import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_IMAGES,
@@ -79,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default: info)")  # fmt: skip
     add_provenance(p)
+    add_compile(p)
     p.set_defaults(func=run_serve)
 
 
@@ -136,7 +137,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     def load() -> Detector:
         return Detector.load(bundle, device=args.device, dtype=args.dtype, max_pixels=args.max_pixels,
-                             provenance=args.provenance, trust_anchors=anchors)  # fmt: skip
+                             provenance=args.provenance, trust_anchors=anchors,
+                             compile_mode=args.compile_mode)  # fmt: skip
 
     app = create_app(load, settings)
     shown = f"[{args.host}]" if ":" in args.host else args.host

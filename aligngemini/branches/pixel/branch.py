@@ -77,6 +77,10 @@ class PixelBranch:
         model, self.folded_bn = fold_checked(model.float().eval(), probe)  # in fp32, before any cast
         self.model = model.to(device=self.device, dtype=dtype).eval()
 
+    def compile(self, mode: str) -> None:
+        """torch.compile the network: each new batch shape pays a compilation on first use."""
+        self.model = torch.compile(self.model, mode=mode)
+
     def prepare(self, image: LoadedImage) -> torch.Tensor:
         """[V, 3, size, size] uint8 crops at native resolution; CPU only (pinned when the model is on a GPU, so
         the copy to it can overlap)."""

@@ -623,6 +623,10 @@ class ClipSemanticBranch:
         elif tower.precision == "bf16":
             log.info("no native bf16 on %s: the %s tower computes in fp32", self.device, role)
 
+    def compile(self, mode: str) -> None:
+        """torch.compile the tower's transformer (the head is one matrix product)."""
+        self.tower.model = torch.compile(self.tower.model, mode=mode)
+
     def prepare(self, image: LoadedImage) -> torch.Tensor:
         return torch.stack([view_tensor(self.tower, image.image, v) for v in self.views])
 
