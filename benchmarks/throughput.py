@@ -105,8 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         paths = make_jpegs(Path(tmp), args.images, tuple(args.size))
         warm = paths[: args.batch_size]
         started = time.perf_counter()
-        list(det.iter_predict(warm, batch_size=args.batch_size, workers=workers))  # warm-up: loads, kernels
+        warm_verdicts = list(det.iter_predict(warm, batch_size=args.batch_size, workers=workers))  # warm-up
         t_warm = time.perf_counter() - started
+        drift = {}
+        if args.compile_mode:  # what compiling changed: the same images through an eager detector
+            eager = Detector.load(args.bundle, device=args.device, dtype=args.dtype)
+            pairs = zip(eager.predict(warm, batch_size=args.batch_size), warm_verdicts, strict=True)
+            for a, b in pairs:
+                for role in det.branches:
+                    change = abs(a.branches[role].p_fake - b.branches[role].p_fake)
+                    drift[role] = max(drift.get(role, 0.0), change)
+            del eager
         with ThreadPoolExecutor(workers) as pool:
             images, t_decode = timed(lambda: list(pool.map(det.load_input, paths)))
             prepared, t_prepare = timed(lambda: list(pool.map(det.prepare, images)))
@@ -168,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "compile": args.compile_mode,
         "warm_up_s": round(t_warm, 1),
+        "compiled_vs_eager_max_abs_p_fake": {k: float(f"{v:.2e}") for k, v in drift.items()},
         "images_per_s": {
             "decode": round(n / t_decode, 2),
             "prepare": round(n / t_prepare, 2),
@@ -192,7 +202,14 @@ def main(argv: list[str] | None = None) -> int:
             f"`{record['command']}` on the {record['machine']}, {record['date']} (load average {load:.2f} at "
             f"start; torch threads {record['torch_threads']}, decoding workers {workers}). {n} JPEGs of "
             f"{args.size[0]}x{args.size[1]}, batch {args.batch_size}, torch.compile: {args.compile_mode or 'off'} "
-            f"(warm-up {record['warm_up_s']} s).\n\n| stage | images/s |\n| --- | --- |\n"
+            f"(warm-up {record['warm_up_s']} s)."
+            + (
+                f" Compiled against eager, largest P(fake) change per branch on the warm-up images: "
+                f"{record['compiled_vs_eager_max_abs_p_fake']}."
+                if drift
+                else ""
+            )
+            + "\n\n| stage | images/s |\n| --- | --- |\n"
             f"{rows}\n\nEnd to end reaches {100 * record['end_to_end_over_models']:.0f}% of the models-only rate.\n"
         )
     return 0
