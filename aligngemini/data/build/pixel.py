@@ -58,7 +58,8 @@ class PixelBuildConfig:
     crop_size: int = 512
     crop: str = "center"  # center | random
     # Pairs per real image and generator. The first crop follows ``crop``; each further one is drawn at a
-    # random place, so a large photo gives several native-resolution pairs for one decode.
+    # random place, so a large photo gives several native-resolution pairs. An image no larger than the crop
+    # gets the same box each time: its pairs differ only in their own alignment draws (blend, JPEG, resize).
     crops_per_image: int = 1
     multiple_of: int = 16
     min_size: int = 64
