@@ -85,8 +85,8 @@ def add_compile(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile", dest="compile_mode", nargs="?", const="default", default=None,
         choices=("default", "reduce-overhead", "max-autotune"), metavar="MODE",
-        help="torch.compile the models: faster batches after a warm-up of a minute or more (each new batch "
-             "shape compiles once). MODE: default; reduce-overhead (CUDA graphs on a GPU); max-autotune. "
+        help="torch.compile the models: faster batches after a warm-up that compiles them (tens of seconds; "
+             "each new batch shape compiles once, and torch keeps compiled code on disk for later runs). MODE: default; reduce-overhead (CUDA graphs on a GPU); max-autotune. "
              "Needs a C++ compiler on a CPU. Off by default",
     )  # fmt: skip
 
