@@ -27,7 +27,7 @@ import torch
 from aligngemini.branches.base import register_family
 from aligngemini.branches.pixel.crops import CropConfig, combine_scores, inference_views_uint8
 from aligngemini.branches.pixel.fold_bn import fold_checked
-from aligngemini.branches.pixel.model import PixelModel, check_input_filter, load_exported
+from aligngemini.branches.pixel.model import PixelModel, load_exported
 from aligngemini.config import from_dict
 from aligngemini.decode import LoadedImage
 
@@ -158,8 +158,7 @@ def build_pixel_branch(
     if "mean" not in norm or "std" not in norm:
         raise ValueError("pixel branch config: 'normalize' must give mean and std")
     crop = from_dict(CropConfig, cfg.get("crop") or {}, where="pixel branch crop")
-    input_filter = str(cfg.get("input_filter", "none"))
-    check_input_filter(input_filter, "pixel branch config: 'input_filter'")
+    input_filter = str(cfg.get("input_filter", "none"))  # PixelModel refuses an unknown one
     model = load_exported(
         name,
         kwargs,
