@@ -153,9 +153,8 @@ def hash_items(
     def one(i: int) -> tuple[int, str | None, Provenance | None, str | None]:
         path = items[i].path
         try:
-            if (
-                not provenance or path.stat().st_size > DEFAULT_MAX_BYTES
-            ):  # too big to decode: no metadata read
+            # without provenance, or too big to decode: hash it in chunks, read no metadata
+            if not provenance or path.stat().st_size > DEFAULT_MAX_BYTES:
                 return i, file_sha256(path), None, None
             data = path.read_bytes()
             return i, hashlib.sha256(data).hexdigest(), read_provenance(data), None
