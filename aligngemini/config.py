@@ -13,6 +13,10 @@ import yaml
 
 T = TypeVar("T")
 
+# torch.compile modes a detector accepts (here, not beside the compiling code, so that the CLI can offer them
+# without importing torch); "reduce-overhead" records CUDA graphs on a GPU.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the file and key."""

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from aligngemini.config import COMPILE_MODES
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -58,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="time each --semantic-sizes entry in these tower precisions (fp32, bf16; default: the bundle's)",
     )
     p.add_argument("--compile", dest="compile_mode", default=None,
-                   choices=("default", "reduce-overhead", "max-autotune"),
+                   choices=COMPILE_MODES,
                    help="torch.compile every branch in this mode (the warm-up pays the compilation)")  # fmt: skip
     p.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     p.add_argument("--machine", default="2-core CPU dev box")

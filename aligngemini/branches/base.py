@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from aligngemini.config import COMPILE_MODES
 from aligngemini.decode import LoadedImage
 
 
@@ -35,10 +36,6 @@ class Branch(Protocol):
 
     def explain(self, image: LoadedImage) -> str:
         """A short rationale in words; raises NotImplementedError where the branch cannot explain."""
-
-
-# torch.compile modes a detector accepts; "reduce-overhead" records CUDA graphs on a GPU.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def compile_branch(branch: Branch, mode: str) -> bool:

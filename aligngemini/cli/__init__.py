@@ -16,6 +16,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from aligngemini.config import COMPILE_MODES
+
 # Top-level commands, by owning module.
 COMMAND_MODULES = [
     "aligngemini.cli.detect",  # detect
@@ -84,7 +86,7 @@ def add_compile(parser: argparse.ArgumentParser) -> None:
     """``--compile [MODE]`` (dest ``compile_mode``, None when absent), the same on every command that scores."""
     parser.add_argument(
         "--compile", dest="compile_mode", nargs="?", const="default", default=None,
-        choices=("default", "reduce-overhead", "max-autotune"), metavar="MODE",
+        choices=COMPILE_MODES, metavar="MODE",
         help="torch.compile the models: faster batches after a warm-up that compiles them (tens of seconds; "
              "each new batch shape compiles once, and torch keeps compiled code on disk for later runs). MODE: default; reduce-overhead (CUDA graphs on a GPU); max-autotune. "
              "Needs a C++ compiler on a CPU. Off by default",
