@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# How the embedded `starter` bundle was made, step by step (2-core CPU dev box; about an hour and a half).
+# How the embedded `starter` bundle was made, step by step (2-core CPU dev box; about two hours, three 21-minute
+# pixel runs among them).
 # Each step is resumable or skips finished work; re-running the whole script reproduces the bundle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
