@@ -88,7 +88,8 @@ def add_compile(parser: argparse.ArgumentParser) -> None:
         "--compile", dest="compile_mode", nargs="?", const="default", default=None,
         choices=COMPILE_MODES, metavar="MODE",
         help="torch.compile the models: faster batches after a warm-up that compiles them (tens of seconds; "
-             "each new batch shape compiles once, and torch keeps compiled code on disk for later runs). MODE: default; reduce-overhead (CUDA graphs on a GPU); max-autotune. "
+             "each new batch shape compiles once, and torch keeps compiled code on disk for later runs). "
+             "MODE: default; reduce-overhead (CUDA graphs on a GPU); max-autotune. "
              "Needs a C++ compiler on a CPU. Off by default",
     )  # fmt: skip
 
