@@ -27,6 +27,20 @@ def test_manifest_rows_and_pair_units(tmp_path):
     assert len(lonely) == 3 and ([r for r in rows if r.group == "pair0" and r.label == 0.0], []) in lonely
 
 
+def test_several_manifests_keep_their_own_pairs(tmp_path):
+    a, b = write_pairs(tmp_path / "a"), write_pairs(tmp_path / "b")  # both name their groups pair0..pair3
+    rows = read_rows([a, str(b)])
+    assert len(rows) == 16 and {r.path.parent.parent for r in rows} == {a.parent, b.parent}
+    units = pair_units([r for r in rows if r.split == "train"])
+    assert len(units) == 6 and all(len(reals) == 1 and len(fakes) == 1 for reals, fakes in units)
+    assert all(reals[0].path.parent.parent == fakes[0].path.parent.parent for reals, fakes in units)
+    task = PixelTask(recipe(a, data={"manifest": [str(a), str(b)]}))
+    train, val = task.build_datasets()
+    assert (len(train), len(val)) == (6, 4)
+    with pytest.raises(ValueError, match="empty list"):
+        read_rows([])
+
+
 def test_paired_items_share_augmentation_and_crop(tmp_path):
     manifest = write_pairs(tmp_path, identical=True, size=(90, 70))
     task = build_task(recipe(manifest, augment=HEAVY))

@@ -57,6 +57,7 @@ JPEG_GRID = 16  # pre-crop windows start on the 16-pixel MCU grid so JPEG block 
 
 @dataclass
 class PixelDataConfig(ManifestData):
+    manifest: str | list[str] = ""  # one pair set's manifest.jsonl, or several (pairs of several builds)
     paired: bool = (
         True  # a training item is a pair (a real and one of its reconstructions), same crop for both
     )
@@ -77,20 +78,28 @@ class Row:
     group: str
 
 
-def read_rows(manifest: str | Path, sources: Sequence[str] | None = None,
+def read_rows(manifest: str | Path | Sequence[str | Path], sources: Sequence[str] | None = None,
               exclude_sources: Sequence[str] | None = None) -> list[Row]:  # fmt: skip
-    """Rows of a pair manifest (``data:REL`` names one under the data home), paths absolute, narrowed to
-    the given source globs."""
-    chosen = select_sources(read_manifest(manifest), sources, exclude_sources)
-    return [
-        Row(
-            Path(r.path),
-            label_value(r.label, f"{manifest}: {r.path}"),
-            str(r.split or ""),
-            str(r.group or r.path),
+    """Rows of one pair manifest or several (``data:REL`` names one under the data home), paths absolute,
+    narrowed to the given source globs. With several, each manifest's groups stay its own: a group name
+    two builds happen to share never pairs one build's real with the other's fake."""
+    several = not isinstance(manifest, str | Path)
+    manifests = list(manifest) if several else [manifest]
+    if several and not manifests:
+        raise ValueError("recipe data.manifest is an empty list; name at least one manifest.jsonl")
+    rows = []
+    for i, one in enumerate(manifests):
+        prefix = f"{i}:" if several else ""
+        rows.extend(
+            Row(
+                Path(r.path),
+                label_value(r.label, f"{one}: {r.path}"),
+                str(r.split or ""),
+                prefix + str(r.group or r.path),  # no group: a pair of its own
+            )
+            for r in select_sources(read_manifest(one), sources, exclude_sources)
         )
-        for r in chosen  # no group: a pair of its own
-    ]
+    return rows
 
 
 def pair_units(rows: Sequence[Row]) -> list[tuple[list[Row], list[Row]]]:
