@@ -186,11 +186,13 @@ def semantic_scores(rows: list[dict[str, Any]], args: argparse.Namespace, work: 
 
 
 def run_sources(run: Path) -> set[str]:
-    """Sources of the real photos the run trained on: its pair set's, narrowed by its data.sources filters."""
+    """Sources of the real photos the run trained on: its pair sets', narrowed by its data.sources filters."""
     from aligngemini.data.manifest import read_manifest, select_sources
 
     data = json.loads((run / "train_summary.json").read_text())["recipe"]["data"]
-    rows = select_sources(read_manifest(data["manifest"]), data.get("sources"), data.get("exclude_sources"))
+    sets = data["manifest"] if isinstance(data["manifest"], list) else [data["manifest"]]
+    every = [row for m in sets for row in read_manifest(m)]
+    rows = select_sources(every, data.get("sources"), data.get("exclude_sources"))
     return {r.source or "" for r in rows if r.label == "real"}
 
 
