@@ -127,6 +127,25 @@ def test_cls_layers_features_are_every_layers_class_token(bundle: tuple[Path, di
         build_branch("semantic", {**section, "features": "cls-layers"}, out, device=CPU, dtype=torch.float32)
 
 
+def test_cls_mean_layers_features_add_each_layers_mean_patch_token(bundle: tuple[Path, dict]) -> None:
+    out, section = bundle
+    tower = build_branch("semantic", section, out, device=CPU, dtype=torch.float32).tower
+    x = torch.stack([clip.preprocess_image(im.image, TINY["image_size"]) for im in _images(2)])
+    with torch.no_grad():
+        feats = tower(x, "cls-mean-layers")
+        hidden = tower.model(pixel_values=x, output_hidden_states=True).hidden_states[1:]
+    width = tower.model.config.hidden_size
+    assert (
+        tower.feature_groups("cls-mean-layers") == 2 * len(hidden) == 2 * tower.feature_groups("cls-layers")
+    )
+    assert feats.shape == (2, tower.feature_dim("cls-mean-layers")) == (2, 2 * len(hidden) * width)
+    for layer, h in enumerate(hidden):
+        cls_part, mean_part = feats[:, 2 * layer * width : (2 * layer + 2) * width].split(width, dim=-1)
+        torch.testing.assert_close(cls_part, h[:, 0])
+        torch.testing.assert_close(mean_part, h[:, 1:].mean(dim=1))
+    assert not torch.allclose(mean_part, cls_part)
+
+
 def test_grouped_head_gives_each_group_equal_weight() -> None:
     head = clip.SemanticHead(6, groups=3)
     x = torch.tensor([[3.0, 4.0, 0.0, 10.0, 1.0, 0.0]])

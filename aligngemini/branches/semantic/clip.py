@@ -52,8 +52,9 @@ DEFAULT_RESIZE = "squash"
 HEAD_TYPES = ("linear", "mlp")
 # What the head reads: "embed" is the tower's output embedding; "cls-layers" the class token of every
 # transformer layer, concatenated (intermediate layers keep low-level evidence that the final projection,
-# trained for text matching, discards).
-FEATURES = ("embed", "cls-layers")
+# trained for text matching, discards); "cls-mean-layers" each layer's class token and its mean patch token.
+FEATURES = ("embed", "cls-layers", "cls-mean-layers")
+LAYER_FEATURES = ("cls-layers", "cls-mean-layers")
 # The tower's arithmetic: "fp32", or "bf16" (autocast: matrix products in bfloat16, norms and softmax in fp32;
 # about twice as fast on CPUs with native bf16, such as AVX512-BF16 or AMX). Where the device has no native
 # bf16 a "bf16" tower computes in fp32: emulated bf16 is 3 times slower than fp32 there, and the starter's
@@ -213,11 +214,16 @@ class ClipTower(nn.Module):
 
     def feature_dim(self, features: str = "embed") -> int:
         """Width of ``forward(x, features)``."""
-        return self.embed_dim if features == "embed" else self.n_layers * int(self.model.config.hidden_size)
+        if features == "embed":
+            return self.embed_dim
+        return self.feature_groups(features) * int(self.model.config.hidden_size)
 
     def feature_groups(self, features: str = "embed") -> int:
-        """How many equal parts ``forward(x, features)`` has: one per layer for ``cls-layers``."""
-        return 1 if features == "embed" else self.n_layers
+        """How many equal parts ``forward(x, features)`` has: one per layer for ``cls-layers``, two per layer
+        (class token, mean patch token) for ``cls-mean-layers``."""
+        if features == "embed":
+            return 1
+        return self.n_layers * (2 if features == "cls-mean-layers" else 1)
 
     def _embed(self, out: Any) -> torch.Tensor:
         if self.kind == "clip-projection":
@@ -226,13 +232,16 @@ class ClipTower(nn.Module):
         return pooled if pooled is not None else out.last_hidden_state[:, 0]
 
     def forward(self, pixel_values: torch.Tensor, features: str = "embed") -> torch.Tensor:
-        """[B, 3, S, S] -> [B, feature_dim(features)]: the embedding, or every layer's class token side by side."""
+        """[B, 3, S, S] -> [B, feature_dim(features)]: the embedding, or every layer's class token (and, for
+        ``cls-mean-layers``, after each its mean patch token) side by side."""
         if features == "embed":
             return self._embed(self._run(pixel_values))
         if features not in FEATURES:
             raise ValueError(f"features {features!r} is unknown; use one of {FEATURES}")
         hidden = self._run(pixel_values, output_hidden_states=True).hidden_states[1:]
-        return torch.cat([h[:, 0] for h in hidden], dim=-1)
+        if features == "cls-layers":
+            return torch.cat([h[:, 0] for h in hidden], dim=-1)
+        return torch.cat([part for h in hidden for part in (h[:, 0], h[:, 1:].mean(dim=1))], dim=-1)
 
     def preprocess(self, image: Image.Image, resize: str = DEFAULT_RESIZE) -> torch.Tensor:
         """[3, S, S] float32 for this tower."""

@@ -35,6 +35,7 @@ from aligngemini.branches.semantic.clip import (
     FAMILY,
     FEATURES,
     HEAD_TYPES,
+    LAYER_FEATURES,
     PRECISIONS,
     STARTER_TOWER,
     ClipTower,
@@ -62,7 +63,7 @@ class ClipModelConfig:
     head_hidden: int = 256
     head_dropout: float = 0.0
     resize: str = DEFAULT_RESIZE  # squash | pad | crop
-    features: str = "embed"  # embed | cls-layers (the class token of every layer)
+    features: str = "embed"  # embed | cls-layers (every layer's class token) | cls-mean-layers (+ mean patch)
     image_size: int | None = (
         None  # feed the tower this size instead of its own (e.g. 160: about half the cost)
     )
@@ -82,8 +83,10 @@ class ClipModelConfig:
             raise ConfigError(f"recipe model.features must be one of {FEATURES}, got {self.features!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"recipe model.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.layers is not None and (self.features != "cls-layers" or self.layers < 1):
-            raise ConfigError("recipe model.layers (a positive count) needs model.features: cls-layers")
+        if self.layers is not None and (self.features not in LAYER_FEATURES or self.layers < 1):
+            raise ConfigError(
+                f"recipe model.layers (a positive count) needs model.features in {LAYER_FEATURES}"
+            )
         for view in self.views or []:
             try:
                 parse_view(view, where="recipe model.views")
