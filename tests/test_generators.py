@@ -200,6 +200,12 @@ def test_train_vae_cli_writes_a_loadable_folder_and_resumes(tmp_path):
     assert cli_main([*argv, "--steps", "4"]) == 2
     assert cli_main([*argv, "--steps", "5", "--resume"]) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 5
+    # a 16-channel latent (SD3 / FLUX.1 style) is one flag; the decoder reads what the encoder writes
+    wide = tmp_path / "vae16"
+    wide_argv = [str(wide) if a == str(out) else a for a in argv]
+    assert cli_main([*wide_argv, "--steps", "2", "--latent-channels", "16"]) == 0
+    assert AutoencoderKL.from_pretrained(wide, local_files_only=True).config.latent_channels == 16
+    assert build_generator(f"vae:{wide}", device="cpu").reconstruct([photo_like(21, 19)])[0].size == (21, 19)
 
 
 def test_train_vae_resume_matches_an_uninterrupted_run(tmp_path):

@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-vae",
         help="train a small AutoencoderKL on photo crops",
-        description="Train a small diffusers AutoencoderKL (SD-VAE family: 8x down-sampling, 4 latent channels) "
+        description="Train a small diffusers AutoencoderKL (SD-VAE family: 8x down-sampling; 4 latent channels as "
+        "SD 1.x/2.x and SDXL, or 16 as SD3 and FLUX.1 with --latent-channels 16) "
         "on random crops of real photos; the result loads as generator 'vae:OUT'. Writes OUT/config.json, "
         "OUT/diffusion_pytorch_model.safetensors, OUT/MODEL_CARD.md, OUT/metrics.json and a resumable "
         "OUT/checkpoint/.",
@@ -61,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the image-gradient L1 term (default: 0.5)")  # fmt: skip
     p.add_argument("--channels", default="32,64,128,128",
                    help="block_out_channels, 4 comma-separated widths (default: 32,64,128,128)")  # fmt: skip
+    p.add_argument("--latent-channels", type=int, default=4,
+                   help="channels of the latent (default: 4, as SD 1.x/2.x and SDXL; SD3 and FLUX.1 use 16)")  # fmt: skip
     p.add_argument("--layers-per-block", type=int, default=1,
                    help="ResNet layers in each encoder/decoder block (default: 1)")  # fmt: skip
     p.add_argument("--crops-per-image", type=int, default=8,
@@ -128,6 +131,7 @@ def _train_vae(args: argparse.Namespace) -> int:
         grad_weight=args.grad_weight,
         block_out_channels=channels,
         layers_per_block=args.layers_per_block,
+        latent_channels=args.latent_channels,
         crops_per_image=args.crops_per_image,
         max_pool=args.max_pool,
         val_fraction=args.val_fraction,
