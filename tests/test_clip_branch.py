@@ -108,32 +108,34 @@ def test_several_views_average_the_head_logits(bundle: tuple[Path, dict]) -> Non
         )
 
 
-def test_cls_layers_features_are_every_layers_class_token(bundle: tuple[Path, dict]) -> None:
+def _layer_features(
+    bundle: tuple[Path, dict], features: str
+) -> tuple[clip.ClipTower, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The tower, its ``features`` of two images, and its hidden states after each transformer layer."""
     out, section = bundle
     tower = build_branch("semantic", section, out, device=CPU, dtype=torch.float32).tower
     x = torch.stack([clip.preprocess_image(im.image, TINY["image_size"]) for im in _images(2)])
     with torch.no_grad():
-        feats = tower(x, "cls-layers")
-        hidden = tower.model(pixel_values=x, output_hidden_states=True).hidden_states
-    assert (
-        feats.shape == (2, tower.feature_dim("cls-layers"))
-        and tower.feature_groups("cls-layers") == len(hidden) - 1
-    )
+        feats = tower(x, features)
+        hidden = tower.model(pixel_values=x, output_hidden_states=True).hidden_states[1:]
+    return tower, feats, hidden
+
+
+def test_cls_layers_features_are_every_layers_class_token(bundle: tuple[Path, dict]) -> None:
+    out, section = bundle
+    tower, feats, hidden = _layer_features(bundle, "cls-layers")
+    assert feats.shape == (2, tower.feature_dim("cls-layers"))
+    assert tower.feature_groups("cls-layers") == len(hidden)
     width = tower.model.config.hidden_size
-    for layer in range(len(hidden) - 1):
-        torch.testing.assert_close(feats[:, layer * width : (layer + 1) * width], hidden[layer + 1][:, 0])
+    for layer, h in enumerate(hidden):
+        torch.testing.assert_close(feats[:, layer * width : (layer + 1) * width], h[:, 0])
     # a head for the embedding does not fit these features: loading says so
     with pytest.raises(ValueError, match="-d"):
         build_branch("semantic", {**section, "features": "cls-layers"}, out, device=CPU, dtype=torch.float32)
 
 
 def test_cls_mean_layers_features_add_each_layers_mean_patch_token(bundle: tuple[Path, dict]) -> None:
-    out, section = bundle
-    tower = build_branch("semantic", section, out, device=CPU, dtype=torch.float32).tower
-    x = torch.stack([clip.preprocess_image(im.image, TINY["image_size"]) for im in _images(2)])
-    with torch.no_grad():
-        feats = tower(x, "cls-mean-layers")
-        hidden = tower.model(pixel_values=x, output_hidden_states=True).hidden_states[1:]
+    tower, feats, hidden = _layer_features(bundle, "cls-mean-layers")
     width = tower.model.config.hidden_size
     assert (
         tower.feature_groups("cls-mean-layers") == 2 * len(hidden) == 2 * tower.feature_groups("cls-layers")
