@@ -15,6 +15,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
 fi
 if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+  # PyPI's x86_64 torch is a CUDA build: about 5.6 GB in the venv, and pip unpacks it beside that.
+  free_gb=$(df -Pk "$VENV" | awk 'NR == 2 {print int($4 / 1048576)}')
+  if [ "$free_gb" -lt 8 ]; then
+    echo "setup: torch 2.14.1 needs about 8 GB free where $VENV lies; $free_gb GB are free there." >&2
+    echo "setup: free some space (old virtual environments, 'pip cache purge') and run this again." >&2
+    exit 1
+  fi
   echo "setup: installing torch 2.14.1 / torchvision 0.29.1" >&2
   "$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
 fi
