@@ -68,6 +68,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    rc = _train_and_report(args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _leave_launched_worker(rc)
+    return rc
+
+
+def _leave_launched_worker(rc: int) -> None:
+    """End a worker that torchrun or accelerate launched, skipping interpreter teardown.
+
+    A DistributedDataParallel wrapper keeps gloo's process group and its threads alive after
+    ``destroy_process_group()``; when Python then finalizes, those threads can still hold tensors
+    that need the GIL, and the worker dies with SIGABRT ("terminate called without an active
+    exception") after its run has finished and saved: intermittent, more often under load. Every
+    file the run writes is closed by now, so flushing the standard streams and logging is all the
+    teardown that matters, and ``os._exit`` leaves no time for the abort.
+    """
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(rc)
+
+
+def _train_and_report(args: argparse.Namespace) -> int:
     from aligngemini.config import ConfigError, load_config
     from aligngemini.train.checkpoint import CheckpointError
     from aligngemini.train.trainer import Trainer

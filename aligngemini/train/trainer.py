@@ -197,10 +197,12 @@ def _barrier(acc: Any) -> None:
 
 
 def _close_process_group() -> None:
-    """Destroy the process group this run created (torchrun launches). Left to interpreter shutdown,
-    gloo's worker threads still hold work objects whose tensors need the GIL while Python is being torn
-    down, and a worker aborts with SIGABRT ("terminate called without an active exception") after
-    training has finished: the failure is timing-dependent, so it shows under load."""
+    """Destroy the process group this run created (torchrun launches), so that a caller of ``fit()``
+    can start another group. Left to interpreter shutdown, gloo's worker threads still hold work
+    objects whose tensors need the GIL while Python is being torn down, and a worker aborts with
+    SIGABRT ("terminate called without an active exception") after training has finished. Destroying
+    does not free the group while a DistributedDataParallel reducer still refers to it (torch 2.14),
+    so the ``train`` command's workers also skip interpreter teardown when they leave."""
     from accelerate.state import AcceleratorState
 
     torch.distributed.destroy_process_group()
