@@ -60,6 +60,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument(
+        "--latent-channels", type=int, default=4, help="4 as SD 1.x/2.x and SDXL; 16 as SD3 and FLUX.1"
+    )
     parser.add_argument("--n-eval", type=int, default=8, help="held-out photos for the reconstruction checks")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
@@ -75,7 +78,8 @@ def main() -> int:
     work = Path("/tmp/aligngemini-gpu-vae")
     cfg = TrainVAEConfig(
         images=args.photos, out=str(work), steps=args.steps, size=128, batch=args.batch, lr=args.lr,
-        crops_per_image=40, max_pool=12000, eval_every=500, save_every=10**9, device=device,
+        latent_channels=args.latent_channels, crops_per_image=40, max_pool=12000, eval_every=500,
+        save_every=10**9, device=device,
         max_seconds=args.minutes * 60, overwrite=True,
     )  # fmt: skip
     result = train_vae(cfg)
@@ -84,6 +88,7 @@ def main() -> int:
         shutil.copy2(work / name, out / "vae" / name)
     report["train_vae"] = {
         "steps": result.steps, "seconds": round(result.seconds, 1), "batch": args.batch, "size": 128,
+        "latent_channels": args.latent_channels,
         "val_psnr_db": round(result.val_psnr, 2), "bicubic_x8_psnr_db": round(result.bicubic_psnr, 2),
         "train_images": result.n_train_images, "val_images": result.n_val_images, "history": result.history,
     }  # fmt: skip
