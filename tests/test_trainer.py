@@ -402,6 +402,27 @@ def test_two_processes_agree_and_equal_one_process_with_the_global_batch(tmp_pat
     )
 
 
+@pytest.mark.slow
+def test_fit_under_torchrun_destroys_the_process_group_it_created(tmp_path: Path) -> None:
+    """A library caller of ``Trainer.fit()`` under torchrun gets no process group left behind."""
+    common = {"grad_accum": 1, "max_steps": 2, "eval_every": 2, "checkpoint_every": 2}
+    r = _write_recipe(tmp_path / "ddp.yaml", recipe(DETERMINISTIC, batch_size=4, **common))
+    launcher = tmp_path / "fit.py"  # leaves through os._exit, as the train command's workers do
+    launcher.write_text(
+        "import os, sys, yaml\nimport torch.distributed as dist\n"
+        "from aligngemini.train.trainer import Trainer\n"
+        "Trainer(yaml.safe_load(open(sys.argv[1])), output_dir=sys.argv[2], device='cpu', progress=False).fit()\n"
+        "open(f\"group-left-{os.environ['RANK']}\", 'w').write(str(dist.is_initialized()))\n"
+        "os._exit(0)\n"
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(launcher), str(r), str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-12000:]
+    assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["world_size"] == 2
+    assert [(tmp_path / f"group-left-{rank}").read_text() for rank in (0, 1)] == ["False", "False"]
+
+
 # ------------------------------------------------------------------------------------------------ GPU
 
 
