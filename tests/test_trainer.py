@@ -326,6 +326,14 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _torchrun_2_cpu(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node 2 ARGS`` (gloo on the CPU); asserts that every worker exited 0."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-12000:]
+    return proc
+
+
 def _write_recipe(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path
@@ -380,10 +388,8 @@ def test_two_processes_agree_and_equal_one_process_with_the_global_batch(tmp_pat
     r = _write_recipe(tmp_path / "ddp.yaml", recipe(tiny, batch_size=4, **common))
     # The command the train --help documents. A worker that finished its run must also exit cleanly:
     # one left to interpreter teardown with gloo's threads alive can abort (SIGABRT) at exit.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "aligngemini.cli", "train", str(r), "--device", "cpu", "-q", "-o", str(tmp_path / "ddp")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-12000:]
+    proc = _torchrun_2_cpu(tmp_path, "-m", "aligngemini.cli", "train", str(r), "--device", "cpu", "-q", "-o",
+                           str(tmp_path / "ddp"))  # fmt: skip
     assert "trained 8 steps" in proc.stderr  # rank 0's report was flushed before its worker left
     summary = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_agree"] is True and summary["steps"] == 8
@@ -415,10 +421,7 @@ def test_fit_under_torchrun_destroys_the_process_group_it_created(tmp_path: Path
         "open(f\"group-left-{os.environ['RANK']}\", 'w').write(str(dist.is_initialized()))\n"
         "os._exit(0)\n"
     )
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += [str(launcher), str(r), str(tmp_path / "out")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-12000:]
+    _torchrun_2_cpu(tmp_path, str(launcher), str(r), str(tmp_path / "out"))
     assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["world_size"] == 2
     assert [(tmp_path / f"group-left-{rank}").read_text() for rank in (0, 1)] == ["False", "False"]
 
