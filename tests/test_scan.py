@@ -262,6 +262,31 @@ def test_ray_engine_gives_the_local_engine_records(
             assert (pa_ is None and pb is None) or pa_ == pytest.approx(pb, abs=1e-6)
 
 
+def test_the_ray_driver_makes_the_first_copy_in_input_order_the_original() -> None:
+    """An actor that scored a later block first took the earlier copy for the duplicate; the driver, which gets
+    records in input order, writes what the local engine writes."""
+    from aligngemini.scan.ray_engine import in_input_order
+    from aligngemini.scan.scorer import as_duplicate
+
+    scored = {
+        "path": "/d/zz-copy.png",
+        "sha256": "aa",
+        "p_fake": 0.7,
+        "verdict": "fake",
+        "duplicate_of": None,
+    }
+    known = {"path": "/old/k.png", "sha256": "kk", "p_fake": 0.2, "verdict": "real", "duplicate_of": None}
+    unreadable = {"path": "/d/gone.png", "sha256": None, "error": "no such file", "duplicate_of": None}
+    firsts = {"kk": known}  # from the store's earlier shards
+    given = [as_duplicate(scored, "/d/a.png"), unreadable, {**known, "path": "/d/k2.png"}, scored]
+    out = [in_input_order(r, firsts) for r in given]
+    assert out[0] == {**scored, "path": "/d/a.png", "duplicate_of": None}
+    assert out[1] == unreadable
+    assert out[2] == {**known, "path": "/d/k2.png", "duplicate_of": "/old/k.png"}
+    assert out[3] == {**scored, "duplicate_of": "/d/a.png"}
+    assert firsts == {"kk": known, "aa": out[0]}
+
+
 def _without_scores(rec: dict) -> dict:
     """A record less its floating-point scores (summed in another order on another thread count)."""
     out = {k: v for k, v in rec.items() if k != "p_fake"}

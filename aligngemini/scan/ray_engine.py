@@ -4,8 +4,10 @@ has GPUs). The driver writes each finished block as one Parquet shard (``store.S
 
 ``ray.init()`` joins the cluster at ``RAY_ADDRESS`` when it is set, else starts a local one. Content is
 scored once per actor and per run on the store's earlier shards; two actors that meet the same bytes in one
-run may both score them, and the driver then records the later one as a duplicate of the first (same
-scores, ``duplicate_of`` set), so the results are the same as the local engine's.
+run may both score them, and one actor may score a block before an earlier one (its memory then takes a
+later copy for the first): the driver, which gets the blocks in input order, records every copy after the
+first as its duplicate and the first as the original (same scores, ``duplicate_of`` set or not), so the
+results are the same as the local engine's.
 """
 
 from __future__ import annotations
@@ -163,18 +165,26 @@ def run_ray(plan: dict[str, Any], detector_args: dict[str, Any], *, actors: int 
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             written: list[tuple[int, Record]] = []
             for seq, text in zip(batch["seq"], batch["record"], strict=True):
-                rec = json.loads(str(text))
-                sha = rec.get("sha256")
-                if sha and not rec.get("duplicate_of"):  # two actors may have scored the same bytes
-                    first = firsts.setdefault(sha, rec)
-                    if first is not rec:
-                        rec = as_duplicate(first, rec["path"])
-                written.append((int(seq), rec))
+                written.append((int(seq), in_input_order(json.loads(str(text)), firsts)))
             store.write(written)
             on_block([r for _, r in written])
     finally:
         if started:
             ray.shutdown()
+
+
+def in_input_order(rec: Record, firsts: dict[str, Record]) -> Record:
+    """An actor's record as the local engine would write it, given in input order: a duplicate of the first
+    record of its content in ``firsts`` (sha256 -> record, updated here), or that first record itself. An actor
+    may have met a later copy in an earlier call and taken this one for its duplicate; the driver decides."""
+    sha = rec.get("sha256")
+    if not sha:  # unreadable: no content to share
+        return rec
+    first = firsts.get(sha)
+    if first is None:
+        first = firsts[sha] = {**rec, "duplicate_of": None}
+        return first
+    return as_duplicate(first, rec["path"])
 
 
 def _no_restarts() -> dict[str, Any]:
