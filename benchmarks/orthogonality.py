@@ -502,26 +502,14 @@ def score_model(
     }
 
 
-def bootstrap_ci(
-    labels: np.ndarray, decisions: np.ndarray, n: int = 1000, seed: int = 0
-) -> list[float] | None:
-    """95% percentile-bootstrap interval of balanced accuracy, resampling reals and fakes separately."""
-    real, fake = decisions[labels == 0], decisions[labels == 1]
-    if not len(real) or not len(fake):
-        return None
-    rng = np.random.default_rng(seed)
-    r = (~real[rng.integers(0, len(real), (n, len(real)))]).mean(axis=1)
-    f = fake[rng.integers(0, len(fake), (n, len(fake)))].mean(axis=1)
-    lo, hi = np.percentile((r + f) / 2, [2.5, 97.5])
-    return [round(float(lo), 4), round(float(hi), 4)]
-
-
 def measure_cell(labels: np.ndarray, p_fake: np.ndarray, decisions: np.ndarray) -> dict[str, Any]:
-    from aligngemini.eval.metrics import binary_metrics
+    from aligngemini.eval.metrics import binary_metrics, bootstrap_interval
 
     ok = ~np.isnan(p_fake)
     m = binary_metrics(labels[ok], p_fake[ok], decisions=decisions[ok])
-    m["bacc_ci95"] = bootstrap_ci(labels[ok], decisions[ok].astype(bool))
+    y, d = labels[ok], decisions[ok].astype(bool)
+    ci = bootstrap_interval(y, lambda idx: ((~d[idx][y[idx] == 0]).mean() + d[idx][y[idx] == 1].mean()) / 2)
+    m["bacc_ci95"] = None if ci is None else list(ci)
     if (~ok).any():
         m["n_unscored"] = int((~ok).sum())
     return m

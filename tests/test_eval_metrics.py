@@ -118,3 +118,23 @@ def test_summarize_mean_std_min_skip_none() -> None:
     assert out["min"]["balanced_acc"] == 0.7 and out["min_subset"]["balanced_acc"] == "b"
     assert out["mean"]["auc"] == pytest.approx(0.9) and out["n_subsets"]["auc"] == 2
     assert out["mean"]["ece"] is None and out["n_subsets"]["ece"] == 0
+
+
+def test_class_resamples_keep_each_class_count_and_draw_only_its_members() -> None:
+    labels = np.array([0, 1, 1, 0, 1, 1, 1])
+    for idx in M.class_resamples(labels, 50, np.random.default_rng(3)):
+        assert idx.size == labels.size
+        assert (labels[idx] == 0).sum() == 2 and (labels[idx] == 1).sum() == 5
+
+
+def test_bootstrap_interval_of_a_mean_matches_its_standard_error() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(400, int), np.ones(400, int)]
+    hits = rng.random(800) < 0.7  # per-image correctness, 70% in both classes
+    lo, hi = M.bootstrap_interval(labels, lambda idx: hits[idx].mean(), n=2000)
+    half = 1.96 * np.sqrt(0.7 * 0.3 / 800)  # normal approximation of the same interval
+    assert lo < hits.mean() < hi
+    assert abs((hi - lo) / 2 - half) < 0.2 * half
+    assert M.bootstrap_interval(labels[:400], lambda idx: 0.0) is None  # one class: undefined
+    same = M.bootstrap_interval(labels, lambda idx: hits[idx].mean(), n=200, seed=5)
+    assert same == M.bootstrap_interval(labels, lambda idx: hits[idx].mean(), n=200, seed=5)

@@ -219,12 +219,13 @@ def test_findings_follow_the_table() -> None:
     )
 
 
-def test_bootstrap_interval_brackets_the_estimate() -> None:
+def test_a_cell_carries_a_balanced_accuracy_interval_around_its_estimate() -> None:
     labels = np.array([0] * 20 + [1] * 20)
     decisions = np.array([False] * 15 + [True] * 5 + [True] * 12 + [False] * 8)
-    lo, hi = ortho.bootstrap_ci(labels, decisions)
-    assert lo < (15 / 20 + 12 / 20) / 2 < hi
-    assert ortho.bootstrap_ci(labels[:20], decisions[:20]) is None  # one class: undefined
+    cell = ortho.measure_cell(labels, decisions.astype(float), decisions)
+    lo, hi = cell["bacc_ci95"]
+    assert lo < cell["balanced_acc"] == (15 / 20 + 12 / 20) / 2 < hi
+    assert ortho.measure_cell(labels[:20], decisions[:20].astype(float), decisions[:20])["bacc_ci95"] is None
 
 
 def test_a_set_still_being_built_is_refused(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ that the data cannot define (AUC on a subset with one class, real accuracy with 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -192,3 +192,38 @@ def summarize(per_subset: Mapping[str, Metrics | None], keys: Sequence[str] = SU
         out["min"][key] = float(arr[worst])
         out["min_subset"][key] = vals[worst][0]
     return out
+
+
+def class_resamples(
+    labels: Sequence[int] | np.ndarray, n: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """``n`` bootstrap resamples of the indices of ``labels``, reals and fakes drawn separately so that each
+    resample keeps both class counts (a balanced accuracy or AUC is defined on every one of them)."""
+    y = np.asarray(labels).reshape(-1)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)]
+    for _ in range(n):
+        yield np.concatenate([g[rng.integers(0, g.size, g.size)] for g in groups])
+
+
+def percentile_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap values, rounded to 4 places."""
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(np.asarray(values, dtype=np.float64), [tail, 100 - tail])
+    return round(float(lo), 4), round(float(hi), 4)
+
+
+def bootstrap_interval(
+    labels: Sequence[int] | np.ndarray,
+    statistic: Callable[[np.ndarray], float],
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of ``statistic(indices)`` over class-stratified resamples of the
+    images; None when a class is missing (the statistics this serves are undefined then)."""
+    y = np.asarray(labels).reshape(-1)
+    if not ((y == 0).any() and (y == 1).any()):
+        return None
+    rng = np.random.default_rng(seed)
+    return percentile_interval([statistic(idx) for idx in class_resamples(y, n, rng)], level)

@@ -45,22 +45,15 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
-def bootstrap_interval(
-    labels: np.ndarray, scores: np.ndarray, *, n: int = 1000, seed: int = 0, threshold: float = 0.5
+def balanced_accuracy_interval(
+    labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5
 ) -> tuple[float, float]:
-    """95% interval of balanced accuracy, resampling images within each class."""
-    labels = np.asarray(labels)
-    scores = np.asarray(scores)
-    rng = np.random.default_rng(seed)
-    idx = [np.flatnonzero(labels == c) for c in (0, 1)]
-    if any(len(i) == 0 for i in idx):
-        return (float("nan"), float("nan"))
-    values = []
-    for _ in range(n):
-        sample = np.concatenate([rng.choice(i, size=len(i), replace=True) for i in idx])
-        values.append(balanced_accuracy(labels[sample], scores[sample], threshold))
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return (round(float(lo), 4), round(float(hi), 4))
+    """95% bootstrap interval of balanced accuracy (images resampled within each class); NaNs without both."""
+    from aligngemini.eval.metrics import bootstrap_interval
+
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    ci = bootstrap_interval(labels, lambda idx: balanced_accuracy(labels[idx], scores[idx], threshold))
+    return ci if ci is not None else (float("nan"), float("nan"))
 
 
 @dataclass
@@ -120,7 +113,7 @@ def summarize(
         real_accuracy=real_acc,
         fake_accuracy=fake_acc,
         auc=auc(y_eval, scores),
-        ci95=bootstrap_interval(y_eval, scores),
+        ci95=balanced_accuracy_interval(y_eval, scores),
         train_balanced_accuracy=None if train_scores is None else balanced_accuracy(y_train, train_scores),
         seconds=seconds,
         notes=notes or {},
