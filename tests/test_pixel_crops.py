@@ -14,6 +14,7 @@ from aligngemini.branches.pixel.crops import (
     inference_views,
     inference_views_uint8,
     pad_to_min,
+    random_offset,
     train_crop,
 )
 
@@ -110,3 +111,28 @@ def test_uint8_views_are_the_float_views_times_255() -> None:
     assert u8.dtype == torch.uint8 and u8.shape == inference_views(arr, cfg).shape
     assert torch.equal(u8.float() / 255, inference_views(arr, cfg))
     assert torch.equal(u8[0].permute(1, 2, 0), torch.from_numpy(arr[:128, :128]))  # first crop: top-left
+
+
+def test_a_crop_grid_puts_every_crop_corner_on_its_multiples():
+    rng = np.random.default_rng(0)
+    corners = {random_offset(300, 250, 96, rng, grid=16) for _ in range(400)}
+    assert all(t % 16 == 0 and x % 16 == 0 for t, x in corners)
+    assert {t for t, _ in corners} == set(range(0, 300 - 96 + 1, 16))  # every aligned row, the last one too
+    assert max(x for _, x in corners) == 144  # 250 - 96 = 154: the last multiple of 16 that fits
+    arr = _image(300, 250)
+    for _ in range(20):
+        view = train_crop(arr, CropConfig(size=96, grid=16), rng)
+        hits = [
+            (t, x)
+            for t in range(0, 205, 16)
+            for x in range(0, 155, 16)
+            if np.array_equal(arr[t : t + 96, x : x + 96], view)
+        ]
+        assert len(hits) == 1
+    # inference: the same layout as without a grid, each corner moved back onto the grid
+    free, snapped = CropConfig(size=96, max_crops=2), CropConfig(size=96, max_crops=2, grid=16)
+    assert inference_boxes(750, 1000, free) == [(327, 0), (327, 904)]
+    assert inference_boxes(750, 1000, snapped) == [(320, 0), (320, 896)]
+    assert inference_boxes(750, 1000, CropConfig(size=96, inference="center", grid=16)) == [(320, 448)]
+    with pytest.raises(ValueError, match="crop.grid"):
+        CropConfig(grid=0)

@@ -211,3 +211,27 @@ def test_rows_without_group_or_split(tmp_path):
     rows = read_rows(tmp_path / "m.jsonl")
     assert rows[0].group != rows[1].group and rows[1].split == ""
     assert len(pair_units(rows)) == 2  # no pair is invented across unrelated images
+
+
+def test_training_crops_keep_the_phase_of_a_crop_grid():
+    from aligngemini.branches.pixel.augment import AugmentConfig
+    from aligngemini.branches.pixel.crops import CropConfig
+
+    # each pixel holds its own coordinates modulo 16 (red: column, green: row): a crop on the grid starts at 0, 0
+    yy, xx = np.mgrid[0:700, 0:900]
+    arr = np.stack([xx % 16 * 16, yy % 16 * 16, np.zeros_like(xx)], axis=-1).astype(np.uint8)
+    big = Image.fromarray(arr)
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(30):
+        for grid in (16, 1):
+            out = augment_and_crop(
+                [big, big.copy()], AugmentConfig.none(), CropConfig(size=64, grid=grid), rng
+            )
+            first = (out[0][:2, 0, 0] * 255).round().int().tolist()
+            assert torch.equal(out[0], out[1])
+            if grid == 16:
+                assert first == [0, 0]
+            else:
+                starts.add(tuple(first))
+    assert len(starts) > 5  # without a grid the crops land at every phase

@@ -4,7 +4,9 @@ model untouched.
 - training: pad if smaller than the crop (reflect or constant), then a random crop;
 - inference: a centre crop, or for images larger than one crop a grid of up to ``max_crops`` crops spread
   evenly over the image (a 4000 px photo is judged at native resolution). Per-crop scores are combined by
-  ``max`` or ``mean`` of the probabilities.
+  ``max`` or ``mean`` of the probabilities;
+- both: with ``grid`` > 1, crop corners lie on multiples of ``grid`` from the image's top-left, so every crop
+  sees periodic traces (a decoder's up-sampling, a colour-filter array, JPEG blocks) in the same phase.
 
 Arrays are HxWx3 uint8 (numpy); views are float32 tensors in [0, 1], exactly ``pixel / 255``.
 Normalisation (mean/std) happens inside the model.
@@ -32,6 +34,10 @@ class CropConfig:
     inference: str = "grid"  # center: one crop; grid: several crops over large images
     max_crops: int = 9  # grid: at most this many crops per image
     combine: str = "mean"  # max | mean of per-crop P(fake)
+    # Crop corners (training and inference) on multiples of this many pixels from the image's top-left.
+    # 16 keeps a latent decoder's up-sampling grid, the camera's 2x2 colour-filter cells and the NPR input
+    # filter's 2x2 cells in one phase in every crop; 1 puts crops anywhere.
+    grid: int = 1
 
     def __post_init__(self) -> None:
         if int(self.size) <= 0:
@@ -44,6 +50,9 @@ class CropConfig:
         if int(self.max_crops) < 1:
             raise ValueError(f"crop.max_crops must be at least 1, got {self.max_crops}")
         self.max_crops = int(self.max_crops)
+        if int(self.grid) < 1:
+            raise ValueError(f"crop.grid must be at least 1, got {self.grid}")
+        self.grid = int(self.grid)
         if self.combine not in COMBINE_RULES:
             raise ValueError(f"crop.combine must be one of {COMBINE_RULES}, got {self.combine!r}")
         if not 0 <= int(self.pad_value) <= 255:
@@ -72,9 +81,12 @@ def pad_to_min(arr: np.ndarray, size: int, mode: str = "reflect", value: int = 0
     return np.pad(arr, pads, mode=mode)
 
 
-def random_offset(h: int, w: int, size: int, rng: np.random.Generator) -> tuple[int, int]:
-    """Top-left corner of a uniformly random ``size`` crop of an (already padded) ``h`` x ``w`` image."""
-    return int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+def random_offset(h: int, w: int, size: int, rng: np.random.Generator, grid: int = 1) -> tuple[int, int]:
+    """Top-left corner of a uniformly random ``size`` crop of an (already padded) ``h`` x ``w`` image, on
+    multiples of ``grid``."""
+    return grid * int(rng.integers(0, (h - size) // grid + 1)), grid * int(
+        rng.integers(0, (w - size) // grid + 1)
+    )
 
 
 def crop(arr: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
@@ -84,7 +96,7 @@ def crop(arr: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
 def train_crop(arr: np.ndarray, cfg: CropConfig, rng: np.random.Generator) -> np.ndarray:
     """Pad-if-small then a random ``cfg.size`` crop."""
     arr = pad_to_min(arr, cfg.size, cfg.pad_mode, cfg.pad_value)
-    top, left = random_offset(arr.shape[0], arr.shape[1], cfg.size, rng)
+    top, left = random_offset(arr.shape[0], arr.shape[1], cfg.size, rng, cfg.grid)
     return crop(arr, top, left, cfg.size)
 
 
@@ -107,10 +119,13 @@ def grid_counts(h: int, w: int, size: int, max_crops: int) -> tuple[int, int]:
 
 def inference_boxes(h: int, w: int, cfg: CropConfig) -> list[tuple[int, int]]:
     """Top-left corners of the inference crops on an image padded to at least ``cfg.size`` per side."""
+    g = cfg.grid
     if cfg.inference == "center":
-        return [((h - cfg.size) // 2, (w - cfg.size) // 2)]
+        return [((h - cfg.size) // 2 // g * g, (w - cfg.size) // 2 // g * g)]
     ny, nx = grid_counts(h, w, cfg.size, cfg.max_crops)
-    return [(t, left) for t in _starts(h, cfg.size, ny) for left in _starts(w, cfg.size, nx)]
+    return [
+        (t // g * g, left // g * g) for t in _starts(h, cfg.size, ny) for left in _starts(w, cfg.size, nx)
+    ]
 
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:

@@ -4,7 +4,7 @@ Recipe sections read here (the trainer owns ``train``)::
 
     task: pixel-timm
     model:   {backbone, backbone_kwargs, weights, normalize, finetune, lora, freeze_groups, ...}  (ModelConfig)
-    crop:    {size, pad_mode, pad_value, inference, max_crops, combine}                          (CropConfig)
+    crop:    {size, pad_mode, pad_value, inference, max_crops, combine, grid}                    (CropConfig)
     augment: {jpeg_p, hflip_p, ..., resize_p, ...}                                               (AugmentConfig)
     data:    {manifest, paired, train_split, val_split, max_pixels, max_val}                     (PixelDataConfig)
     export:  {threshold, batch_size, weights_name}                                               (PixelExportConfig)
@@ -143,18 +143,19 @@ def augment_and_crop(
     need = math.ceil((cfg.size + 2 * JPEG_GRID) / scale)
     w, h = images[0].size
     if same and (w > need or h > need):
-        left = JPEG_GRID * int(rng.integers(0, max(0, w - need) // JPEG_GRID + 1)) if w > need else 0
-        top = JPEG_GRID * int(rng.integers(0, max(0, h - need) // JPEG_GRID + 1)) if h > need else 0
+        step = math.lcm(JPEG_GRID, cfg.grid)  # the window keeps both the JPEG blocks' and the crops' phase
+        left = step * int(rng.integers(0, max(0, w - need) // step + 1)) if w > need else 0
+        top = step * int(rng.integers(0, max(0, h - need) // step + 1)) if h > need else 0
         images = [im.crop((left, top, min(w, left + need), min(h, top + need))) for im in images]
     arrays = [
         pad_to_min(as_array(apply_plan(im, plan, aug)), cfg.size, cfg.pad_mode, cfg.pad_value)
         for im in images
     ]
-    offset = random_offset(arrays[0].shape[0], arrays[0].shape[1], cfg.size, rng)
+    offset = random_offset(arrays[0].shape[0], arrays[0].shape[1], cfg.size, rng, cfg.grid)
     out = []
     for arr in arrays:
         if arr.shape != arrays[0].shape:
-            offset = random_offset(arr.shape[0], arr.shape[1], cfg.size, rng)
+            offset = random_offset(arr.shape[0], arr.shape[1], cfg.size, rng, cfg.grid)
         out.append(to_tensor(crop(arr, offset[0], offset[1], cfg.size)))
     return out
 
