@@ -64,6 +64,7 @@ def test_export_writes_plain_weights_and_a_complete_section(exported):
     assert cfg["family"] == "pixel-timm" and cfg["weights"] == "pixel.safetensors" and cfg["threshold"] == 0.5
     assert cfg["backbone"] == {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "depth": 2}}
     assert cfg["crop"]["size"] == 32 and cfg["lora_merged"] is True
+    assert "grid" not in cfg["crop"]  # the default is left out, so that older readers still load the section
     assert cfg["normalize"]["mean"] == pytest.approx([0.5, 0.5, 0.5])
     state = load_file(str(out / "pixel.safetensors"))
     assert "head.weight" in state and not any("lora" in k or "base_layer" in k for k in state)
@@ -177,3 +178,14 @@ def test_npr_input_filter_is_trained_exported_and_applied_at_inference(tmp_path)
                      dtype=torch.float32)  # fmt: skip
     with pytest.raises(ValueError, match="input_filter"):
         PixelTask(recipe(manifest, model={**TINY_CNN, "input_filter": "fft"}))
+
+
+def test_a_crop_grid_in_the_section_moves_the_inference_crops_onto_it(exported):
+    model, cfg, out = exported
+    section = {**cfg, "crop": {**cfg["crop"], "grid": 8}}
+    branch = build_branch("pixel", section, out, device=torch.device("cpu"), dtype=torch.float32)
+    arr = np.random.default_rng(1).integers(0, 256, (70, 50, 3), dtype=np.uint8)
+    views = branch.prepare(load_image(arr)).numpy().transpose(0, 2, 3, 1)
+    corners = [(t, x) for t in range(0, 70 - 31) for x in range(0, 50 - 31) if any(
+        np.array_equal(arr[t : t + 32, x : x + 32], v) for v in views)]  # fmt: skip
+    assert len(views) == 4 and sorted(corners) == [(0, 0), (0, 16), (32, 0), (32, 16)]

@@ -282,6 +282,8 @@ class PixelTask:
             "batch_size": int(self.export_cfg.batch_size),
             "lora_merged": bool(pixel.lora_names),
         }
+        if section["crop"]["grid"] == 1:  # as input_filter below: written only when used
+            del section["crop"]["grid"]
         if pixel.input_filter != "none":  # written only when used: older readers reject unknown keys
             section["input_filter"] = pixel.input_filter
         return section
