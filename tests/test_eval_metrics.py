@@ -138,3 +138,22 @@ def test_bootstrap_interval_of_a_mean_matches_its_standard_error() -> None:
     assert M.bootstrap_interval(labels[:400], lambda idx: 0.0) is None  # one class: undefined
     same = M.bootstrap_interval(labels, lambda idx: hits[idx].mean(), n=200, seed=5)
     assert same == M.bootstrap_interval(labels, lambda idx: hits[idx].mean(), n=200, seed=5)
+
+
+def test_detection_intervals_equal_a_plain_bootstrap_of_the_same_resamples() -> None:
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.zeros(60, int), np.ones(45, int)]
+    scores = np.round(rng.random(105) * 0.6 + 0.4 * labels, 1)  # coarse: many ties
+    decisions = scores >= 0.5
+    fast = M.detection_intervals(labels, scores, decisions, n=300, seed=2)
+    rs = list(M.class_resamples(labels, 300, np.random.default_rng(2)))
+    slow_auc = M.percentile_interval([roc_auc_score(labels[i], scores[i]) for i in rs])
+    slow_bacc = M.percentile_interval(
+        [((~decisions[i][labels[i] == 0]).mean() + decisions[i][labels[i] == 1].mean()) / 2 for i in rs]
+    )
+    assert fast == {"balanced_acc": slow_bacc, "auc": slow_auc}
+    lo, hi = fast["auc"]
+    assert lo < M.roc_auc(labels, scores) < hi
+    with_nan = np.r_[scores, np.nan]
+    assert M.detection_intervals(np.r_[labels, 1], with_nan, np.r_[decisions, True], n=300, seed=2) == fast
+    assert M.detection_intervals(labels[:60], scores[:60], decisions[:60]) is None

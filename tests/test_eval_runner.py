@@ -62,6 +62,12 @@ def test_eval_end_to_end_report_and_plots(
         "neither": 1,
     }
     assert report["subsets"]["mini"]["fused"]["balanced_acc"] == pytest.approx((5 / 6 + 6 / 7) / 2, abs=1e-6)
+    assert report["intervals"]["resamples"] == 1000
+    for det_name in ("fused", "pixel", "semantic"):  # 13 images: wide intervals around each estimate
+        m, iv = report["overall"][det_name], report["intervals"][det_name]
+        assert iv["balanced_acc"][0] < m["balanced_acc"] < iv["balanced_acc"][1]
+        assert iv["auc"][0] <= m["auc"] <= iv["auc"][1] and iv["auc"][1] - iv["auc"][0] > 0.05
+    assert "95% intervals of balanced accuracy (and AUC)" in (rep / "report.md").read_text()
     rob = report["robustness"]
     assert set(rob) == {"jpeg", "double-blur"}
     assert [p["value"] for p in rob["jpeg"]["points"]] == [50, 90]

@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 
 from aligngemini.eval import plots
-from aligngemini.eval.metrics import METRIC_KEYS, SUMMARY_KEYS
+from aligngemini.eval.metrics import METRIC_KEYS, SUMMARY_KEYS, detection_intervals
 from aligngemini.eval.runner import ROLES, EvalRun, error_list, item_rows
 
 MAX_ERRORS_IN_JSON = 200
+BOOTSTRAP_RESAMPLES = 1000
 DETECTORS = ("fused", *ROLES)
 
 
@@ -53,6 +54,7 @@ def build_report(run: EvalRun) -> dict[str, Any]:
         "errors": errors[:MAX_ERRORS_IN_JSON],
         "notes": list(es.notes),
         "overall": meas.overall,
+        "intervals": _intervals(run),
         "subsets": meas.subsets,
         "summary": meas.summary,
         "blind_spots": meas.blind_spots,
@@ -68,6 +70,20 @@ def build_report(run: EvalRun) -> dict[str, Any]:
     report["version"] = __version__
     report["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     return _clean(report)
+
+
+def _intervals(run: EvalRun) -> dict[str, Any]:
+    """95% bootstrap intervals of each detector's overall balanced accuracy and AUC (scored images only)."""
+    labels, ok = run.evalset.labels, run.table.ok
+    out: dict[str, Any] = {"resamples": BOOTSTRAP_RESAMPLES}
+    fr = run.measured.fused
+    if fr is not None:
+        out["fused"] = detection_intervals(labels[ok], fr.p_fake[ok], fr.fake[ok], n=BOOTSTRAP_RESAMPLES)
+    for role in run.table.roles:
+        scores = run.table.scores[role][ok]
+        decisions = scores >= run.settings.thresholds[role]
+        out[role] = detection_intervals(labels[ok], scores, decisions, n=BOOTSTRAP_RESAMPLES)
+    return out
 
 
 def _benchmarks(run: EvalRun) -> dict[str, Any]:
@@ -227,6 +243,16 @@ def render_markdown(report: Mapping[str, Any], plot_files: list[str]) -> str:
         m = report["overall"].get(d)
         rows.append([d, *(fmt(k, m.get(k)) if m else "—" for k in keys)])
     lines += _table(["detector", *(_HEAD[k] for k in keys)], rows)
+    iv = report.get("intervals") or {}
+    spans = [
+        f"{d} {fmt('balanced_acc', r['balanced_acc'][0])}-{fmt('balanced_acc', r['balanced_acc'][1])} "
+        f"(AUC {fmt('auc', r['auc'][0])}-{fmt('auc', r['auc'][1])})"
+        for d in DETECTORS
+        if (r := iv.get(d))
+    ]
+    if spans:
+        lines += ["", f"95% intervals of balanced accuracy (and AUC), from {iv['resamples']} bootstrap resamples of "
+                  "the scored images within each class: " + "; ".join(spans) + "."]  # fmt: skip
     fused = report["overall"].get("fused") or {}
     if "uncertain_rate" in fused:
         lines += ["", f"Uncertain band holds {fmt('uncertain_rate', fused['uncertain_rate'])}% of images; "
