@@ -29,7 +29,8 @@ examples:
 DATA is a folder in a known layout (--layout auto detects it), a benchmark CSV (SynthWildX list.csv,
 BFree-Online) or a manifest. Scores are cached per image content, branch model and perturbation, so
 rerunning with other thresholds or fusion, or a calibrated copy of the bundle, scores nothing again.
-Writes DIR/report.json, report.md, scores.csv and PNG plots.
+Writes DIR/report.json, report.md, scores.csv and PNG plots; the overall balanced accuracy and AUC of
+each detector come with 95% bootstrap intervals (1000 class-stratified resamples of the scored images).
 """
 
 CALIBRATE_EPILOG = """\
