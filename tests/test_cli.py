@@ -280,3 +280,13 @@ def test_assemble_from_training_outputs(tmp_path: Path, tiny_bundle_dir: Path, c
     img = Image.new("RGB", (48, 40), (120, 30, 200))
     assert det.predict(img)[0].to_dict()["branches"] == ref.predict(img)[0].to_dict()["branches"]
     assert main(["assemble", "--out", str(tmp_path / "x")]) == 2
+    # --set changes an inference setting of one branch's section and nothing else
+    phased = tmp_path / "phased"
+    assert main([*args[:-1], str(phased), "--set", "pixel.crop.phases=4"]) == 0
+    got = json.loads((phased / "config.json").read_text())["branches"]
+    assert got["pixel"]["crop"] == {**cfg["branches"]["pixel"]["crop"], "phases": 4}
+    assert got["semantic"] == cfg["branches"]["semantic"]
+    assert Detector.load(phased, device="cpu").branches["pixel"].crop.phases == 4
+    capsys.readouterr()
+    assert main([*args[:-1], str(tmp_path / "y"), "--set", "vlm.x=1"]) == 2
+    assert "must start with a branch given here (pixel, semantic)" in capsys.readouterr().err

@@ -136,3 +136,22 @@ def test_a_crop_grid_puts_every_crop_corner_on_its_multiples():
     assert inference_boxes(750, 1000, CropConfig(size=96, inference="center", grid=16)) == [(320, 448)]
     with pytest.raises(ValueError, match="crop.grid"):
         CropConfig(grid=0)
+
+
+def test_four_phases_score_each_crop_at_the_four_parities_of_its_corner():
+    plain = CropConfig(size=96, max_crops=2)
+    four = CropConfig(size=96, max_crops=2, phases=4)
+    assert inference_boxes(768, 1024, plain) == [(336, 0), (336, 928)]
+    boxes = inference_boxes(768, 1024, four)
+    # the right-hand crop touches the image's edge: it moves left instead of right, a phase change all the same
+    assert boxes == [(336, 0), (336, 1), (337, 0), (337, 1), (336, 928), (336, 927), (337, 928), (337, 927)]
+    assert {(t % 2, x % 2) for t, x in boxes[:4]} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert {(t % 2, x % 2) for t, x in boxes[4:]} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    arr = _image(768, 1024)
+    views = inference_views_uint8(arr, four)
+    assert views.shape == (8, 3, 96, 96)
+    assert torch.equal(views[3], torch.from_numpy(arr[337:433, 1:97].copy()).permute(2, 0, 1))
+    # an image no larger than a crop has one place only: its crop is scored four times, unmoved
+    assert inference_boxes(96, 96, four) == [(0, 0)] * 4
+    with pytest.raises(ValueError, match="crop.phases"):
+        CropConfig(phases=2)

@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Combine the branches exported by training runs into one detector bundle: weights are "
         "copied, checksums recorded, the fusion rule and a model card written.",
         epilog="examples:\n  aligngemini assemble --pixel runs/pixel-starter --semantic runs/semantic-starter "
-        "--name mine --card CARD.md --out bundles/mine",
+        "--name mine --card CARD.md --out bundles/mine\n  aligngemini assemble --pixel runs/pixel-wild --set "
+        "pixel.crop.phases=4 --out bundles/pixel-only",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a.add_argument("--pixel", type=Path, help="training output folder of the pixel branch")
@@ -63,6 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--rule", choices=tuple(RULES), default="or", help="fusion rule (default: or; stack needs calibrate)"
     )
     a.add_argument("--card", type=Path, help="MODEL_CARD.md to include")
+    a.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="ROLE.KEY=VALUE",
+        help="change a setting of a branch's exported section, e.g. pixel.crop.phases=4 (inference settings "
+        "only: the weights stay as trained; repeatable)",
+    )
     a.add_argument("--overwrite", action="store_true", help="replace an existing bundle in --out")
     a.set_defaults(func=run_assemble)
 
@@ -133,6 +142,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 def run_assemble(args: argparse.Namespace) -> int:
     from aligngemini.bundle import BundleError, save_bundle
+    from aligngemini.config import ConfigError, apply_overrides
 
     runs = {role: path for role, path in (("pixel", args.pixel), ("semantic", args.semantic)) if path}
     if not runs:
@@ -160,6 +170,17 @@ def run_assemble(args: argparse.Namespace) -> int:
                     print(f"aligngemini assemble: both branches export a file named {rel!r}", file=sys.stderr)
                     return 2
                 files[rel] = path
+    for item in args.set:
+        role = item.split(".", 1)[0]
+        if role not in branches or "." not in item.split("=", 1)[0]:
+            print(f"aligngemini assemble: --set {item!r} must start with a branch given here "
+                  f"({', '.join(sorted(branches))}), as in pixel.crop.phases=4", file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            branches[role] = apply_overrides(branches[role], [item.split(".", 1)[1]])
+        except ConfigError as exc:
+            print(f"aligngemini assemble: --set {item!r}: {exc}", file=sys.stderr)
+            return 2
     config = {"name": args.name or args.out.name, "branches": branches,
               "fusion": {"rule": args.rule, "uncertain_band": None}}  # fmt: skip
     card = args.card.read_text(encoding="utf-8") if args.card else ""

@@ -5,6 +5,8 @@ model untouched.
 - inference: a centre crop, or for images larger than one crop a grid of up to ``max_crops`` crops spread
   evenly over the image (a 4000 px photo is judged at native resolution). Per-crop scores are combined by
   ``max`` or ``mean`` of the probabilities;
+- inference with ``phases`` 4: each crop is also scored one pixel down, right and both, and every score
+  combined, so that the result does not depend on the parity of the image's rows and columns;
 - both: with ``grid`` > 1, crop corners lie on multiples of ``grid`` from the image's top-left, so every crop
   sees periodic traces (a decoder's up-sampling, a colour-filter array, JPEG blocks) in the same phase.
 
@@ -24,6 +26,7 @@ from PIL import Image
 PAD_MODES = ("reflect", "constant", "edge")
 INFERENCE_MODES = ("center", "grid")
 COMBINE_RULES = ("max", "mean")
+PHASES = (1, 4)
 
 
 @dataclass
@@ -38,6 +41,9 @@ class CropConfig:
     # 16 keeps a latent decoder's up-sampling grid, the camera's 2x2 colour-filter cells and the NPR input
     # filter's 2x2 cells in one phase in every crop; 1 puts crops anywhere.
     grid: int = 1
+    # Inference: 4 scores each crop also one pixel down, right, and both (the four phases of a 2x2 cell)
+    # and combines all of them, so that a score does not hang on where the image's pixel grid starts; 1 does not.
+    phases: int = 1
 
     def __post_init__(self) -> None:
         if int(self.size) <= 0:
@@ -53,6 +59,9 @@ class CropConfig:
         if int(self.grid) < 1:
             raise ValueError(f"crop.grid must be at least 1, got {self.grid}")
         self.grid = int(self.grid)
+        if int(self.phases) not in PHASES:
+            raise ValueError(f"crop.phases must be one of {PHASES}, got {self.phases}")
+        self.phases = int(self.phases)
         if self.combine not in COMBINE_RULES:
             raise ValueError(f"crop.combine must be one of {COMBINE_RULES}, got {self.combine!r}")
         if not 0 <= int(self.pad_value) <= 255:
@@ -121,11 +130,26 @@ def inference_boxes(h: int, w: int, cfg: CropConfig) -> list[tuple[int, int]]:
     """Top-left corners of the inference crops on an image padded to at least ``cfg.size`` per side."""
     g = cfg.grid
     if cfg.inference == "center":
-        return [((h - cfg.size) // 2 // g * g, (w - cfg.size) // 2 // g * g)]
-    ny, nx = grid_counts(h, w, cfg.size, cfg.max_crops)
+        boxes = [((h - cfg.size) // 2 // g * g, (w - cfg.size) // 2 // g * g)]
+    else:
+        ny, nx = grid_counts(h, w, cfg.size, cfg.max_crops)
+        boxes = [(t // g * g, x // g * g) for t in _starts(h, cfg.size, ny) for x in _starts(w, cfg.size, nx)]
+    if cfg.phases == 1:
+        return boxes
     return [
-        (t // g * g, left // g * g) for t in _starts(h, cfg.size, ny) for left in _starts(w, cfg.size, nx)
+        (_step(t, dy, h - cfg.size), _step(x, dx, w - cfg.size))
+        for t, x in boxes
+        for dy in (0, 1)
+        for dx in (0, 1)
     ]
+
+
+def _step(start: int, by: int, last: int) -> int:
+    """``start`` moved by ``by`` pixels, or back by as many where that would leave the image (which changes the
+    phase all the same); unmoved when the image is no larger than the crop."""
+    if start + by <= last:
+        return start + by
+    return max(0, start - by)
 
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:

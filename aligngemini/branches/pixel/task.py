@@ -4,7 +4,7 @@ Recipe sections read here (the trainer owns ``train``)::
 
     task: pixel-timm
     model:   {backbone, backbone_kwargs, weights, normalize, finetune, lora, freeze_groups, ...}  (ModelConfig)
-    crop:    {size, pad_mode, pad_value, inference, max_crops, combine, grid}                    (CropConfig)
+    crop:    {size, pad_mode, pad_value, inference, max_crops, combine, grid, phases}            (CropConfig)
     augment: {jpeg_p, hflip_p, ..., resize_p, ...}                                               (AugmentConfig)
     data:    {manifest, paired, train_split, val_split, max_pixels, max_val}                     (PixelDataConfig)
     export:  {threshold, batch_size, weights_name}                                               (PixelExportConfig)
@@ -282,8 +282,9 @@ class PixelTask:
             "batch_size": int(self.export_cfg.batch_size),
             "lora_merged": bool(pixel.lora_names),
         }
-        if section["crop"]["grid"] == 1:  # as input_filter below: written only when used
-            del section["crop"]["grid"]
+        for key in ("grid", "phases"):  # as input_filter below: written only when used
+            if section["crop"][key] == 1:
+                del section["crop"][key]
         if pixel.input_filter != "none":  # written only when used: older readers reject unknown keys
             section["input_filter"] = pixel.input_filter
         return section
