@@ -290,3 +290,7 @@ def test_assemble_from_training_outputs(tmp_path: Path, tiny_bundle_dir: Path, c
     capsys.readouterr()
     assert main([*args[:-1], str(tmp_path / "y"), "--set", "vlm.x=1"]) == 2
     assert "must start with a branch given here (pixel, semantic)" in capsys.readouterr().err
+    assert main([*args[:-1], str(tmp_path / "y"), "--set", "pixel.crop.phases=3"]) == 2
+    assert "crop.phases must be one of (1, 4)" in capsys.readouterr().err
+    assert main([*args[:-1], str(tmp_path / "y"), "--set", "pixel.crop.phase=4"]) == 2  # a typo
+    assert "phase" in capsys.readouterr().err and not (tmp_path / "y").exists()

@@ -141,6 +141,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def run_assemble(args: argparse.Namespace) -> int:
+    from aligngemini.branches.pixel.crops import CropConfig
     from aligngemini.bundle import BundleError, save_bundle
     from aligngemini.config import ConfigError, apply_overrides
 
@@ -178,7 +179,9 @@ def run_assemble(args: argparse.Namespace) -> int:
             return 2
         try:
             branches[role] = apply_overrides(branches[role], [item.split(".", 1)[1]])
-        except ConfigError as exc:
+            if role == "pixel":  # a typo or a value out of range is refused here, not when the bundle loads
+                CropConfig(**branches[role].get("crop", {}))
+        except (ConfigError, TypeError, ValueError) as exc:
             print(f"aligngemini assemble: --set {item!r}: {exc}", file=sys.stderr)
             return 2
     config = {"name": args.name or args.out.name, "branches": branches,
