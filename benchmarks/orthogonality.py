@@ -503,13 +503,12 @@ def score_model(
 
 
 def measure_cell(labels: np.ndarray, p_fake: np.ndarray, decisions: np.ndarray) -> dict[str, Any]:
-    from aligngemini.eval.metrics import binary_metrics, bootstrap_interval
+    from aligngemini.eval.metrics import binary_metrics, detection_intervals
 
     ok = ~np.isnan(p_fake)
     m = binary_metrics(labels[ok], p_fake[ok], decisions=decisions[ok])
-    y, d = labels[ok], decisions[ok].astype(bool)
-    ci = bootstrap_interval(y, lambda idx: ((~d[idx][y[idx] == 0]).mean() + d[idx][y[idx] == 1].mean()) / 2)
-    m["bacc_ci95"] = None if ci is None else list(ci)
+    ci = detection_intervals(labels[ok], p_fake[ok], decisions[ok])
+    m["bacc_ci95"] = None if ci is None else list(ci["balanced_acc"])
     if (~ok).any():
         m["n_unscored"] = int((~ok).sum())
     return m

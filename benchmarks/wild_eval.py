@@ -333,21 +333,17 @@ def bootstrap_intervals(
     and stack weights fixed as fitted (so the intervals are of the test images' sampling, not of the fit).
     Per fold and detector (balanced accuracy, AUC); of the mean over folds; and of each fused rule's mean
     balanced accuracy minus the better single expert's, paired on the same resamples."""
-    from aligngemini.eval.metrics import class_resamples, percentile_interval, roc_auc
+    from aligngemini.eval.metrics import class_resamples, percentile_interval, resampled_detection_metrics
 
     folds = sorted(fold_labels)
     bacc = np.full((n, len(folds), len(detectors)), np.nan)
     aucs = np.full_like(bacc, np.nan)
     for j, f in enumerate(folds):
         y = fold_labels[f]
-        rng = np.random.default_rng(j)
-        for b, idx in enumerate(class_resamples(y, n, rng)):
-            yb = y[idx]
-            for k, d in enumerate(detectors):
-                score, fake = calls[f][d]
-                bacc[b, j, k] = balanced(yb, fake[idx])
-                ok = ~np.isnan(score[idx])
-                aucs[b, j, k] = roc_auc(yb[ok], score[idx][ok])
+        resamples = list(class_resamples(y, n, np.random.default_rng(j)))  # the same ones for every detector
+        for k, d in enumerate(detectors):
+            score, fake = calls[f][d]
+            bacc[:, j, k], aucs[:, j, k] = resampled_detection_metrics(y, score, fake, resamples)
     singles = [d for d in ("pixel", "semantic") if d in detectors]
     best = max(singles, key=lambda d: summary[d]["mean_balanced_acc"])
     mean_bacc, mean_auc = bacc.mean(axis=1), aucs.mean(axis=1)

@@ -8,7 +8,7 @@ that the data cannot define (AUC on a subset with one class, real accuracy with 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -229,6 +229,38 @@ def bootstrap_interval(
     return percentile_interval([statistic(idx) for idx in class_resamples(y, n, rng)], level)
 
 
+def resampled_detection_metrics(
+    labels: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    decisions: Sequence[bool] | np.ndarray,
+    resamples: Iterable[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced accuracy of ``decisions`` and AUC of ``scores`` (NaN scores left out of it) on each resample,
+    an index array into the images holding both classes.
+
+    The scores are sorted once; each resample is a weight per image (how often it was drawn) and its AUC
+    the weighted Mann-Whitney statistic (ties count half), linear in the number of images, so a million
+    scored images cost seconds, not a sort per resample."""
+    y, s = _as_arrays(labels, scores)
+    d = np.asarray(decisions, dtype=bool).reshape(-1)
+    order = np.argsort(s, kind="mergesort")  # NaN scores last, each its own group of weight 0 below
+    scored = ~np.isnan(s[order])
+    real_sorted, fake_sorted = (y[order] == 0) & scored, (y[order] == 1) & scored
+    tie_group = np.r_[0, np.cumsum(np.diff(s[order]) != 0)]
+    n_groups = int(tie_group[-1]) + 1 if y.size else 0
+    bacc, auc = [], []
+    for idx in resamples:
+        drawn = np.bincount(idx, minlength=y.size)
+        n_real, n_fake = drawn[y == 0].sum(), drawn[y == 1].sum()
+        bacc.append(((drawn * (~d & (y == 0))).sum() / n_real + (drawn * (d & (y == 1))).sum() / n_fake) / 2)
+        w = drawn[order]
+        reals = np.bincount(tie_group, weights=w * real_sorted, minlength=n_groups)
+        fakes = np.bincount(tie_group, weights=w * fake_sorted, minlength=n_groups)
+        below = np.cumsum(reals) - reals  # real draws with a strictly lower score
+        auc.append((fakes * (below + 0.5 * reals)).sum() / (reals.sum() * fakes.sum()))
+    return np.asarray(bacc, dtype=np.float64), np.asarray(auc, dtype=np.float64)
+
+
 def detection_intervals(
     labels: Sequence[int] | np.ndarray,
     scores: Sequence[float] | np.ndarray,
@@ -239,30 +271,12 @@ def detection_intervals(
     level: float = 0.95,
 ) -> dict[str, tuple[float, float]] | None:
     """Percentile-bootstrap intervals of balanced accuracy (of ``decisions``) and AUC (of ``scores``) on the
-    same class-stratified resamples; None without both classes. NaN scores are left out.
-
-    The scores are sorted once; each resample is a weight per image (how often it was drawn) and its AUC
-    the weighted Mann-Whitney statistic (ties count half), linear in the number of images, so a million
-    scored images cost seconds, not a sort per resample."""
+    same class-stratified resamples; None without both classes. NaN scores are left out."""
     y, s = _as_arrays(labels, scores)
     d = np.asarray(decisions, dtype=bool).reshape(-1)
     keep = ~np.isnan(s)
     y, s, d = y[keep], s[keep], d[keep]
     if not ((y == 0).any() and (y == 1).any()):
         return None
-    order = np.argsort(s, kind="mergesort")
-    y_sorted = y[order]
-    tie_group = np.r_[0, np.cumsum(np.diff(s[order]) != 0)]
-    n_groups = int(tie_group[-1]) + 1
-    n_real, n_fake = int((y == 0).sum()), int((y == 1).sum())
-    rng = np.random.default_rng(seed)
-    bacc, auc = np.empty(n), np.empty(n)
-    for b, idx in enumerate(class_resamples(y, n, rng)):
-        drawn = np.bincount(idx, minlength=y.size)
-        bacc[b] = ((drawn * (~d & (y == 0))).sum() / n_real + (drawn * (d & (y == 1))).sum() / n_fake) / 2
-        w = drawn[order]
-        reals = np.bincount(tie_group, weights=w * (y_sorted == 0), minlength=n_groups)
-        fakes = np.bincount(tie_group, weights=w * (y_sorted == 1), minlength=n_groups)
-        below = np.cumsum(reals) - reals  # real draws with a strictly lower score
-        auc[b] = float((fakes * (below + 0.5 * reals)).sum() / (n_real * n_fake))
+    bacc, auc = resampled_detection_metrics(y, s, d, class_resamples(y, n, np.random.default_rng(seed)))
     return {"balanced_acc": percentile_interval(bacc, level), "auc": percentile_interval(auc, level)}
