@@ -294,3 +294,5 @@ def test_assemble_from_training_outputs(tmp_path: Path, tiny_bundle_dir: Path, c
     assert "crop.phases must be one of (1, 4)" in capsys.readouterr().err
     assert main([*args[:-1], str(tmp_path / "y"), "--set", "pixel.crop.phase=4"]) == 2  # a typo
     assert "phase" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert main([*args[:-1], str(tmp_path / "y"), "--set", "pixel.precision=fp8"]) == 2
+    assert "precision 'fp8' is unknown" in capsys.readouterr().err and not (tmp_path / "y").exists()

@@ -141,6 +141,34 @@ def test_bfloat16_branch_is_close(exported):
     np.testing.assert_allclose(a, b, atol=0.03)
 
 
+def test_a_bf16_section_computes_in_bf16_only_where_the_device_has_it(exported, monkeypatch):
+    """``precision: bf16`` in the bundle makes an fp32 load compute the network as a bf16 load would, where
+    the device multiplies bf16 natively; elsewhere the branch stays exactly fp32."""
+    from aligngemini.branches.pixel import branch as pixel_branch
+
+    _, cfg, out = exported
+    images = _images()
+    cpu = torch.device("cpu")
+
+    def scores(section, dtype=torch.float32):
+        b = build_branch("pixel", section, out, device=cpu, dtype=dtype)
+        return b, b.score([b.prepare(im) for im in images])
+
+    plain, fp32 = scores(cfg)
+    _, bf16 = scores(cfg, torch.bfloat16)
+    monkeypatch.setattr(pixel_branch, "native_bf16", lambda device_type: True)
+    asked, got = scores({**cfg, "precision": "bf16"})
+    assert asked.dtype == torch.bfloat16 and {p.dtype for p in asked.model.parameters()} == {torch.bfloat16}
+    np.testing.assert_array_equal(got, bf16)
+    assert not np.array_equal(got, fp32)  # bf16 arithmetic really ran
+    monkeypatch.setattr(pixel_branch, "native_bf16", lambda device_type: False)
+    kept, same = scores({**cfg, "precision": "bf16"})
+    assert kept.dtype == torch.float32 and plain.precision == "fp32" and kept.precision == "bf16"
+    np.testing.assert_array_equal(same, fp32)
+    with pytest.raises(ValueError, match="precision 'int8'"):
+        build_branch("pixel", {**cfg, "precision": "int8"}, out, device=cpu, dtype=torch.float32)
+
+
 def test_config_errors(exported, tmp_path):
     _, cfg, out = exported
     with pytest.raises(FileNotFoundError):

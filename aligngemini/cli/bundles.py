@@ -69,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="ROLE.KEY=VALUE",
-        help="change a setting of a branch's exported section, e.g. pixel.crop.phases=4 (inference settings "
-        "only: the weights stay as trained; repeatable)",
+        help="change a setting of a branch's exported section, e.g. pixel.crop.phases=4 or "
+        "pixel.precision=bf16 (inference settings only: the weights stay as trained; repeatable)",
     )
     a.add_argument("--overwrite", action="store_true", help="replace an existing bundle in --out")
     a.set_defaults(func=run_assemble)
@@ -141,7 +141,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def run_assemble(args: argparse.Namespace) -> int:
-    from aligngemini.branches.pixel.crops import CropConfig
+    from aligngemini.branches.pixel.branch import check_section
     from aligngemini.bundle import BundleError, save_bundle
     from aligngemini.config import ConfigError, apply_overrides
 
@@ -180,7 +180,7 @@ def run_assemble(args: argparse.Namespace) -> int:
         try:
             branches[role] = apply_overrides(branches[role], [item.split(".", 1)[1]])
             if role == "pixel":  # a typo or a value out of range is refused here, not when the bundle loads
-                CropConfig(**branches[role].get("crop", {}))
+                check_section(branches[role])
         except (ConfigError, TypeError, ValueError) as exc:
             print(f"aligngemini assemble: --set {item!r}: {exc}", file=sys.stderr)
             return 2

@@ -9,6 +9,7 @@ Config section (written by :meth:`aligngemini.branches.pixel.task.PixelTask.expo
      "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
      "input_filter": "npr",                     # optional: what the backbone sees (model.input_filter)
      "threshold": 0.5,
+     "precision": "bf16",                       # optional, default fp32: see aligngemini.branches.precision
      "batch_size": 32}                          # crops per forward pass (optional)
 
 A model trained with LoRA is exported with its adapters merged into the base weights, so loading needs
@@ -17,6 +18,7 @@ only timm: the bundle holds plain timm weights plus the linear head.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,12 @@ from aligngemini.branches.base import register_family
 from aligngemini.branches.pixel.crops import CropConfig, combine_scores, inference_views_uint8
 from aligngemini.branches.pixel.fold_bn import fold_checked
 from aligngemini.branches.pixel.model import PixelModel, load_exported
+from aligngemini.branches.precision import check_precision, native_bf16
 from aligngemini.config import from_dict
 from aligngemini.decode import LoadedImage
 
 FAMILY = "pixel-timm"
+log = logging.getLogger(__name__)
 _KNOWN_KEYS = {
     "family",
     "weights",
@@ -40,6 +44,7 @@ _KNOWN_KEYS = {
     "normalize",
     "input_filter",
     "threshold",
+    "precision",
     "batch_size",
     "lora_merged",
     "notes",
@@ -66,11 +71,18 @@ class PixelBranch:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         batch_size: int = 32,
+        precision: str = "fp32",
     ) -> None:
         self.name = name
         self.threshold = float(threshold)
         self.crop = crop
         self.device = torch.device(device)
+        self.precision = check_precision(precision, f"branch {name!r}")
+        if precision == "bf16" and dtype == torch.float32:  # an fp32 load keeps what the bundle asks for
+            if native_bf16(self.device.type):
+                dtype = torch.bfloat16
+            else:
+                log.info("no native bf16 on %s: the %s network computes in fp32", self.device, name)
         self.dtype = dtype
         self.batch_size = max(1, int(batch_size))
         probe = torch.rand(2, 3, crop.size, crop.size, generator=torch.Generator().manual_seed(0))
@@ -127,6 +139,16 @@ def _backbone_spec(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return str(spec["name"]), dict(spec.get("kwargs") or {})
 
 
+def check_section(cfg: Mapping[str, Any]) -> CropConfig:
+    """Refuse a section with an unknown key, crop setting or precision (before any file is read); returns
+    its crop settings."""
+    unknown = sorted(set(cfg) - _KNOWN_KEYS)
+    if unknown:
+        raise ValueError(f"pixel branch config: unknown key(s) {unknown}; known: {sorted(_KNOWN_KEYS)}")
+    check_precision(str(cfg.get("precision", "fp32")), "pixel branch config")
+    return from_dict(CropConfig, cfg.get("crop") or {}, where="pixel branch crop")
+
+
 def build_pixel_branch(
     *,
     role: str,
@@ -138,9 +160,7 @@ def build_pixel_branch(
     """Build a :class:`PixelBranch` from its bundle config section and the bundle folder."""
     from safetensors.torch import load_file
 
-    unknown = sorted(set(cfg) - _KNOWN_KEYS)
-    if unknown:
-        raise ValueError(f"pixel branch config: unknown key(s) {unknown}; known: {sorted(_KNOWN_KEYS)}")
+    crop = check_section(cfg)
     weights = cfg.get("weights")
     if not weights:
         raise ValueError("pixel branch config: 'weights' (a .safetensors file in the bundle) is required")
@@ -157,7 +177,6 @@ def build_pixel_branch(
     norm = cfg.get("normalize") or {}
     if "mean" not in norm or "std" not in norm:
         raise ValueError("pixel branch config: 'normalize' must give mean and std")
-    crop = from_dict(CropConfig, cfg.get("crop") or {}, where="pixel branch crop")
     input_filter = str(cfg.get("input_filter", "none"))  # PixelModel refuses an unknown one
     model = load_exported(
         name,
@@ -176,6 +195,7 @@ def build_pixel_branch(
         device=device,
         dtype=dtype,
         batch_size=int(cfg.get("batch_size", 32)),
+        precision=str(cfg.get("precision", "fp32")),
     )
 
 

@@ -19,11 +19,9 @@ Tower sources (``cfg["tower"]``), all through ``aligngemini.resolve``:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from PIL import Image
 from torch import nn
 
 from aligngemini.branches.base import register_family
+from aligngemini.branches.precision import PRECISIONS, native_bf16
 from aligngemini.branches.semantic.clip_import import (
     IMPORTER_VERSION,
     STARTER_TOWER,
@@ -55,27 +54,10 @@ HEAD_TYPES = ("linear", "mlp")
 # trained for text matching, discards); "cls-mean-layers" each layer's class token and its mean patch token.
 FEATURES = ("embed", "cls-layers", "cls-mean-layers")
 LAYER_FEATURES = ("cls-layers", "cls-mean-layers")
-# The tower's arithmetic: "fp32", or "bf16" (autocast: matrix products in bfloat16, norms and softmax in fp32;
-# about twice as fast on CPUs with native bf16, such as AVX512-BF16 or AMX). Where the device has no native
-# bf16 a "bf16" tower computes in fp32: emulated bf16 is 3 times slower than fp32 there, and the starter's
-# bf16-trained head moves by 0.004 in P(fake) on average on fp32 features (at most 0.035 over 185 validation
-# images, no verdict changed).
-PRECISIONS = ("fp32", "bf16")
-
-
-@functools.cache
-def native_bf16(device_type: str) -> bool:
-    """Whether ``device_type`` ("cpu", "cuda") multiplies bfloat16 matrices in hardware. ``ALIGNGEMINI_BF16=off``
-    answers no everywhere: every tower then computes in fp32 (the same scores on any CPU, within fp32 kernels)."""
-    if os.environ.get("ALIGNGEMINI_BF16", "").lower() in ("off", "0", "no"):
-        return False
-    if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device_type == "cpu":
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
-    return False
-
+# The tower's arithmetic (aligngemini.branches.precision): "bf16" is autocast, matrix products in bfloat16 and
+# norms and softmax in fp32. The starter's bf16-trained head moves by 0.004 in P(fake) on average on fp32
+# features (at most 0.035 over 185 validation images, no verdict changed), which is what a CPU without
+# native bf16 computes.
 
 HEAD_FORMAT = "aligngemini.semantic_head.v1"
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
