@@ -16,7 +16,7 @@ image are written as a CSV that ``aligngemini calibrate --scores`` reads, which 
 bundle's fusion is fitted.
 
     python benchmarks/wild_eval.py --pixel-run runs/pixel-wild-a --pixel-run runs/pixel-wild-b \\
-        --out benchmarks/results/wild_eval
+        --pixel-opt crop.phases=4 --pixel-opt precision=bf16 --out benchmarks/results/wild_eval   # as shipped
     python benchmarks/wild_eval.py --no-pixel --out /tmp/semantic-only       # the semantic expert alone
 """
 
@@ -73,8 +73,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="an 'aligngemini train' output of the pixel task (repeatable)")  # fmt: skip
     p.add_argument("--pixel-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of each pixel run's exported branch, e.g. crop.max_crops=4 (repeatable)")  # fmt: skip
-    p.add_argument("--pixel-dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="the pixel network's arithmetic (bf16: what 'detect --dtype bf16' runs on a CPU)")  # fmt: skip
     p.add_argument("--no-pixel", action="store_true", help="evaluate the semantic expert alone")
     p.add_argument("--work", type=Path, help="keep the per-fold training runs here (default: a temp folder)")
     p.add_argument("--out", type=Path, help="write OUT.json, OUT.md and OUT_scores.csv")
@@ -200,7 +198,7 @@ def run_sources(run: Path) -> set[str]:
 
 
 def pixel_scores(
-    rows: list[dict[str, Any]], runs: list[Path], opts: Sequence[str] = (), dtype: str = "fp32"
+    rows: list[dict[str, Any]], runs: list[Path], opts: Sequence[str] = ()
 ) -> tuple[np.ndarray, dict[str, str]]:
     """P(fake) of each original file from a pixel run that saw none of its fold's real photos."""
     import torch
@@ -229,7 +227,7 @@ def pixel_scores(
             section,
             run / "branch",
             device=torch.device("cpu"),
-            dtype=torch.bfloat16 if dtype == "bf16" else torch.float32,
+            dtype=torch.float32,  # as detect loads on a CPU; the section's precision may ask for bf16
         )
         idx = [i for i, r in enumerate(rows) if r["fold"] == fold]
         for start in range(0, len(idx), 16):
@@ -478,9 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         sem = semantic_scores(rows, args, work)
     pix, chosen = (
-        (None, {})
-        if args.no_pixel
-        else pixel_scores(rows, [Path(r) for r in args.pixel_run], args.pixel_opt, args.pixel_dtype)
+        (None, {}) if args.no_pixel else pixel_scores(rows, [Path(r) for r in args.pixel_run], args.pixel_opt)
     )
     result = evaluate(rows, sem, pix)
     record = {

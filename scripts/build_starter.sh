@@ -19,15 +19,18 @@ aligngemini data build-semantic --out "$D/semantic-wild" --size-range 256 384 --
 all=(--opt 'data.train_split=[train, val]' --opt data.val_split=null)
 aligngemini train recipes/pixel-wild.yaml --output "$R/pixel-npr" -q "${all[@]}"
 aligngemini train recipes/semantic-wild.yaml --output "$R/semantic-wild" -q "${all[@]}"
+# the pixel expert's inference settings: each crop scored at the four phases of a 2x2 cell, in bf16 where the
+# CPU has it natively (step 4 measures the experts with them, step 5 ships them)
+pixel_infer=(crop.phases=4 precision=bf16)
 # 4. leave one source group out: two pixel experts that each never saw one half of the folds' real photos,
 #    then the semantic heads per fold, every fusion rule, and the out-of-fold scores
 aligngemini train recipes/pixel-wild.yaml --output "$R/npr-a" -q --opt 'data.exclude_sources=["realorai","wildmix:*"]'
 aligngemini train recipes/pixel-wild.yaml --output "$R/npr-b" -q --opt 'data.sources=["realorai","wildmix:*"]'
 python benchmarks/wild_eval.py --pixel-run "$R/npr-a" --pixel-run "$R/npr-b" \
-  --work "$R/wild-sem" --out benchmarks/results/wild_eval
+  "${pixel_infer[@]/#/--pixel-opt=}" --work "$R/wild-sem" --out benchmarks/results/wild_eval
 # 5. one bundle; the fusion rule that generalised best in step 4 (stack), fitted on the out-of-fold scores
 aligngemini assemble --pixel "$R/pixel-npr" --semantic "$R/semantic-wild" --name starter --rule stack \
-  --card docs/starter-model-card.md --out "$R/starter-uncalibrated" --overwrite
+  "${pixel_infer[@]/#/--set=pixel.}" --card docs/starter-model-card.md --out "$R/starter-uncalibrated" --overwrite
 aligngemini calibrate --scores benchmarks/results/wild_eval_scores.csv --bundle "$R/starter-uncalibrated" \
   --rule stack --target balanced --uncertain-width 0.1 --out aligngemini/bundles/starter --overwrite
 python scripts/update_golden.py
