@@ -310,6 +310,10 @@ def test_without_native_bf16_a_bf16_tower_computes_in_fp32(
     np.testing.assert_array_equal(branch.score(images), plain.score(images))
     with pytest.raises(ValueError, match="computing in bf16"):
         tower.store_matmul_weights_in_bf16()
+    assert branch.arithmetic == plain.arithmetic == "cpu:float32"  # the same numbers share cached scores
+    monkeypatch.setattr(clip, "native_bf16", lambda device_type: True)
+    fast = build_branch("semantic", {**section, "precision": "bf16"}, out, device=CPU, dtype=torch.float32)
+    assert fast.arithmetic == "cpu:float32+autocast-bf16"
 
 
 def test_the_environment_can_switch_bf16_off(monkeypatch: pytest.MonkeyPatch) -> None:

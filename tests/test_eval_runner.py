@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -148,6 +149,12 @@ def test_score_cache_hit_avoids_rescoring(
     other = FakeDetector()
     other.config["files"] = {"pixel.safetensors": "abc"}
     assert branch_model_keys(other)["pixel"] != branch_model_keys(copy)["pixel"]
+    # A branch computing in other arithmetic (bf16 instead of fp32, another device) has scores of its own.
+    bf16, fp32 = FakeDetector(), FakeDetector()
+    bf16.branches["pixel"] = SimpleNamespace(arithmetic="cpu:bfloat16")
+    fp32.branches["pixel"] = SimpleNamespace(arithmetic="cpu:float32")
+    assert branch_model_keys(bf16)["pixel"] != branch_model_keys(fp32)["pixel"]
+    assert branch_model_keys(bf16)["semantic"] == branch_model_keys(fp32)["semantic"]
 
 
 def test_perturbed_scores_are_cached_apart(data: Path, tmp_path: Path) -> None:

@@ -165,6 +165,7 @@ def test_a_bf16_section_computes_in_bf16_only_where_the_device_has_it(exported, 
     kept, same = scores({**cfg, "precision": "bf16"})
     assert kept.dtype == torch.float32 and plain.precision == "fp32" and kept.precision == "bf16"
     np.testing.assert_array_equal(same, fp32)
+    assert asked.arithmetic == "cpu:bfloat16" and kept.arithmetic == plain.arithmetic == "cpu:float32"
     with pytest.raises(ValueError, match="precision 'int8'"):
         build_branch("pixel", {**cfg, "precision": "int8"}, out, device=cpu, dtype=torch.float32)
 

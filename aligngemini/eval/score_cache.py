@@ -1,7 +1,8 @@
 """A cache of every image's per-branch scores, so that re-fusing or re-thresholding never re-runs a model.
 
 Rows are keyed by (image sha256, branch model key, perturbation). The *branch model key* hashes the
-branch's config section without its threshold, together with the bundle's weight checksums: a bundle
+branch's config section without its threshold, together with the bundle's weight checksums and the
+arithmetic the loaded branch computes in (device type and dtype: a bf16 score is not an fp32 one): a bundle
 copy whose only change is its thresholds or fusion (what ``aligngemini calibrate`` writes) has the same
 keys and reuses every score, which ``Detector.bundle_id`` (a digest of the whole config) would not.
 """
@@ -37,7 +38,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def branch_model_keys(detector: Any) -> dict[str, str]:
     """One cache key per branch role of ``detector`` (anything with ``branches`` and ``config``;
-    falls back to ``bundle_id`` when the config has no branch sections)."""
+    falls back to ``bundle_id`` when the config has no branch sections). A branch's ``arithmetic`` (e.g.
+    "cpu:bfloat16"), or else the detector's device and dtype, is part of its key."""
     roles = list(detector.branches)
     config = getattr(detector, "config", None) or {}
     sections = config.get("branches") or {}
@@ -49,7 +51,11 @@ def branch_model_keys(detector: Any) -> dict[str, str]:
             base: Any = {"bundle_id": getattr(detector, "bundle_id", "unknown")}
         else:
             base = {k: v for k, v in section.items() if k not in _DECISION_KEYS}
-        blob = json.dumps({"role": role, "branch": base, "files": files}, sort_keys=True, default=str)
+        arithmetic = getattr(detector.branches[role], "arithmetic", None)
+        if arithmetic is None and getattr(detector, "device", None) is not None:
+            arithmetic = f"{detector.device}:{getattr(detector, 'dtype', None)}"
+        blob = json.dumps({"role": role, "branch": base, "files": files, "arithmetic": arithmetic},
+                          sort_keys=True, default=str)  # fmt: skip
         keys[role] = f"{role}:{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
     return keys
 

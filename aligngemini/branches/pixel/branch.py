@@ -89,6 +89,11 @@ class PixelBranch:
         model, self.folded_bn = fold_checked(model.float().eval(), probe)  # in fp32, before any cast
         self.model = model.to(device=self.device, dtype=dtype).eval()
 
+    @property
+    def arithmetic(self) -> str:
+        """Where and in what the network computes (part of the score cache's key)."""
+        return f"{self.device.type}:{str(self.dtype).removeprefix('torch.')}"
+
     def compile(self, mode: str) -> None:
         """torch.compile the network: each new batch shape pays a compilation on first use."""
         self.model = torch.compile(self.model, mode=mode)

@@ -614,6 +614,15 @@ class ClipSemanticBranch:
         elif tower.precision == "bf16":
             log.info("no native bf16 on %s: the %s tower computes in fp32", self.device, role)
 
+    @property
+    def arithmetic(self) -> str:
+        """Where and in what the tower computes (part of the score cache's key): its weights' dtype as loaded,
+        and autocast where an fp32 tower computes in bf16."""
+        autocast = (
+            "+autocast-bf16" if self.dtype == torch.float32 and self.tower.compute_precision == "bf16" else ""
+        )
+        return f"{self.device.type}:{str(self.dtype).removeprefix('torch.')}{autocast}"
+
     def compile(self, mode: str) -> None:
         """torch.compile the tower's transformer (the head is one matrix product)."""
         self.tower.model = torch.compile(self.tower.model, mode=mode)
