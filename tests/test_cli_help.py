@@ -69,6 +69,16 @@ def test_one_vocabulary(command: str) -> None:
             assert opts["-q"].dest == "quiet", command
 
 
+@pytest.mark.parametrize("command", ["detect", "eval", "scan", "serve"])
+def test_commands_that_score_take_one_dtype_option(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    option = _options(PARSERS[command])["--dtype"]
+    assert option.choices is not None and {"fp32", "bf16", "fp16"} <= set(option.choices)
+    assert "precision: bf16" in option.help  # says why an fp32 run may still compute in bf16
+    with pytest.raises(SystemExit) as exc:
+        PARSERS[command].parse_args(["x", "--dtype", "int8"] if command != "serve" else ["--dtype", "int8"])
+    assert exc.value.code == 2 and "--dtype: invalid choice: 'int8'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["eval", "calibrate", "train", "data fetch-starter", "data build-pixel",
                                      "data build-semantic", "data audit", "generators reconstruct"])  # fmt: skip
 def test_commands_with_progress_bars_take_quiet(command: str) -> None:

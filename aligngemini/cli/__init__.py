@@ -94,6 +94,17 @@ def add_compile(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_dtype(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``, the same on every command that scores."""
+    parser.add_argument(
+        "--dtype", default=None, metavar="{fp32,bf16,fp16}",
+        choices=("fp32", "bf16", "fp16", "float32", "bfloat16", "float16"),
+        help="the models' dtype (default: bf16 on cuda, fp32 on cpu). On a CPU with native bf16 (AVX-512 BF16 or "
+             "AMX) a branch whose bundle section says precision: bf16 computes in bf16 even at fp32, as the "
+             "starter's two branches do; ALIGNGEMINI_BF16=off makes them compute in fp32",
+    )  # fmt: skip
+
+
 def read_trust_anchors(path: Path | None) -> str | None:
     """The text of a --trust-anchors file; raises ValueError naming the file and the fix."""
     if path is None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from aligngemini.cli import add_compile, add_provenance, read_trust_anchors
+from aligngemini.cli import add_compile, add_dtype, add_provenance, read_trust_anchors
 from aligngemini.record import SCHEMA_TEXT
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -70,9 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per model batch (default: 16)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
-    p.add_argument("--dtype", default=None,
-                   help="fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu; a bundle's semantic tower may "
-                        "still compute in bf16 on a CPU with native bf16, which ALIGNGEMINI_BF16=off refuses)")  # fmt: skip
+    add_dtype(p)
     p.add_argument(
         "--only", choices=("pixel", "semantic"), action="append", help="use only this branch (repeatable)"
     )

@@ -47,7 +47,7 @@ never changed.
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
-    from aligngemini.cli import add_compile, add_quiet
+    from aligngemini.cli import add_compile, add_dtype, add_quiet
 
     p.add_argument("data", nargs="*" if optional else "+", metavar="DATA",
                    help="folders, benchmark CSVs or manifests")  # fmt: skip
@@ -62,9 +62,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, optional: bool = False) -> Non
     p.add_argument("--batch-size", type=int, default=16, help="images per model batch (default: 16)")
     p.add_argument("--workers", type=int, help="threads decoding images (default: min(8, CPUs))")
     p.add_argument("--device", help="cuda, cuda:1, cpu, mps (default: cuda if available)")
-    p.add_argument(
-        "--dtype", choices=("fp32", "bf16", "fp16"), help="model dtype (default: bf16 on GPU, fp32 on CPU)"
-    )
+    add_dtype(p)
     p.add_argument(
         "--cache", metavar="FILE", help="score cache (default: the user cache's scores/scores.sqlite)"
     )

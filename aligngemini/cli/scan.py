@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aligngemini.cli import add_compile, add_provenance, add_quiet, read_trust_anchors
+from aligngemini.cli import add_compile, add_dtype, add_provenance, add_quiet, read_trust_anchors
 
 NAMED_SKIPS = 20
 
@@ -75,9 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per model batch (default: 16)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
-    p.add_argument("--dtype", default=None,
-                   help="fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu; a bundle's semantic tower may "
-                        "still compute in bf16 on a CPU with native bf16, which ALIGNGEMINI_BF16=off refuses)")  # fmt: skip
+    add_dtype(p)
     p.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
                    help="when stderr is not a terminal, one progress line this often (default: 30)")  # fmt: skip
     add_provenance(p)

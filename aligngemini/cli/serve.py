@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from aligngemini.cli import add_compile, add_provenance, read_trust_anchors
+from aligngemini.cli import add_compile, add_dtype, add_provenance, read_trust_anchors
 from aligngemini.serve.limits import (
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_IMAGES,
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES,
                    help=f"images per request (default: {DEFAULT_MAX_IMAGES})")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu)")
+    add_dtype(p)
     p.add_argument("--threads", type=int, default=None,
                    help="PyTorch threads for the model worker (default: PyTorch's choice; on a small shared "
                    "machine 1 can be many times faster)")  # fmt: skip
