@@ -398,15 +398,23 @@ def train_or_reuse(
 # Bundles, scoring, fusion, metrics
 
 
-def bundle_from_runs(out_dir: Path, name: str, runs: Mapping[str, Path], card: str) -> Path:
-    """A bundle (``save_bundle``) whose branches are the exports of ``runs`` ({role: run dir})."""
+def bundle_from_runs(
+    out_dir: Path, name: str, runs: Mapping[str, Path], card: str, pixel_infer: Sequence[str] = ()
+) -> Path:
+    """A bundle (``save_bundle``) whose branches are the exports of ``runs`` ({role: run dir}); a pixel
+    branch's section gets the inference settings ``pixel_infer`` (KEY=VALUE, as ``assemble --set pixel.KEY=VALUE``)."""
+    from aligngemini.branches.pixel.branch import check_section
     from aligngemini.bundle import save_bundle
+    from aligngemini.config import apply_overrides
 
     branches: dict[str, Any] = {}
     files: dict[str, Path] = {}
     for role, run_dir in runs.items():
         summary = run_summary(run_dir)
         branches[role] = summary["export"]
+        if role == "pixel" and pixel_infer:
+            branches[role] = apply_overrides(branches[role], pixel_infer)
+            check_section(branches[role])
         for f in sorted((run_dir / "branch").rglob("*")):
             if f.is_file():
                 rel = str(f.relative_to(run_dir / "branch"))
@@ -884,6 +892,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--semantic-opt", action="append", default=[], metavar="KEY=VALUE", help="semantic recipe override"
     )
     ap.add_argument(
+        "--pixel-infer",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an inference setting of every pixel branch, trained runs unchanged (as 'assemble --set "
+        "pixel.KEY=VALUE'), e.g. crop.phases=4",
+    )
+    ap.add_argument(
         "--reuse-pixel", type=Path, help="a finished 'aligngemini train' run of the pixel recipe: model (a)"
     )
     ap.add_argument("--reuse-semantic", type=Path, help="a finished run of the semantic recipe: model (b)")
@@ -1010,7 +1026,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         for name, (role, _) in RUNS.items():
             card = f"# {name}\n\n{MODEL_TITLES[name]}; made by benchmarks/orthogonality.py from {runs[name]['dir']}.\n"
             bundles[name] = bundle_from_runs(
-                work / "bundles" / name, name, {role: Path(runs[name]["dir"])}, card
+                work / "bundles" / name, name, {role: Path(runs[name]["dir"])}, card, args.pixel_infer
             )
         for name, (px, se) in FUSIONS.items():
             card = f"# {name}\n\n{MODEL_TITLES[name]} (OR rule); made by benchmarks/orthogonality.py.\n"
@@ -1019,6 +1035,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                 name,
                 {"pixel": Path(runs[px]["dir"]), "semantic": Path(runs[se]["dir"])},
                 card,
+                args.pixel_infer,
             )
 
     starter = starter_bundle_match(bundles["fusion_pure"])

@@ -252,3 +252,20 @@ def test_recipe_differences_ignore_where_data_and_output_live() -> None:
     }
     assert ortho.recipe_differences(a, b) == {"train.max_steps": [200, 100]}
     assert ortho.recipe_differences(a, a) == {}
+
+
+def test_pixel_inference_settings_reach_every_pixel_bundle_and_are_checked(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "branch").mkdir(parents=True)
+    (run / "branch" / "pixel.safetensors").write_bytes(b"weights")
+    section = {"family": "pixel-timm", "weights": "pixel.safetensors", "crop": {"size": 32}, "threshold": 0.5}
+    (run / "train_summary.json").write_text(json.dumps({"export": section}))
+    out = ortho.bundle_from_runs(
+        tmp_path / "b", "b", {"pixel": run}, "# b\n", ["crop.phases=4", "precision=bf16"]
+    )
+    got = json.loads((out / "config.json").read_text())["branches"]["pixel"]
+    assert got == {**section, "crop": {"size": 32, "phases": 4}, "precision": "bf16"}
+    plain = ortho.bundle_from_runs(tmp_path / "p", "p", {"pixel": run}, "# p\n")
+    assert json.loads((plain / "config.json").read_text())["branches"]["pixel"] == section
+    with pytest.raises(ValueError, match="crop.phases must be one of"):
+        ortho.bundle_from_runs(tmp_path / "x", "x", {"pixel": run}, "# x\n", ["crop.phases=3"])
