@@ -15,19 +15,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import platform
 import re
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 from fuzz_targets import TARGETS, seed_inputs  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_header import record_header  # noqa: E402
 
 REGRESSIONS = ROOT / "tests" / "fuzz_corpus"
 
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import atheris  # noqa: F401 - fail early with the install hint below
 
+    header = record_header("fuzz", argv, args.machine)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for target in args.targets:
@@ -142,11 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(res["crash_trace"], file=sys.stderr)
             results.append(res)
     record = {
-        "benchmark": "fuzz",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{args.machine} ({platform.machine()}, {os.cpu_count()} CPUs)",
-        "load_avg_at_start": os.getloadavg()[0],
-        "command": "python benchmarks/fuzz.py " + " ".join(argv),
+        **header,
         "atheris": version("atheris"),
         "python": platform.python_version(),
         "results": results,

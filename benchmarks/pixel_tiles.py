@@ -18,18 +18,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_header import record_header  # noqa: E402
+
 MAX_TILES_PER_SIDE = 12
 
 
@@ -171,7 +172,7 @@ def render_md(record: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    t0, load = time.time(), os.getloadavg()[0]
+    t0, header = time.time(), record_header("pixel_tiles", argv, args.machine)
     chosen = json.loads(args.wild_eval.with_suffix(".json").read_text())["pixel_runs"]
     by_name = {Path(r).name: Path(r) for r in args.pixel_run}
     missing = sorted(set(chosen.values()) - set(by_name))
@@ -183,11 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = [r | {"run": chosen[r["fold"]]} for r in csv.DictReader(fh) if r["fold"] in chosen]
     images = score_tiles(rows, {name: by_name[name] for name in set(chosen.values())})
     record = {
-        "benchmark": "pixel_tiles",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{args.machine} ({platform.machine()}, {os.cpu_count()} CPUs)",
-        "load_avg_at_start": load,
-        "command": "python benchmarks/pixel_tiles.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **header,
         "seconds": 0.0,
         "runs": chosen,
         "result": measure(images),

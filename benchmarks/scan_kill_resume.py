@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -24,12 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kill_resume import make_inputs  # noqa: E402
+from record_header import record_header  # noqa: E402
 
 from aligngemini.scan.store import StoreError, open_results  # noqa: E402
 
@@ -59,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machine", default="2-core CPU dev box")
     args = p.parse_args(argv)
     rnd = random.Random(args.seed)
-    load = os.getloadavg()[0]
+    header = record_header("scan_kill_resume", argv, args.machine)
+    load = header["load_avg_at_start"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
@@ -102,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                  "errors": sum(r["error"] is not None for r in recs)}  # fmt: skip
         ok = check["records"] == len(expected) and check["duplicates_of_paths"] == check["missing"] == 0
         record = {
-            "benchmark": "scan_kill_resume", "engine": args.engine,
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{args.machine} ({platform.machine()}, {os.cpu_count()} CPUs)", "load_avg_at_start": load,
-            "command": "python benchmarks/scan_kill_resume.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "bundle": args.bundle, "inputs": len(expected), "kills": runs, "final_returncode": final.returncode,
+            **header, "engine": args.engine, "bundle": args.bundle, "inputs": len(expected), "kills": runs, "final_returncode": final.returncode,
             "final": check, "every_input_exactly_once": ok,
         }  # fmt: skip
     print(json.dumps(record, indent=1))

@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from aligngemini.config import COMPILE_MODES
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_header import record_header  # noqa: E402
+
+from aligngemini.config import COMPILE_MODES  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0]
+    header = record_header("throughput", argv, args.machine)
+    load = header["load_avg_at_start"]
     det = Detector.load(args.bundle, device=args.device, dtype=args.dtype, compile_mode=args.compile_mode)
     workers = args.workers or det.default_workers()
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,11 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     assert all(v.error is None for v in verdicts)
     n = len(paths)
     record = {
-        "benchmark": "throughput",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{args.machine} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)",
-        "load_avg_at_start": load,
-        "command": "python benchmarks/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **header,
         "bundle": det.bundle_id,
         "device": str(det.device),
         "dtype": str(det.dtype),

@@ -27,18 +27,19 @@ import csv
 import fnmatch
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_header import record_header  # noqa: E402
 
 # Each fold holds whole sources of both classes; together they cover every source of the corpus. The last
 # fold takes whatever no other names (the registry packages).
@@ -468,8 +469,7 @@ def render_intervals(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    t0 = time.time()
-    load = os.getloadavg()[0]
+    t0, header = time.time(), record_header("wild_eval", argv, args.machine)
     rows = read_corpus(args.corpus)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -480,11 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     result = evaluate(rows, sem, pix)
     record = {
-        "benchmark": "wild_eval",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{args.machine} ({platform.machine()}, {os.cpu_count()} CPUs)",
-        "load_avg_at_start": load,
-        "command": "python benchmarks/wild_eval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **header,
         "seconds": time.time() - t0,
         "folds": FOLDS,
         "pixel_runs": chosen,

@@ -1,0 +1,24 @@
+"""The first fields of every benchmark's JSON record: what ran, on which machine, when, and how busy the box was
+when it started (timings from a busy box are upper bounds)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+
+def record_header(benchmark: str, argv: Sequence[str] | None, machine: str) -> dict[str, Any]:
+    """Call at the start of a run: ``benchmark`` is the script's name under benchmarks/, ``argv`` its arguments
+    (None: ``sys.argv[1:]``), ``machine`` how the result names the box (the CPU and its count are added)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return {
+        "benchmark": benchmark,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{machine} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)",
+        "load_avg_at_start": os.getloadavg()[0],
+        "command": " ".join(["python", f"benchmarks/{benchmark}.py", *args]),
+    }
