@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import record_header  # noqa: E402
+from record_header import describe_run, record_header  # noqa: E402
 
 MAX_TILES_PER_SIDE = 12
 
@@ -154,8 +154,7 @@ def render_md(record: dict[str, Any]) -> str:
     lines = [
         "# Which tiles of an image carry the pixel expert's evidence",
         "",
-        f"`{record['command']}` on the {record['machine']}, {record['date']} (load average "
-        f"{record['load_avg_at_start']:.2f} at start; {record['seconds']:.0f} s). Runs per fold: {record['runs']}.",
+        describe_run(record, f"{record['seconds']:.0f} s") + f". Runs per fold: {record['runs']}.",
         "",
         "Pixel AUC per leave-out fold when each image's score is the mean logit of the tiles a fixed rule picks",
         "(tiles: non-overlapping crops of the expert's size, at most 12 per side), with 95% bootstrap intervals.",

@@ -1,5 +1,5 @@
 """The first fields of every benchmark's JSON record: what ran, on which machine, when, and how busy the box was
-when it started (timings from a busy box are upper bounds)."""
+when it started (timings from a busy box are upper bounds); and the sentence its report opens with."""
 
 from __future__ import annotations
 
@@ -22,3 +22,10 @@ def record_header(benchmark: str, argv: Sequence[str] | None, machine: str) -> d
         "load_avg_at_start": os.getloadavg()[0],
         "command": " ".join(["python", f"benchmarks/{benchmark}.py", *args]),
     }
+
+
+def describe_run(record: dict[str, Any], *details: str) -> str:
+    """How ``record`` (a ``record_header`` and more) was made, as its report says it: the command, the machine,
+    the date and the load at the start, then ``details`` in the same parentheses."""
+    inside = "; ".join([f"load average {record['load_avg_at_start']:.2f} at start", *details])
+    return f"`{record['command']}` on the {record['machine']}, {record['date']} ({inside})"

@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kill_resume import make_inputs  # noqa: E402
-from record_header import record_header  # noqa: E402
+from record_header import describe_run, record_header  # noqa: E402
 
 from aligngemini.scan.store import StoreError, open_results  # noqa: E402
 
@@ -59,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rnd = random.Random(args.seed)
     header = record_header("scan_kill_resume", argv, args.machine)
-    load = header["load_avg_at_start"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             ".md"
         ).write_text(f"""# kill -9 and resume: `aligngemini scan --engine {args.engine}`
 
-`{record["command"]}` on the {record["machine"]}, {record["date"]} (load average {load:.2f} at start). Bundle
+{describe_run(record)}. Bundle
 `{args.bundle}`, {record["inputs"]} inputs (JPEGs 200-900 px, every 50th unreadable, byte-identical copies of
 every 25th). Each run is the same command, its whole process group killed with SIGKILL: the first while the
 model loads, the others a random 0-1.5 s after the store passes a random result count.

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import record_header  # noqa: E402
+from record_header import describe_run, record_header  # noqa: E402
 
 from aligngemini.config import COMPILE_MODES  # noqa: E402
 
@@ -101,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     header = record_header("throughput", argv, args.machine)
-    load = header["load_avg_at_start"]
     det = Detector.load(args.bundle, device=args.device, dtype=args.dtype, compile_mode=args.compile_mode)
     workers = args.workers or det.default_workers()
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += "".join(f"\n| model: semantic branch, tower fed {s} | {v} |" for s, v in by_size.items())
         args.out.with_suffix(".md").write_text(
             f"# Throughput: `{record['bundle']}` on {record['device']} ({record['dtype']})\n\n"
-            f"`{record['command']}` on the {record['machine']}, {record['date']} (load average {load:.2f} at "
-            f"start; torch threads {record['torch_threads']}, decoding workers {workers}). {n} JPEGs of "
+            + describe_run(record, f"torch threads {record['torch_threads']}, decoding workers {workers}")
+            + f". {n} JPEGs of "
             f"{args.size[0]}x{args.size[1]}, batch {args.batch_size}, torch.compile: {args.compile_mode or 'off'} "
             f"(warm-up {record['warm_up_s']} s)."
             + (

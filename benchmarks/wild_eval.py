@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import record_header  # noqa: E402
+from record_header import describe_run, record_header  # noqa: E402
 
 # Each fold holds whole sources of both classes; together they cover every source of the corpus. The last
 # fold takes whatever no other names (the registry packages).
@@ -375,8 +375,7 @@ def render_md(record: dict[str, Any]) -> str:
     lines = [
         "# Leave-one-source-group-out: both experts and every fusion rule",
         "",
-        f"`{record['command']}` on the {record['machine']}, {record['date']} (load average "
-        f"{record['load_avg_at_start']:.2f} at start; {record['seconds']:.0f} s).",
+        describe_run(record, f"{record['seconds']:.0f} s") + ".",
         "",
         "Each fold is held out whole: its sources are in no training set of the expert that scores it, and",
         "fusion thresholds and weights are fitted on the other folds' out-of-fold scores. Balanced accuracy",
