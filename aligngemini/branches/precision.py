@@ -15,6 +15,12 @@ import torch
 PRECISIONS = ("fp32", "bf16")
 
 
+def arithmetic(device: torch.device, dtype: torch.dtype, autocast_bf16: bool = False) -> str:
+    """What a loaded branch computes in, e.g. "cpu:bfloat16" or "cpu:float32+autocast-bf16": scores computed
+    in different arithmetic differ (the score cache keeps them apart)."""
+    return f"{device.type}:{str(dtype).removeprefix('torch.')}" + ("+autocast-bf16" if autocast_bf16 else "")
+
+
 def check_precision(precision: str, where: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"{where}: precision {precision!r} is unknown; use one of {PRECISIONS}")

@@ -30,7 +30,7 @@ from aligngemini.branches.base import register_family
 from aligngemini.branches.pixel.crops import CropConfig, combine_scores, inference_views_uint8
 from aligngemini.branches.pixel.fold_bn import fold_checked
 from aligngemini.branches.pixel.model import PixelModel, load_exported
-from aligngemini.branches.precision import check_precision, native_bf16
+from aligngemini.branches.precision import arithmetic, check_precision, native_bf16
 from aligngemini.config import from_dict
 from aligngemini.decode import LoadedImage
 
@@ -92,7 +92,7 @@ class PixelBranch:
     @property
     def arithmetic(self) -> str:
         """Where and in what the network computes (part of the score cache's key)."""
-        return f"{self.device.type}:{str(self.dtype).removeprefix('torch.')}"
+        return arithmetic(self.device, self.dtype)
 
     def compile(self, mode: str) -> None:
         """torch.compile the network: each new batch shape pays a compilation on first use."""

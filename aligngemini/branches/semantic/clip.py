@@ -34,7 +34,7 @@ from PIL import Image
 from torch import nn
 
 from aligngemini.branches.base import register_family
-from aligngemini.branches.precision import PRECISIONS, native_bf16
+from aligngemini.branches.precision import arithmetic, check_precision, native_bf16
 from aligngemini.branches.semantic.clip_import import (
     IMPORTER_VERSION,
     STARTER_TOWER,
@@ -144,9 +144,7 @@ class ClipTower(nn.Module):
         self.n_layers = len(layers)
 
     def set_precision(self, precision: str) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is unknown; use one of {PRECISIONS}")
-        self.precision = precision
+        self.precision = check_precision(precision, "CLIP tower")
 
     def configure(
         self, *, image_size: int | None = None, layers: int | None = None, precision: str | None = None
@@ -618,10 +616,8 @@ class ClipSemanticBranch:
     def arithmetic(self) -> str:
         """Where and in what the tower computes (part of the score cache's key): its weights' dtype as loaded,
         and autocast where an fp32 tower computes in bf16."""
-        autocast = (
-            "+autocast-bf16" if self.dtype == torch.float32 and self.tower.compute_precision == "bf16" else ""
-        )
-        return f"{self.device.type}:{str(self.dtype).removeprefix('torch.')}{autocast}"
+        autocast = self.dtype == torch.float32 and self.tower.compute_precision == "bf16"
+        return arithmetic(self.device, self.dtype, autocast)
 
     def compile(self, mode: str) -> None:
         """torch.compile the tower's transformer (the head is one matrix product)."""

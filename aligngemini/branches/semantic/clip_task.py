@@ -30,13 +30,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from aligngemini.branches.precision import PRECISIONS
 from aligngemini.branches.semantic.clip import (
     DEFAULT_RESIZE,
     FAMILY,
     FEATURES,
     HEAD_TYPES,
     LAYER_FEATURES,
-    PRECISIONS,
     STARTER_TOWER,
     ClipTower,
     SemanticHead,
