@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aligngemini.allocator import retain_freed_memory
 from aligngemini.branches.base import Branch, build_branch, compile_branch
 from aligngemini.bundle import Bundle, load_bundle
 from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, LoadedImage, load_image
@@ -103,6 +104,8 @@ class Detector:
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         dev = torch.device(device) if device is not None else default_device()
         dt = _parse_dtype(dtype, dev)
+        if dev.type == "cpu":
+            retain_freed_memory()
         sections = b.config["branches"]
         if only:
             unknown = sorted(set(only) - set(sections))
