@@ -328,8 +328,8 @@ def decode_bytes(
         n_frames = int(getattr(img, "n_frames", 1) or 1)  # walks the frames: a broken one raises here
         img.seek(0)
         img.load()
-        oriented = ImageOps.exif_transpose(img) or img
-        rgb = _to_rgb(oriented)
+        ImageOps.exif_transpose(img, in_place=True)  # our own image: no copy of an upright one (~1.5 ms/MP)
+        rgb = _to_rgb(img)
         rgb.load()
     except Image.DecompressionBombError as exc:  # a later frame or tile can declare more
         raise PixelLimitError(source, _bomb_reason(data, str(exc), max_pixels)) from None
