@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
+    from aligngemini.allocator import allocator_mode
     from aligngemini.detector import Detector
 
     if args.threads:
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": str(det.dtype),
         "torch_threads": torch.get_num_threads(),
         "workers": workers,
+        "allocator": allocator_mode(),
         "images": n,
         "size": list(args.size),
         "batch_size": args.batch_size,
@@ -197,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         rows += "".join(f"\n| model: semantic branch, tower fed {s} | {v} |" for s, v in by_size.items())
         args.out.with_suffix(".md").write_text(
             f"# Throughput: `{record['bundle']}` on {record['device']} ({record['dtype']})\n\n"
-            + describe_run(record, f"torch threads {record['torch_threads']}, decoding workers {workers}")
+            + describe_run(
+                record,
+                f"torch threads {record['torch_threads']}, decoding workers {workers}, "
+                f"allocator {record['allocator']}",
+            )
             + f". {n} JPEGs of "
             f"{args.size[0]}x{args.size[1]}, batch {args.batch_size}, torch.compile: {args.compile_mode or 'off'} "
             f"(warm-up {record['warm_up_s']} s)."
