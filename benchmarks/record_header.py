@@ -1,5 +1,6 @@
 """The first fields of every benchmark's JSON record: what ran, on which machine, when, and how busy the box was
-when it started (timings from a busy box are upper bounds); and the sentence its report opens with."""
+when it started (timings from a busy box are upper bounds); the sentence its report opens with; and how a
+result names an input file so that a reader can follow it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import platform
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def record_header(benchmark: str, argv: Sequence[str] | None, machine: str) -> dict[str, Any]:
@@ -29,3 +33,15 @@ def describe_run(record: dict[str, Any], *details: str) -> str:
     the date and the load at the start, then ``details`` in the same parentheses."""
     inside = "; ".join([f"load average {record['load_avg_at_start']:.2f} at start", *details])
     return f"`{record['command']}` on the {record['machine']}, {record['date']} ({inside})"
+
+
+def portable(path: str) -> str:
+    """A path as a reader of the results can follow it: ``data:REL`` under the data home, or relative to the
+    repository (``../shared/...``), else as it is."""
+    from aligngemini.paths import home_dir
+
+    p = Path(path).resolve()
+    data = (home_dir() / "data").resolve()
+    if p.is_relative_to(data):
+        return f"data:{p.relative_to(data)}"
+    return os.path.relpath(p, REPO) if p.is_relative_to(REPO.parent) else str(p)

@@ -26,7 +26,6 @@ import argparse
 import csv
 import fnmatch
 import json
-import os
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import describe_run, record_header  # noqa: E402
+from record_header import describe_run, portable, record_header  # noqa: E402
 
 # Each fold holds whole sources of both classes; together they cover every source of the corpus. The last
 # fold takes whatever no other names (the registry packages).
@@ -82,18 +81,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------- data
-
-
-def portable(path: str) -> str:
-    """A path as a reader of the results can follow it: ``data:REL`` under the data home, or relative to the
-    repository (``../shared/...``), else as it is."""
-    from aligngemini.paths import home_dir
-
-    p = Path(path).resolve()
-    data = (home_dir() / "data").resolve()
-    if p.is_relative_to(data):
-        return f"data:{p.relative_to(data)}"
-    return os.path.relpath(p, ROOT) if p.is_relative_to(ROOT.parent) else str(p)
 
 
 def read_corpus(spec: str) -> list[dict[str, Any]]:

@@ -14,6 +14,23 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RESIZE_MODES = ("crop", "squash", "pad")
 
 
+def resize_bicubic(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Pillow's antialiased bicubic resize of an RGB image to ``size`` (width, height).
+
+    Where the image shrinks in both directions and its height by no larger a factor than its width (a landscape
+    or square photo to a square view), torch's uint8 kernel computes it, about five times faster, equal to
+    Pillow's within one level on a few tenths of a percent of the values (``benchmarks/resize_parity.py``).
+    Everything else stays with Pillow: since Pillow 13 an image whose height shrinks much more than its width
+    is resized height first, which torch does not follow, and a side that grows differs by up to 10 levels."""
+    w, h = size
+    shrinks = w <= image.width and h <= image.height
+    if image.mode != "RGB" or not shrinks or image.height * w > image.width * h:
+        return image.resize(size, Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]  # channels-last, as the fast kernel wants
+    out = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", antialias=True)
+    return Image.fromarray(out[0].permute(1, 2, 0).numpy())
+
+
 def resize_for_tower(
     image: Image.Image, size: int, mode: str = "crop", fill: Sequence[float] = CLIP_MEAN
 ) -> Image.Image:
@@ -24,16 +41,16 @@ def resize_for_tower(
     image = image if image.mode == "RGB" else image.convert("RGB")
     w, h = image.size
     if mode == "squash":
-        return image.resize((size, size), Image.Resampling.BICUBIC)
+        return resize_bicubic(image, (size, size))
     if mode == "crop":
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        resized = image.resize((nw, nh), Image.Resampling.BICUBIC)
+        resized = resize_bicubic(image, (nw, nh))
         left, top = (nw - size) // 2, (nh - size) // 2
         return resized.crop((left, top, left + size, top + size))
     scale = size / max(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = image.resize((nw, nh), Image.Resampling.BICUBIC)
+    resized = resize_bicubic(image, (nw, nh))
     canvas = Image.new("RGB", (size, size), tuple(int(round(v * 255)) for v in fill))
     canvas.paste(resized, ((size - nw) // 2, (size - nh) // 2))
     return canvas
