@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from aligngemini.allocator import allocator_mode
-    from aligngemini.detector import Detector
+    from aligngemini.detector import Detector, one_thread_per_worker
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                     change = abs(a.branches[role].p_fake - b.branches[role].p_fake)
                     drift[role] = max(drift.get(role, 0.0), change)
             del eager
-        with ThreadPoolExecutor(workers) as pool:
+        with ThreadPoolExecutor(workers, initializer=one_thread_per_worker) as pool:
             images, t_decode = timed(lambda: list(pool.map(det.load_input, paths)))
             prepared, t_prepare = timed(lambda: list(pool.map(det.prepare, images)))
 

@@ -26,6 +26,7 @@ from aligngemini.decode import (
     LoadedImage,
     decode_bytes,
 )
+from aligngemini.detector import one_thread_per_worker
 from aligngemini.eval.layouts import EvalItem, EvalSet
 from aligngemini.eval.metrics import Metrics, binary_metrics, summarize
 from aligngemini.eval.provenance_census import census
@@ -230,7 +231,10 @@ def score_items(
             return i, f"cannot read: {exc.strerror or exc}"
 
     desc = "scoring" if perturb_key == CLEAN else f"scoring {perturb_key}"
-    with ThreadPoolExecutor(max_workers=workers) as pool, _progress(n, desc, progress) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=workers, initializer=one_thread_per_worker) as pool,
+        _progress(n, desc, progress) as bar,
+    ):
         bar.update(n_cached + len(hash_errors))
         batch: list[tuple[int, Any]] = []
 
