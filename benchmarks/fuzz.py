@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 from fuzz_targets import TARGETS, seed_inputs  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import record_header  # noqa: E402
+from record_header import record_header, write_record  # noqa: E402
 
 REGRESSIONS = ROOT / "tests" / "fuzz_corpus"
 
@@ -150,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(render_md(record))
+        write_record(args.out, record, render_md(record))
     return 1 if any(r["crashes"] for r in results) else 0
 
 

@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import describe_run, record_header  # noqa: E402
+from record_header import describe_run, record_header, write_record  # noqa: E402
 
 MAX_TILES_PER_SIDE = 12
 
@@ -189,9 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "result": measure(images),
     }
     record["seconds"] = time.time() - t0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(render_md(record))
+    write_record(args.out, record, render_md(record))
     print(render_md(record))
     return 0
 

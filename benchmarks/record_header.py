@@ -4,6 +4,7 @@ result names an input file so that a reader can follow it."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -45,3 +46,10 @@ def portable(path: str) -> str:
     if p.is_relative_to(data):
         return f"data:{p.relative_to(data)}"
     return os.path.relpath(p, REPO) if p.is_relative_to(REPO.parent) else str(p)
+
+
+def write_record(out: Path, record: dict[str, Any], markdown: str) -> None:
+    """Write a run's record as ``OUT.json`` and its report as ``OUT.md`` (folders made as needed)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown)

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import describe_run, portable, record_header  # noqa: E402
+from record_header import describe_run, portable, record_header, write_record  # noqa: E402
 
 from aligngemini.branches.semantic import preprocess  # noqa: E402
 from aligngemini.decode import load_image  # noqa: E402
@@ -141,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(record, indent=1)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(text + "\n")
-        args.out.with_suffix(".md").write_text(render(record))
+        write_record(args.out, record, render(record))
     return 0
 
 

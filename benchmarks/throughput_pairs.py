@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import describe_run, record_header  # noqa: E402
+from record_header import describe_run, record_header, write_record  # noqa: E402
 
 THROUGHPUT = Path(__file__).resolve().parent / "throughput.py"
 # what each round's table shows of a run's record
@@ -118,12 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "rounds": rounds,
     }
-    text = json.dumps(record, indent=1)
     print(json.dumps(summary, indent=1))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(text + "\n")
-        args.out.with_suffix(".md").write_text(render(record, names))
+        write_record(args.out, record, render(record, names))
     return 0
 
 

@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import describe_run, portable, record_header  # noqa: E402
+from record_header import describe_run, portable, record_header, write_record  # noqa: E402
 
 # Each fold holds whole sources of both classes; together they cover every source of the corpus. The last
 # fold takes whatever no other names (the registry packages).
@@ -474,9 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(json.dumps(record["result"]["summary"], indent=1))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(render_md(record))
+        write_record(args.out, record, render_md(record))
         with open(args.out.parent / f"{args.out.name}_scores.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "source", "fold", "generator", "label", "semantic", "pixel"])
