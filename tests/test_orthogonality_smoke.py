@@ -8,7 +8,6 @@ training steps cannot make meaningful; except that every number is a real metric
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -21,19 +20,10 @@ from PIL import Image, ImageFilter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from _pixel_fixtures import TINY_VIT, photo  # noqa: E402
+from benchmark_scripts import load_benchmark  # noqa: E402
 from tiny_clip import save_tiny_tower  # noqa: E402
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("orthogonality", ROOT / "benchmarks" / "orthogonality.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules["orthogonality"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-ortho = _load_script()
+ortho = load_benchmark("orthogonality")
 
 
 def _write(root: Path, rows: list[dict]) -> Path:

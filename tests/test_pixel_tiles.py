@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
+from benchmark_scripts import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("pixel_tiles", ROOT / "benchmarks" / "pixel_tiles.py")
-pt = importlib.util.module_from_spec(spec)
-assert spec.loader is not None
-sys.modules["pixel_tiles"] = pt
-spec.loader.exec_module(pt)
+pt = load_benchmark("pixel_tiles")
 
 
 def test_tiles_do_not_overlap_stay_inside_and_are_capped_per_side() -> None:

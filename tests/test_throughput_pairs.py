@@ -4,20 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmark_scripts import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("throughput_pairs", ROOT / "benchmarks" / "throughput_pairs.py")
-tp = importlib.util.module_from_spec(spec)
-assert spec.loader is not None
-sys.modules["throughput_pairs"] = tp
-spec.loader.exec_module(tp)
+tp = load_benchmark("throughput_pairs")
 
 
 def test_variant_holds_environment_and_bundle() -> None:

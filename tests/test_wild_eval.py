@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
+from benchmark_scripts import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("wild_eval", ROOT / "benchmarks" / "wild_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules["wild_eval"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-we = _load_script()
+we = load_benchmark("wild_eval")
 
 
 def _calls() -> tuple[dict, dict, list[str], dict]:
