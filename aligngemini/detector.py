@@ -20,6 +20,7 @@ import torch
 
 from aligngemini.allocator import retain_freed_memory
 from aligngemini.branches.base import Branch, build_branch, compile_branch
+from aligngemini.branches.precision import default_dtype, parse_dtype
 from aligngemini.bundle import Bundle, load_bundle
 from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, ImageSource, LoadedImage, load_image
 from aligngemini.fusion import fuse
@@ -42,22 +43,6 @@ def one_thread_per_worker() -> None:
     thread. Left to OpenMP, each worker would start a team as large as the model's, on the cores the model uses;
     on 2 cores that team took back what the faster resize saved."""
     torch.set_num_threads(1)  # per calling thread under OpenMP: the model's threads are unchanged
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return default_dtype(device)
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
-    if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(table)}")
-    return table[dtype]
 
 
 @dataclass
@@ -110,7 +95,7 @@ class Detector:
         "reduce-overhead", "max-autotune") for every branch that offers one; None runs eagerly."""
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         dev = torch.device(device) if device is not None else default_device()
-        dt = _parse_dtype(dtype, dev)
+        dt = parse_dtype(dtype, default_dtype(dev))
         if dev.type == "cpu":
             retain_freed_memory()
         sections = b.config["branches"]

@@ -1,4 +1,5 @@
-"""A branch's inference arithmetic (``precision`` in its bundle section) and whether a device has it natively.
+"""A branch's inference arithmetic (``precision`` in its bundle section) and whether a device has it natively;
+the dtype names every command and branch accepts, and the default dtype per device.
 
 "fp32", or "bf16": matrix products and convolutions in bfloat16, about twice as fast on CPUs with native
 bf16 (AVX512-BF16 or AMX). Where the device has no native bf16 a "bf16" branch computes in fp32: emulated
@@ -13,6 +14,24 @@ import os
 import torch
 
 PRECISIONS = ("fp32", "bf16")
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The models' dtype where nobody names one: bf16 on a GPU, fp32 on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def parse_dtype(name: str | torch.dtype | None, default: torch.dtype) -> torch.dtype:
+    """A dtype by name ("bf16", "bfloat16", ...), a torch dtype as it is, or ``default`` for None."""
+    if name is None:
+        return default
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
 
 
 def arithmetic(device: torch.device, dtype: torch.dtype, autocast_bf16: bool = False) -> str:

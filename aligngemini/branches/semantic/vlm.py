@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from aligngemini.branches.base import register_family
+from aligngemini.branches.precision import parse_dtype
 from aligngemini.branches.semantic.prompts import DETECT_PROMPT, EXPLAIN_PROMPT, PromptSet, build_prompt_set
 from aligngemini.config import from_dict
 from aligngemini.decode import LoadedImage
@@ -66,20 +67,6 @@ class VlmBranchConfig:
     # Qwen-VL towers: one SDPA call per window length (same logits; 34 -> 57 images/s read-out on an H100)
     grouped_vision_attention: bool = True
     revision: str | None = None  # hub revision, when ``model`` is a hub id
-
-
-_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-           "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}  # fmt: skip
-
-
-def parse_dtype(name: str | torch.dtype | None, default: torch.dtype) -> torch.dtype:
-    if name is None:
-        return default
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
 
 
 # --------------------------------------------------------------------------------------------------

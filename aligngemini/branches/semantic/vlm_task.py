@@ -34,13 +34,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from aligngemini.branches.precision import default_dtype, parse_dtype
 from aligngemini.branches.semantic.prompts import DETECT_PROMPT, EXPLAIN_PROMPT, PromptSet, build_prompt_set
 from aligngemini.branches.semantic.vlm import (
     FAMILY,
     bound_image,
     load_model,
     load_processor,
-    parse_dtype,
     set_pixel_bounds,
     use_grouped_vision_attention,
 )
@@ -229,7 +229,7 @@ class VlmSftTask:
         from peft import LoraConfig, get_peft_model
 
         device = self._device()
-        dtype = parse_dtype(self.model_cfg.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
+        dtype = parse_dtype(self.model_cfg.dtype, default_dtype(device))
         base = load_model(self.model_cfg.model, device=device, dtype=dtype,
                           attn_implementation=self.model_cfg.attn_implementation)  # fmt: skip
         base.config.use_cache = False
