@@ -18,6 +18,8 @@ bundle's fusion is fitted.
     python benchmarks/wild_eval.py --pixel-run runs/pixel-wild-a --pixel-run runs/pixel-wild-b \\
         --pixel-opt crop.phases=4 --pixel-opt precision=bf16 --out benchmarks/results/wild_eval   # as shipped
     python benchmarks/wild_eval.py --no-pixel --out /tmp/semantic-only       # the semantic expert alone
+    python benchmarks/wild_eval.py --pixel-scores benchmarks/results/wild_eval_scores.csv \
+        --semantic-opt train.weight_decay=1e-1 --out /tmp/wd   # a semantic change, fused with the shipped pixel scores
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ def fold_of(source: str) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--corpus", default="data:starter/manifest.jsonl", help="the original files, with sources")
-    p.add_argument("--semantic-set", default="data:semantic-wild/manifest.jsonl",
-                   help="the pure-semantic set built from the corpus (its rows keep their source)")  # fmt: skip
+    p.add_argument("--semantic-set", action="append", metavar="MANIFEST",
+                   help="the pure-semantic set built from the corpus (its rows keep their source); repeat it to "
+                        "train on several draws of the chain (default: data:semantic-wild/manifest.jsonl)")  # fmt: skip
     p.add_argument("--semantic-recipe", default=str(ROOT / "recipes" / "semantic-wild.yaml"))
     p.add_argument("--semantic-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the semantic recipe, e.g. model.image_size=160 (repeatable)")  # fmt: skip
@@ -73,11 +76,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="an 'aligngemini train' output of the pixel task (repeatable)")  # fmt: skip
     p.add_argument("--pixel-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of each pixel run's exported branch, e.g. crop.max_crops=4 (repeatable)")  # fmt: skip
+    p.add_argument("--pixel-scores", type=Path, metavar="CSV",
+                   help="take each image's pixel score from an earlier run's OUT_scores.csv instead of scoring "
+                        "with --pixel-run (semantic experiments fused with the same pixel expert, no pixel runs)")  # fmt: skip
     p.add_argument("--no-pixel", action="store_true", help="evaluate the semantic expert alone")
     p.add_argument("--work", type=Path, help="keep the per-fold training runs here (default: a temp folder)")
     p.add_argument("--out", type=Path, help="write OUT.json, OUT.md and OUT_scores.csv")
     p.add_argument("--machine", default="2-core CPU dev box")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.semantic_set = args.semantic_set or ["data:semantic-wild/manifest.jsonl"]
+    if sum(map(bool, (args.pixel_run, args.pixel_scores, args.no_pixel))) > 1:
+        p.error("choose one of --pixel-run, --pixel-scores and --no-pixel")
+    return args
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -150,7 +160,7 @@ def semantic_scores(rows: list[dict[str, Any]], args: argparse.Namespace, work: 
 
     recipe = apply_overrides(load_config(args.semantic_recipe), args.semantic_opt)
     feats = corpus_features(rows, recipe)
-    sem_rows = read_manifest(args.semantic_set)
+    sem_rows = [row for spec in args.semantic_set for row in read_manifest(spec)]
     folds = sorted(FOLDS)
     fold_idx = {f: np.array([i for i, r in enumerate(rows) if r["fold"] == f]) for f in folds}
     oof = np.full(len(rows), np.nan)
@@ -231,6 +241,21 @@ def pixel_scores(
                 scores[ok] = branch.score(prepared)
         print(f"pixel: fold {fold} scored by {run.name}", file=sys.stderr)
     return scores, chosen
+
+
+def recorded_pixel_scores(rows: list[dict[str, Any]], csv_path: Path) -> tuple[np.ndarray, dict[str, str]]:
+    """Each image's pixel P(fake) as an earlier run of this script wrote it (``OUT_scores.csv``), matched by
+    path; that run's pixel experts already left each fold's real photos out."""
+    with open(csv_path, newline="") as fh:
+        recorded = {row["path"]: row["pixel"] for row in csv.DictReader(fh)}
+    missing = [r["path"] for r in rows if not recorded.get(portable(r["path"]))]
+    if missing:
+        raise SystemExit(
+            f"{csv_path}: no pixel score for {len(missing)} of {len(rows)} corpus images (first: {missing[0]}); "
+            "it must come from a run of this script on the same --corpus with pixel runs"
+        )
+    scores = np.array([float(recorded[portable(r["path"])]) for r in rows])
+    return scores, {f: f"recorded in {portable(str(csv_path))}" for f in sorted(FOLDS)}
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -461,9 +486,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         sem = semantic_scores(rows, args, work)
-    pix, chosen = (
-        (None, {}) if args.no_pixel else pixel_scores(rows, [Path(r) for r in args.pixel_run], args.pixel_opt)
-    )
+    if args.no_pixel:
+        pix, chosen = None, {}
+    elif args.pixel_scores:
+        pix, chosen = recorded_pixel_scores(rows, args.pixel_scores)
+    else:
+        pix, chosen = pixel_scores(rows, [Path(r) for r in args.pixel_run], args.pixel_opt)
     result = evaluate(rows, sem, pix)
     record = {
         **header,

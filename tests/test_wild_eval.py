@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from benchmark_scripts import load_benchmark
 
 we = load_benchmark("wild_eval")
@@ -64,3 +65,41 @@ def test_the_report_prints_the_intervals_and_the_paired_gains() -> None:
     assert "minus the better single expert (semantic)" in text and "or +0.000 [0.000, 0.000]" in text
     assert "stack -0.050 [" in text
     assert "Pixel AUC per fold: a 0.500 [" in text
+
+
+def _recorded_csv(path, rows, pixel) -> None:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "source", "fold", "generator", "label", "semantic", "pixel"])
+        for r, p in zip(rows, pixel, strict=True):
+            w.writerow([we.portable(r["path"]), r["source"], r["fold"], "", "real", "0.5", p])
+
+
+def test_recorded_pixel_scores_are_matched_by_path_and_a_missing_one_is_an_error(tmp_path) -> None:
+    rows = [
+        {"path": str(tmp_path / n), "source": s, "fold": we.fold_of(s)}
+        for n, s in (("a.jpg", "realorai"), ("b.png", "deb:mate-backgrounds=1"), ("c.webp", "realorai"))
+    ]
+    scores_csv = tmp_path / "earlier_scores.csv"
+    _recorded_csv(scores_csv, rows[::-1], ["0.30", "0.20", "0.10"])  # written in another order
+    scores, chosen = we.recorded_pixel_scores(rows, scores_csv)
+    assert scores.tolist() == [0.10, 0.20, 0.30]
+    assert set(chosen) == set(we.FOLDS) and "earlier_scores.csv" in chosen["realorai"]
+
+    _recorded_csv(scores_csv, rows, ["0.10", "", "0.30"])  # a run without pixel scores for one image
+    with pytest.raises(SystemExit, match=r"no pixel score for 1 of 3 corpus images \(first: .*b\.png\)"):
+        we.recorded_pixel_scores(rows, scores_csv)
+
+
+def test_pixel_sources_exclude_each_other_and_semantic_sets_accumulate() -> None:
+    args = we.parse_args([])
+    assert args.semantic_set == ["data:semantic-wild/manifest.jsonl"]
+    args = we.parse_args(
+        ["--semantic-set", "x.jsonl", "--semantic-set", "y.jsonl", "--pixel-scores", "s.csv"]
+    )
+    assert args.semantic_set == ["x.jsonl", "y.jsonl"] and str(args.pixel_scores) == "s.csv"
+    for clash in (["--pixel-scores", "s.csv", "--no-pixel"], ["--pixel-run", "r", "--pixel-scores", "s.csv"]):
+        with pytest.raises(SystemExit):
+            we.parse_args(clash)
