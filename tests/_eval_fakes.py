@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ class FakeDetector:
     def __init__(self, roles: Sequence[str] = ("pixel", "semantic"), thresholds: dict[str, float] | None = None,
                  rule: str = "or", fail_on_width: int | None = None):  # fmt: skip
         thresholds = thresholds or {}
-        self.branches: dict[str, Any] = {r: object() for r in roles}
+        self.branches: dict[str, Any] = {r: SimpleNamespace(arithmetic="cpu:float32") for r in roles}
         self.config: dict[str, Any] = {
             "format": "aligngemini-bundle",
             "name": "fake",

@@ -92,6 +92,7 @@ def test_readout_is_the_softmax_of_the_two_answer_logits(qwen, images):
     got = qwen.score(prepared)
     assert got.dtype == np.float64 and got.shape == (2,)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert qwen.arithmetic == "cpu:float32"  # the score cache's key: these scores are fp32 CPU scores
 
 
 def test_batch_of_mixed_sizes_scores_like_one_by_one(qwen, images):

@@ -25,6 +25,11 @@ class Branch(Protocol):
     name: str  # "pixel" or "semantic": the role it plays in fusion
     threshold: float  # p_fake at or above which this branch calls an image fake
 
+    @property
+    def arithmetic(self) -> str:
+        """Where and in what the branch computes, e.g. "cpu:bfloat16" (``precision.arithmetic``): scores
+        computed in other arithmetic differ, and the score cache keeps them apart."""
+
     def prepare(self, image: LoadedImage) -> Any:
         """Per-image model input (e.g. a [V, C, H, W] tensor of crops). Must not touch the GPU."""
 

@@ -38,8 +38,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def branch_model_keys(detector: Any) -> dict[str, str]:
     """One cache key per branch role of ``detector`` (anything with ``branches`` and ``config``;
-    falls back to ``bundle_id`` when the config has no branch sections). A branch's ``arithmetic`` (e.g.
-    "cpu:bfloat16"), or else the detector's device and dtype, is part of its key."""
+    falls back to ``bundle_id`` when the config has no branch sections). The branch's ``arithmetic`` (e.g.
+    "cpu:bfloat16") is part of its key."""
     roles = list(detector.branches)
     config = getattr(detector, "config", None) or {}
     sections = config.get("branches") or {}
@@ -51,10 +51,8 @@ def branch_model_keys(detector: Any) -> dict[str, str]:
             base: Any = {"bundle_id": getattr(detector, "bundle_id", "unknown")}
         else:
             base = {k: v for k, v in section.items() if k not in _DECISION_KEYS}
-        arithmetic = getattr(detector.branches[role], "arithmetic", None)
-        if arithmetic is None and getattr(detector, "device", None) is not None:
-            arithmetic = f"{detector.device}:{getattr(detector, 'dtype', None)}"
-        blob = json.dumps({"role": role, "branch": base, "files": files, "arithmetic": arithmetic},
+        blob = json.dumps({"role": role, "branch": base, "files": files,
+                           "arithmetic": detector.branches[role].arithmetic},
                           sort_keys=True, default=str)  # fmt: skip
         keys[role] = f"{role}:{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
     return keys

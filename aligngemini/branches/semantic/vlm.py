@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from aligngemini.branches.base import register_family
-from aligngemini.branches.precision import parse_dtype
+from aligngemini.branches.precision import arithmetic, parse_dtype
 from aligngemini.branches.semantic.prompts import DETECT_PROMPT, EXPLAIN_PROMPT, PromptSet, build_prompt_set
 from aligngemini.config import from_dict
 from aligngemini.decode import LoadedImage
@@ -365,6 +365,11 @@ class VlmSemanticBranch:
         self._keep_last = _accepts(model.forward, "logits_to_keep")
 
     # -- Branch protocol ---------------------------------------------------------------------------
+    @property
+    def arithmetic(self) -> str:
+        """Where and in what the model computes (part of the score cache's key)."""
+        return arithmetic(self.device, self.dtype)
+
     @property
     def can_explain(self) -> bool:
         return True
