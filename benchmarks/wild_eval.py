@@ -77,16 +77,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pixel-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of each pixel run's exported branch, e.g. crop.max_crops=4 (repeatable)")  # fmt: skip
     p.add_argument("--pixel-scores", type=Path, metavar="CSV",
-                   help="take each image's pixel score from an earlier run's OUT_scores.csv instead of scoring "
-                        "with --pixel-run (semantic experiments fused with the same pixel expert, no pixel runs)")  # fmt: skip
+                   help="take pixel scores from an earlier run's OUT_scores.csv: every fold's (a semantic change "
+                        "fused with the same pixel expert, no pixel runs), or with --pixel-run the folds no run may "
+                        "score (a new run for one half of the folds)")  # fmt: skip
     p.add_argument("--no-pixel", action="store_true", help="evaluate the semantic expert alone")
     p.add_argument("--work", type=Path, help="keep the per-fold training runs here (default: a temp folder)")
     p.add_argument("--out", type=Path, help="write OUT.json, OUT.md and OUT_scores.csv")
     p.add_argument("--machine", default="2-core CPU dev box")
     args = p.parse_args(argv)
     args.semantic_set = args.semantic_set or ["data:semantic-wild/manifest.jsonl"]
-    if sum(map(bool, (args.pixel_run, args.pixel_scores, args.no_pixel))) > 1:
-        p.error("choose one of --pixel-run, --pixel-scores and --no-pixel")
+    if args.no_pixel and (args.pixel_run or args.pixel_scores):
+        p.error("--no-pixel leaves the pixel expert out: it takes no --pixel-run or --pixel-scores")
     return args
 
 
@@ -243,19 +244,22 @@ def pixel_scores(
     return scores, chosen
 
 
-def recorded_pixel_scores(rows: list[dict[str, Any]], csv_path: Path) -> tuple[np.ndarray, dict[str, str]]:
-    """Each image's pixel P(fake) as an earlier run of this script wrote it (``OUT_scores.csv``), matched by
-    path; that run's pixel experts already left each fold's real photos out."""
+def recorded_pixel_scores(
+    rows: list[dict[str, Any]], csv_path: Path, folds: Sequence[str] = tuple(FOLDS)
+) -> tuple[np.ndarray, dict[str, str]]:
+    """The pixel P(fake) of each image of ``folds`` as an earlier run of this script wrote it (``OUT_scores.csv``),
+    matched by path (NaN for the other folds); that run's pixel experts already left each fold's real photos out."""
     with open(csv_path, newline="") as fh:
         recorded = {row["path"]: row["pixel"] for row in csv.DictReader(fh)}
-    missing = [r["path"] for r in rows if not recorded.get(portable(r["path"]))]
+    wanted = [r for r in rows if r["fold"] in folds]
+    missing = [r["path"] for r in wanted if not recorded.get(portable(r["path"]))]
     if missing:
         raise SystemExit(
-            f"{csv_path}: no pixel score for {len(missing)} of {len(rows)} corpus images (first: {missing[0]}); "
+            f"{csv_path}: no pixel score for {len(missing)} of {len(wanted)} corpus images (first: {missing[0]}); "
             "it must come from a run of this script on the same --corpus with pixel runs"
         )
-    scores = np.array([float(recorded[portable(r["path"])]) for r in rows])
-    return scores, {f: f"recorded in {portable(str(csv_path))}" for f in sorted(FOLDS)}
+    scores = np.array([float(recorded[portable(r["path"])]) if r["fold"] in folds else np.nan for r in rows])
+    return scores, {f: f"recorded in {portable(str(csv_path))}" for f in sorted(folds)}
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -486,12 +490,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         sem = semantic_scores(rows, args, work)
-    if args.no_pixel:
-        pix, chosen = None, {}
-    elif args.pixel_scores:
-        pix, chosen = recorded_pixel_scores(rows, args.pixel_scores)
-    else:
+    pix, chosen = None, {}
+    if args.pixel_run:
         pix, chosen = pixel_scores(rows, [Path(r) for r in args.pixel_run], args.pixel_opt)
+    if args.pixel_scores:
+        rest = [f for f in sorted(FOLDS) if f not in chosen]
+        recorded, from_record = recorded_pixel_scores(rows, args.pixel_scores, rest)
+        pix = recorded if pix is None else np.where(np.isnan(pix), recorded, pix)
+        chosen.update(from_record)
     result = evaluate(rows, sem, pix)
     record = {
         **header,

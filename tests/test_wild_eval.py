@@ -91,15 +91,22 @@ def test_recorded_pixel_scores_are_matched_by_path_and_a_missing_one_is_an_error
     _recorded_csv(scores_csv, rows, ["0.10", "", "0.30"])  # a run without pixel scores for one image
     with pytest.raises(SystemExit, match=r"no pixel score for 1 of 3 corpus images \(first: .*b\.png\)"):
         we.recorded_pixel_scores(rows, scores_csv)
+    # only the folds a new pixel run may not score are read: the missing one is not among them
+    scores, chosen = we.recorded_pixel_scores(rows, scores_csv, ["realorai"])
+    assert scores[0] == 0.10 and np.isnan(scores[1]) and scores[2] == 0.30 and list(chosen) == ["realorai"]
 
 
-def test_pixel_sources_exclude_each_other_and_semantic_sets_accumulate() -> None:
+def test_no_pixel_excludes_the_pixel_sources_and_semantic_sets_accumulate() -> None:
     args = we.parse_args([])
     assert args.semantic_set == ["data:semantic-wild/manifest.jsonl"]
     args = we.parse_args(
         ["--semantic-set", "x.jsonl", "--semantic-set", "y.jsonl", "--pixel-scores", "s.csv"]
     )
     assert args.semantic_set == ["x.jsonl", "y.jsonl"] and str(args.pixel_scores) == "s.csv"
-    for clash in (["--pixel-scores", "s.csv", "--no-pixel"], ["--pixel-run", "r", "--pixel-scores", "s.csv"]):
+    both = we.parse_args(
+        ["--pixel-run", "r", "--pixel-scores", "s.csv"]
+    )  # a new run, the record for the rest
+    assert both.pixel_run == ["r"] and str(both.pixel_scores) == "s.csv"
+    for clash in (["--pixel-scores", "s.csv", "--no-pixel"], ["--pixel-run", "r", "--no-pixel"]):
         with pytest.raises(SystemExit):
             we.parse_args(clash)
