@@ -70,6 +70,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="the pure-semantic set built from the corpus (its rows keep their source); repeat it to "
                         "train on several draws of the chain (default: data:semantic-wild/manifest.jsonl)")  # fmt: skip
     p.add_argument("--semantic-recipe", default=str(ROOT / "recipes" / "semantic-wild.yaml"))
+    p.add_argument("--semantic-average-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="also train heads with this override (on top of --semantic-opt; repeatable) and score "
+                        "each image by the mean log-odds of both, e.g. model.head_type=mlp")  # fmt: skip
     p.add_argument("--semantic-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the semantic recipe, e.g. model.image_size=160 (repeatable)")  # fmt: skip
     p.add_argument("--pixel-run", action="append", default=[], metavar="DIR",
@@ -155,11 +158,32 @@ def corpus_features(rows: list[dict[str, Any]], recipe: dict[str, Any]) -> np.nd
 
 def semantic_scores(rows: list[dict[str, Any]], args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Out-of-fold P(fake): ``oof[i]`` from the head trained without image i's fold; ``nested[(f, g)]`` from
-    the head trained without folds f and g, on fold g (for fitting fusion when f is held out)."""
+    the head trained without folds f and g, on fold g (for fitting fusion when f is held out). With
+    ``--semantic-average-opt``, a second set of heads is trained the same way and each P(fake) is the sigmoid
+    of the two heads' mean log-odds."""
+    sets = [semantic_log_odds(rows, args, work, args.semantic_opt)]
+    if args.semantic_average_opt:
+        opts = [*args.semantic_opt, *args.semantic_average_opt]
+        sets.append(semantic_log_odds(rows, args, work / "average", opts))
+
+    def p_fake(parts: list[np.ndarray]) -> np.ndarray:
+        return 1 / (1 + np.exp(-sum(parts) / len(parts)))
+
+    return {
+        "oof": p_fake([s["oof"] for s in sets]),
+        "nested": {key: p_fake([s["nested"][key] for s in sets]) for key in sets[0]["nested"]},
+        "fold_idx": sets[0]["fold_idx"],
+    }
+
+
+def semantic_log_odds(
+    rows: list[dict[str, Any]], args: argparse.Namespace, work: Path, opts: Sequence[str]
+) -> dict[str, Any]:
+    """``semantic_scores``' out-of-fold and nested scores as log-odds, for the recipe with ``opts`` applied."""
     from aligngemini.config import apply_overrides, load_config
     from aligngemini.data.manifest import read_manifest
 
-    recipe = apply_overrides(load_config(args.semantic_recipe), args.semantic_opt)
+    recipe = apply_overrides(load_config(args.semantic_recipe), opts)
     feats = corpus_features(rows, recipe)
     sem_rows = [row for spec in args.semantic_set for row in read_manifest(spec)]
     folds = sorted(FOLDS)
@@ -170,14 +194,14 @@ def semantic_scores(rows: list[dict[str, Any]], args: argparse.Namespace, work: 
     for f in folds:
         keep = [r for r in sem_rows if fold_of(r.source or "") != f]
         branch = train_head(recipe, write_subset(keep, work / f"sem-{f}.jsonl"), work / f"sem-{f}")
-        oof[fold_idx[f]] = 1 / (1 + np.exp(-semantic_logits(branch, feats[fold_idx[f]])))
+        oof[fold_idx[f]] = semantic_logits(branch, feats[fold_idx[f]])
         for g in folds:
             if g == f:
                 continue
             keep2 = [r for r in sem_rows if fold_of(r.source or "") not in (f, g)]
             name = "sem-" + "-".join(sorted((f, g)))
             branch = train_head(recipe, write_subset(keep2, work / f"{name}.jsonl"), work / name)
-            nested[(f, g)] = 1 / (1 + np.exp(-semantic_logits(branch, feats[fold_idx[g]])))
+            nested[(f, g)] = semantic_logits(branch, feats[fold_idx[g]])
         print(f"semantic: fold {f} done ({time.time() - t0:.0f} s)", file=sys.stderr)
     return {"oof": oof, "nested": nested, "fold_idx": fold_idx}
 

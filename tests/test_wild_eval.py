@@ -110,3 +110,31 @@ def test_no_pixel_excludes_the_pixel_sources_and_semantic_sets_accumulate() -> N
     for clash in (["--pixel-scores", "s.csv", "--no-pixel"], ["--pixel-run", "r", "--no-pixel"]):
         with pytest.raises(SystemExit):
             we.parse_args(clash)
+
+
+def test_a_second_set_of_heads_is_averaged_in_log_odds(monkeypatch, tmp_path) -> None:
+    calls = []
+
+    def fake_log_odds(rows, args, work, opts):
+        calls.append((work, list(opts)))
+        logit = 0.0 if len(calls) == 1 else 4.0  # the second heads say fake, confidently
+        return {
+            "oof": np.full(2, logit),
+            "nested": {("a", "b"): np.full(1, -2.0 * len(calls))},
+            "fold_idx": {},
+        }
+
+    monkeypatch.setattr(we, "semantic_log_odds", fake_log_odds)
+    args = we.parse_args(
+        ["--semantic-opt", "train.epochs=5", "--semantic-average-opt", "model.head_type=mlp"]
+    )
+    sem = we.semantic_scores([], args, tmp_path)
+    assert calls == [
+        (tmp_path, ["train.epochs=5"]),
+        (tmp_path / "average", ["train.epochs=5", "model.head_type=mlp"]),
+    ]
+    np.testing.assert_allclose(sem["oof"], 1 / (1 + np.exp(-2.0)))  # mean log-odds 2, not mean probability
+    np.testing.assert_allclose(sem["nested"][("a", "b")], 1 / (1 + np.exp(3.0)))
+    calls.clear()
+    one = we.semantic_scores([], we.parse_args([]), tmp_path)  # no second set: the heads' own P(fake)
+    assert len(calls) == 1 and one["oof"].tolist() == [0.5, 0.5]
