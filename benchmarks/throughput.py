@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import describe_run, record_header  # noqa: E402
+from record_header import describe_run, record_header, write_record  # noqa: E402
 
 from aligngemini.config import COMPILE_MODES  # noqa: E402
 
@@ -188,16 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         "semantic_branch_images_per_s_by_input_size": by_size,
         "end_to_end_over_models": round(t_models / t_e2e, 3),
     }
-    text = json.dumps(record, indent=1)
-    print(text)
+    print(json.dumps(record, indent=1))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(text + "\n")
         ips = record["images_per_s"]
         rows = "\n".join(f"| {k} | {v} |" for k, v in ips.items())
         rows += "".join(f"\n| model: {r} branch alone | {v} |" for r, v in per_branch.items())
         rows += "".join(f"\n| model: semantic branch, tower fed {s} | {v} |" for s, v in by_size.items())
-        args.out.with_suffix(".md").write_text(
+        markdown = (
             f"# Throughput: `{record['bundle']}` on {record['device']} ({record['dtype']})\n\n"
             + describe_run(
                 record,
@@ -216,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             + "\n\n| stage | images/s |\n| --- | --- |\n"
             f"{rows}\n\nEnd to end reaches {100 * record['end_to_end_over_models']:.0f}% of the models-only rate.\n"
         )
+        write_record(args.out, record, markdown)
     return 0
 
 
