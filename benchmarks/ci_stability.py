@@ -13,16 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_header import describe_run, record_header, write_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_COMMAND = [".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     p.add_argument("--machine", default="2-core CPU dev box")
     args = p.parse_args(argv)
+    header = record_header("ci_stability", argv, args.machine)
     work = Path(tempfile.mkdtemp(prefix="ci-stability-"))
     clone, home = work / "clone", work / "home"
     home.mkdir()
@@ -85,21 +87,19 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(clone / ".venv", ignore_errors=True)
             shutil.rmtree(home, ignore_errors=True)
     green = sum(r["returncode"] == 0 for r in results)
-    record = {"benchmark": "ci_stability", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "machine": f"{args.machine} ({platform.machine()}, {os.cpu_count()} CPUs)", "commit": commit,
-              "command": "python benchmarks/ci_stability.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "green": green, "runs": len(results), "results": results, "logs": str(work)}  # fmt: skip
+    record = {**header, "commit": commit, "green": green, "runs": len(results), "results": results,
+              "logs": str(work)}  # fmt: skip
     print(json.dumps(record, indent=1))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
         rows = "\n".join(f"| {r['run']} | {r['what']} | {r['beside']} | {'green' if r['returncode'] == 0 else 'RED'} | "
                          f"{r['summary']} | {r['seconds']} | {r['load_avg_after']} |" for r in results)  # fmt: skip
-        args.out.with_suffix(".md").write_text(
-            f"# CI stability: {green}/{len(results)} green\n\n`{record['command']}` on the {record['machine']}, "
-            f"{record['date']}, a fresh clone of `{args.ref}` at {commit}.\n\n"
+        write_record(
+            args.out,
+            record,
+            f"# CI stability: {green}/{len(results)} green\n\n"
+            f"{describe_run(record, f'a fresh clone of `{args.ref}` at {commit}')}.\n\n"
             "| run | what | beside it | result | tests | seconds | load average after |\n"
-            f"| --- | --- | --- | --- | --- | --- | --- |\n{rows}\n"
+            f"| --- | --- | --- | --- | --- | --- | --- |\n{rows}\n",
         )
     return 0 if green == len(results) else 1
 

@@ -16,19 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_header import record_header, write_record  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,6 +83,7 @@ def check_output(out: Path, expected: set[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    header = record_header("kill_resume", argv, args.machine)
     rnd = random.Random(args.seed)
     exe = [sys.executable, "-m", "aligngemini.cli"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,11 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = (result["duplicates"] == result["missing"] == result["unexpected"] == result["unparseable_lines"] == 0
               and result["ends_with_newline"] and result["lines"] == len(inputs))  # fmt: skip
         record = {
-            "benchmark": "kill_resume",
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{args.machine} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)",
-            "load_avg_at_start": os.getloadavg()[0],
-            "command": " ".join(["aligngemini", *cmd[3:]]).replace(tmp, "TMP"),
+            **header,
+            "detect_command": " ".join(["aligngemini", *cmd[3:]]).replace(tmp, "TMP"),
             "bundle": args.bundle,
             "inputs": len(inputs),
             "uninterrupted_run_s": round(full_s, 1),
@@ -148,12 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             "final": result,
             "every_input_exactly_once": ok,
         }
-    text = json.dumps(record, indent=1)
-    print(text)
+    print(json.dumps(record, indent=1))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(text + "\n")
-        args.out.with_suffix(".md").write_text(render_md(record))
+        write_record(args.out, record, render_md(record))
     return 0 if ok else 1
 
 

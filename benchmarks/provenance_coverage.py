@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import platform
+import sys
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aligngemini.eval.provenance_census import KINDS, kinds_of, read_all
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_header import record_header, write_record  # noqa: E402
+
+from aligngemini.eval.layouts import EvalItem  # noqa: E402
+from aligngemini.eval.provenance_census import KINDS, kinds_of  # noqa: E402
+from aligngemini.eval.runner import hash_items  # noqa: E402
 
 COLUMNS = ("n", *KINDS, "exif_software")
 
@@ -39,13 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         "--datasets", type=Path, required=True, help="folder of datasets, each with a manifest.csv"
     )
     p.add_argument("--out", type=Path, required=True, help="write OUT.json and OUT.md")
+    p.add_argument("--machine", default="2-core CPU dev box", help="how the result names this machine")
     args = p.parse_args(argv)
+    header = record_header("provenance_coverage", argv, args.machine)
     t0 = time.perf_counter()
     groups: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(COLUMNS, 0))
     examples: dict[str, list[str]] = defaultdict(list)
     for dataset in sorted(d for d in args.datasets.iterdir() if (d / "manifest.csv").is_file()):
         rows = rows_of(dataset)
-        found = read_all([dataset / r["path"] for r in rows])
+        items = [EvalItem(dataset / r["path"], 0, None) for r in rows]
+        found = hash_items(items, provenance=True, progress=False).provenance or []
         for row, prov in zip(rows, found, strict=True):
             label = "real" if row["label"] in ("real", "0") else "ai"
             source = row["path"].split("/", 1)[0] if dataset.name != "realorai" else "-"
@@ -63,17 +69,13 @@ def main(argv: list[str] | None = None) -> int:
                     )
     table = [{"dataset": d, "label": lab, "source": s, **c} for (d, lab, s), c in sorted(groups.items())]
     result: dict[str, Any] = {
-        "command": "python benchmarks/provenance_coverage.py --datasets ../shared/datasets "
-        "--out benchmarks/results/provenance_coverage",
-        "machine": f"{platform.node() or 'dev box'}, {platform.machine()}",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **header,
+        "created": header["date"],  # this record's older name for the header's date
         "seconds": round(time.perf_counter() - t0, 1),
         "columns": list(COLUMNS),
         "groups": table,
         "examples": dict(examples),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
         "# Provenance coverage of the validation datasets",
         "",
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if examples:
         lines += ["", "Examples (first finding of up to three files per kind):", ""]
         lines += [f"- `{k}`: " + "; ".join(v) for k, v in sorted(examples.items())]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_record(args.out, result, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -51,5 +51,5 @@ def portable(path: str) -> str:
 def write_record(out: Path, record: dict[str, Any], markdown: str) -> None:
     """Write a run's record as ``OUT.json`` and its report as ``OUT.md`` (folders made as needed)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown, encoding="utf-8")

@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kill_resume import make_inputs  # noqa: E402
-from record_header import describe_run, record_header  # noqa: E402
+from record_header import describe_run, record_header, write_record  # noqa: E402
 
 from aligngemini.scan.store import StoreError, open_results  # noqa: E402
 
@@ -106,14 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
     print(json.dumps(record, indent=1))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
         rows = "\n".join(f"| {k['run']} | {k['kill_after_s']} | {'finished first' if k['finished_before_kill'] else 'SIGKILL'} "
                          f"| {k['results_before']} -> {k['results_after']} |" for k in record["kills"])  # fmt: skip
         f = record["final"]
-        args.out.with_suffix(
-            ".md"
-        ).write_text(f"""# kill -9 and resume: `aligngemini scan --engine {args.engine}`
+        write_record(
+            args.out,
+            record,
+            f"""# kill -9 and resume: `aligngemini scan --engine {args.engine}`
 
 {describe_run(record)}. Bundle
 `{args.bundle}`, {record["inputs"]} inputs (JPEGs 200-900 px, every 50th unreadable, byte-identical copies of
@@ -128,7 +127,8 @@ Then the same command once more (exit {record["final_returncode"]}) and `--expor
 {record["inputs"]} inputs, {f["duplicates_of_paths"]} paths twice, {f["missing"]} missing, {f["unexpected"]}
 unexpected; {f["content_duplicates"]} recorded as copies (`duplicate_of`), {f["errors"]} unreadable.
 **Every input exactly once: {"yes" if ok else "NO"}.**
-""")
+""",
+        )
     return 0 if ok else 1
 
 

@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_header import record_header, write_record  # noqa: E402
 from throughput import make_jpegs  # noqa: E402
 
 SCAN = [sys.executable, "-m", "aligngemini", "scan"]
@@ -147,11 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="scan-scaling-"))
     work.mkdir(parents=True, exist_ok=True)
-    load = os.getloadavg()[0]
+    header = record_header("scan_scaling", argv, args.machine)
+    # "created" and "load_average_at_start" are this record's older names for the header's date and load
     result: dict[str, Any] = {
-        "command": "python benchmarks/scan_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{args.machine} ({platform.machine()}, {os.cpu_count()} CPUs)",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"), "load_average_at_start": round(load, 2),
+        **header, "created": header["date"], "load_average_at_start": round(header["load_avg_at_start"], 2),
         "bundle": args.bundle, "batch_size": args.batch_size,
     }  # fmt: skip
     if args.images:
@@ -167,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     result["simulated"] = sims
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(render(result))
+        write_record(args.out, result, render(result))
     print(render(result))
     return 0
 

@@ -35,6 +35,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_header import write_record  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE_NOTE = "2-core CPU dev box, shared with other jobs"
 
@@ -250,7 +253,7 @@ def machine() -> dict[str, Any]:
             "torch": torch.__version__, "platform": platform.platform()}  # fmt: skip
 
 
-def write_markdown(path: Path, result: dict[str, Any]) -> None:
+def render_md(result: dict[str, Any]) -> str:
     r, s = result["results"], result["settings"]
     lat = r["latency_ms"]
     lines = [
@@ -277,7 +280,7 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"| wall time | {r['wall_s']} s{' (stopped by the time budget)' if r['stopped_by_time_budget'] else ''} |",
         "",
     ]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,9 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(result, indent=2))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        write_markdown(args.out.with_suffix(".md"), result)
+        write_record(args.out, result, render_md(result))
         print(f"serve_load: wrote {args.out.with_suffix('.json')} and .md", file=sys.stderr)
     return 0 if results["errors"] == 0 else 1
 
