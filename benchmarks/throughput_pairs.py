@@ -5,10 +5,13 @@ worth measuring. Timing the variants one right after the other, rotating which g
 their medians over several rounds separates the change from the box's drift.
 
 A variant is ``NAME`` or ``NAME:KEY=VALUE,...``: each KEY=VALUE is set in the environment of its runs, except
-``bundle=PATH``, which is passed as ``--bundle``. Arguments after ``--`` go to every run of ``throughput.py``.
+``bundle=PATH``, which is passed as ``--bundle``, and ``--OPTION=VALUE``, passed to that variant's runs of
+``throughput.py`` as ``--OPTION VALUE``. Arguments after ``--`` go to every run of ``throughput.py``.
 
     python benchmarks/throughput_pairs.py --variant retain-freed --variant system:ALIGNGEMINI_MALLOC=system \\
         --rounds 5 --out benchmarks/results/throughput_cpu_allocator -- --images 96 --batch-size 16
+    python benchmarks/throughput_pairs.py --variant eager --variant compiled:--compile=default \\
+        --rounds 4 -- --images 96 --batch-size 16
 """
 
 from __future__ import annotations
@@ -36,22 +39,25 @@ COLUMNS = {
 }
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, str], str | None]:
-    """``NAME:KEY=VALUE,...`` -> (name, environment, bundle or None)."""
+def parse_variant(text: str) -> tuple[str, dict[str, str], str | None, list[str]]:
+    """``NAME:KEY=VALUE,...`` -> (name, environment, bundle or None, throughput.py arguments)."""
     name, _, rest = text.partition(":")
     if not name:
         raise argparse.ArgumentTypeError(f"variant {text!r} has no name; write NAME or NAME:KEY=VALUE,...")
     env: dict[str, str] = {}
     bundle = None
+    arguments: list[str] = []
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise argparse.ArgumentTypeError(f"variant {text!r}: {item!r} is not KEY=VALUE")
         if key == "bundle":
             bundle = value
+        elif key.startswith("--"):
+            arguments += [key, value]
         else:
             env[key] = value
-    return name, env, bundle
+    return name, env, bundle, arguments
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -60,7 +66,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     own = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", type=parse_variant, action="append", required=True,
-                   help="NAME or NAME:KEY=VALUE,... (environment settings; bundle=PATH for --bundle); "
+                   help="NAME or NAME:KEY=VALUE,... (environment settings; bundle=PATH for --bundle; "
+                        "--OPTION=VALUE for an argument of throughput.py); "
                         "give two or more")  # fmt: skip
     p.add_argument("--rounds", type=int, default=5, help="each variant runs once per round (default 5)")
     p.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
@@ -76,9 +83,17 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return args, passed
 
 
-def run_once(name: str, env: dict[str, str], bundle: str | None, passed: list[str], tmp: Path, i: int) -> Any:
+def run_once(
+    name: str,
+    env: dict[str, str],
+    bundle: str | None,
+    arguments: list[str],
+    passed: list[str],
+    tmp: Path,
+    i: int,
+) -> Any:
     out = tmp / f"{name}-{i}"
-    cmd = [sys.executable, str(THROUGHPUT), *passed, "--out", str(out)]
+    cmd = [sys.executable, str(THROUGHPUT), *passed, *arguments, "--out", str(out)]
     if bundle:
         cmd += ["--bundle", bundle]
     print(f"round {i + 1}: {name}", file=sys.stderr, flush=True)
@@ -100,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             k = i % len(args.variant)  # rotate which variant goes first
             order = args.variant[k:] + args.variant[:k]
             rounds.append(
-                {name: run_once(name, env, bundle, passed, Path(tmp), i) for name, env, bundle in order}
+                {
+                    name: run_once(name, env, bundle, arguments, passed, Path(tmp), i)
+                    for name, env, bundle, arguments in order
+                }  # fmt: skip
             )
     names = [v[0] for v in args.variant]
     summary = {}
@@ -112,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         **header,
         "variants": {
-            n: {"environment": env, "bundle": bundle or "starter"} for n, env, bundle in args.variant
+            n: {"environment": env, "bundle": bundle or "starter", "arguments": arguments}
+            for n, env, bundle, arguments in args.variant
         },
         "throughput_arguments": passed,
         "summary": summary,
@@ -124,13 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def describe_variant(spec: dict[str, Any]) -> str:
+    settings = [f"{k}={v}" for k, v in spec["environment"].items()]
+    if spec.get("arguments"):
+        settings.append(" ".join(spec["arguments"]))
+    return f"{', '.join(settings) or 'no setting'}, bundle {spec['bundle']}"
+
+
 def render(record: dict[str, Any], names: list[str]) -> str:
-    variants = "; ".join(
-        f"`{n}`: "
-        + (", ".join(f"{k}={v}" for k, v in spec["environment"].items()) or "no setting")
-        + f", bundle {spec['bundle']}"
-        for n, spec in record["variants"].items()
-    )
+    variants = "; ".join(f"`{n}`: {describe_variant(spec)}" for n, spec in record["variants"].items())
     lines = [
         f"# Throughput in alternation: {' against '.join(names)}",
         "",
