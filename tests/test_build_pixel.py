@@ -10,8 +10,9 @@ import pytest
 from build_fixtures import PatternGenerator, ResizingGenerator, Source, write_sources
 from PIL import Image
 
+from aligngemini.data import transforms as T
 from aligngemini.data.build.common import BuildError
-from aligngemini.data.build.pixel import PixelBuildConfig, build_pixel_set
+from aligngemini.data.build.pixel import PRESCALE_METHODS, PixelBuildConfig, build_pixel_set
 from aligngemini.data.manifest import read_manifest
 from aligngemini.decode import estimate_jpeg_quality
 
@@ -308,3 +309,38 @@ def test_several_crops_per_image_give_distinct_pairs_of_one_scene(tmp_path: Path
     assert {str(r.group) for r in one.rows} < set(pairs)
     with pytest.raises(ValueError, match="crops_per_image"):
         PixelBuildConfig(crops_per_image=0)
+
+
+def test_prescale_shrinks_the_whole_photo_before_the_crop_and_records_it(tmp_path: Path) -> None:
+    rows, base = _sources(
+        tmp_path, [Source("real", "cam", "train", "JPEG", 90, (400, 300)) for _ in range(6)]
+    )
+    cfg = PixelBuildConfig(**NO_OPS, crop_size=64, prescale_prob=0.5, prescale_scale=(0.25, 0.5))
+    build_pixel_set(rows, [PatternGenerator()], tmp_path / "out", cfg, source_base=base, progress=False)
+    shrunk = 0
+    for pair in _pairs(tmp_path / "out").values():
+        real, fake = pair["real"], pair["fake"]
+        assert (real.width, real.height) == (fake.width, fake.height) == (64, 64)
+        assert real.extra["source_size"] == [400, 300]  # the file's own size, as before
+        left, top, right, bottom = real.extra["crop_box"]
+        prescale = fake.extra["ops"].get("prescale")
+        if prescale is None:
+            assert left % 16 == 0 and top % 16 == 0  # the JPEG grid is kept where nothing shrank the photo
+            continue
+        shrunk += 1
+        assert 0.25 <= prescale["scale"] <= 0.5 and prescale["method"] in PRESCALE_METHODS
+        size = (round(400 * prescale["scale"]), round(300 * prescale["scale"]))
+        assert right <= size[0] and bottom <= size[1]
+        # the real is a crop of the shrunk photo, pixel for pixel
+        photo = Image.open(base / real.extra["source_path"]).convert("RGB")
+        small = T.resize(photo, size=size, method=prescale["method"]).crop((left, top, right, bottom))
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / real.path)), np.asarray(small))
+    assert 0 < shrunk < 6  # about half of the six photos
+    stamp = json.loads((tmp_path / "out" / "build.json").read_text())["config"]
+    assert stamp["prescale_prob"] == 0.5 and stamp["prescale_scale"] == [0.25, 0.5]
+    # off (the default) it is not stamped, so sets made before the option existed still resume
+    off = PixelBuildConfig(**NO_OPS)
+    build_pixel_set(rows, [PatternGenerator()], tmp_path / "off", off, source_base=base, progress=False)
+    assert "prescale_prob" not in json.loads((tmp_path / "off" / "build.json").read_text())["config"]
+    with pytest.raises(ValueError, match="prescale_prob"):
+        PixelBuildConfig(prescale_prob=1.5)

@@ -4,7 +4,10 @@ Each pair shares its scene exactly, so the only label-carrying signal is the dec
 in this order, every random choice drawn from the pair's own seed:
 
 1. crop the real to at most ``crop_size`` per side (centre or random, offsets on a 16-pixel grid so a
-   JPEG's block grid survives; never resized) and to a multiple of ``multiple_of``;
+   JPEG's block grid survives; never resized) and to a multiple of ``multiple_of``; with ``prescale_prob``
+   the whole photo is first shrunk by a random factor, as a web page shrinks a photo before serving it, so
+   that the reals cover downscaled photos and not only camera-sized ones (both images of the pair then come
+   from the shrunk photo);
 2. reconstruct the crop with the generator (batched);
 3. optionally align the fake's coarse scales to the real (``lowfreq_align_prob``, off by default), then
    pixel-blend and frequency-blend the real into the fake;
@@ -49,6 +52,7 @@ from aligngemini.data.manifest import ManifestRow
 from aligngemini.generators.base import Generator
 
 JPEG_GRID = 16  # 8x8 luma blocks, 16x16 MCUs under 4:2:0
+PRESCALE_METHODS = ("box", "bilinear", "hamming", "bicubic", "lanczos")
 
 
 @dataclass
@@ -79,6 +83,10 @@ class PixelBuildConfig:
     lowfreq_align_prob: float = 0.0
     lowfreq_cut: float = 0.25
     resize_methods: tuple[str, ...] = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
+    # Shrink the whole photo before cropping (off by default): factor drawn from prescale_scale, with one of
+    # PRESCALE_METHODS (the antialiased filters image tools shrink with).
+    prescale_prob: float = 0.0
+    prescale_scale: tuple[float, float] = (0.25, 0.75)
     batch_size: int = 8
     seed: int = 0
 
@@ -86,6 +94,7 @@ class PixelBuildConfig:
         self.pixel_blend_alpha = _pair(self.pixel_blend_alpha, "pixel_blend_alpha", 0.0, 1.0)
         self.freq_blend_alpha = _pair(self.freq_blend_alpha, "freq_blend_alpha", 0.0, 1.0)
         self.resize_scale = _pair(self.resize_scale, "resize_scale", 1e-3, 16.0)
+        self.prescale_scale = _pair(self.prescale_scale, "prescale_scale", 1e-3, 1.0)
         self.resize_methods = tuple(self.resize_methods)
         if not 0.0 < self.lowfreq_cut <= 1.5:
             raise ValueError(f"pixel config: lowfreq_cut must be in (0, 1.5], got {self.lowfreq_cut}")
@@ -95,6 +104,7 @@ class PixelBuildConfig:
             "freq_blend_prob",
             "resize_prob",
             "lowfreq_align_prob",
+            "prescale_prob",
         ):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
@@ -143,6 +153,7 @@ class _Prepared:
     source_quality: int | None
     subsampling: int | None
     source_size: tuple[int, int]
+    prescale: dict[str, Any] | None = None  # the shrink applied to the whole photo before cropping, if any
 
 
 def plan_pairs(
@@ -183,7 +194,8 @@ class _PixelBuilder(SetBuilder):
         if found is None:
             return None
         path, loaded = found
-        w, h = loaded.image.size
+        image, prescale = self._prescaled(loaded.image, job)
+        w, h = image.size
         cw, ch = min(w, cfg.crop_size), min(h, cfg.crop_size)
         cw, ch = cw - cw % cfg.multiple_of, ch - ch % cfg.multiple_of
         if min(cw, ch) < cfg.min_size:
@@ -195,13 +207,28 @@ class _PixelBuilder(SetBuilder):
         if fmt == "JPEG":
             with Image.open(path) as header:
                 subsampling = T.jpeg_subsampling(header)
-        align = JPEG_GRID if fmt == "JPEG" else 1
+        align = JPEG_GRID if fmt == "JPEG" and prescale is None else 1  # shrinking erased the block grid
         rng = np.random.default_rng([*seed_for(cfg.seed, job.pair_id), 0])
         if cfg.crop == "random" or job.crop_index > 0:
             box = T.random_box(w, h, cw, ch, rng, align=align)
         else:
             box = T.center_box(w, h, cw, ch, align=align)
-        return _Prepared(job, loaded.image.crop(box), box, fmt, quality, subsampling, (w, h))
+        return _Prepared(job, image.crop(box), box, fmt, quality, subsampling, loaded.image.size, prescale)
+
+    def _prescaled(self, image: Image.Image, job: _Job) -> tuple[Image.Image, dict[str, Any] | None]:
+        """The photo, shrunk with probability ``prescale_prob`` (never below ``min_size`` per side)."""
+        cfg = self.cfg
+        if cfg.prescale_prob <= 0:  # no draw at all, so that sets built before this option keep their streams
+            return image, None
+        rng = np.random.default_rng([*seed_for(cfg.seed, job.pair_id), 2])
+        if rng.random() >= cfg.prescale_prob:
+            return image, None
+        scale = float(rng.uniform(*cfg.prescale_scale))
+        method = PRESCALE_METHODS[int(rng.integers(len(PRESCALE_METHODS)))]
+        size = (round(image.width * scale), round(image.height * scale))
+        if min(size) < cfg.min_size:
+            return image, None
+        return T.resize(image, size=size, method=method), {"scale": round(scale, 4), "method": method}
 
     def finish(self, prep: _Prepared, fake: Image.Image) -> None:
         cfg = self.cfg
@@ -214,7 +241,7 @@ class _PixelBuilder(SetBuilder):
             )
         fake = fake.convert("RGB")
         rng = np.random.default_rng([*seed_for(cfg.seed, job.pair_id), 1])
-        ops: dict[str, Any] = {}
+        ops: dict[str, Any] = {} if prep.prescale is None else {"prescale": prep.prescale}
         # Drawn only when enabled, so that sets built before this option existed keep their random streams.
         if cfg.lowfreq_align_prob > 0 and rng.random() < cfg.lowfreq_align_prob:
             fake = T.frequency_blend(real, fake, 1.0, band=(0.0, cfg.lowfreq_cut), square=True)
@@ -359,4 +386,7 @@ def _stamp(cfg: PixelBuildConfig) -> dict[str, Any]:
         data.pop("lowfreq_cut")
     else:
         data["lowfreq_band"] = "square"  # sets from the radial-band version must not resume into this one
+    if not cfg.prescale_prob:  # likewise
+        data.pop("prescale_prob")
+        data.pop("prescale_scale")
     return data
