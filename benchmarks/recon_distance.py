@@ -16,8 +16,10 @@ so that higher means "more likely generated":
 - ``l2_vs_bicubic``: the round trip's squared error divided by that of a 2x bicubic down-and-up.
 
 It then asks whether the best of them adds anything to the detector: per fold, the pixel expert's log-odds
-and the distance z-scored and summed (a pixel score), and the ``stack`` rule fitted on the other folds'
-scores with and without the distance as a third branch.
+and the distance summed, each scaled by its spread over the *other* folds (a pixel score), and the ``stack``
+rule fitted on the other folds' scores with and without the distance as a third branch (standardised with
+the other folds' mean and spread, so nothing of the held-out fold enters the fit). ``--distances`` reads the
+distances of an earlier run (its ``OUT_scores.csv``) instead of computing them again.
 
     python benchmarks/recon_distance.py --scores benchmarks/results/wild_eval_scores.csv \\
         --generator taesd:PATH/TO/taef2 --out benchmarks/results/recon_distance
@@ -63,6 +65,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--limit", type=int, default=None, help="about N images spread over the file (a smoke run)"
     )
+    p.add_argument("--distances", type=Path, help="OUT_scores.csv of an earlier run: reuse its distances")
     p.add_argument("--out", type=Path, required=True, help="writes OUT.json, OUT.md and OUT_scores.csv")
     return p.parse_args(argv)
 
@@ -103,22 +106,36 @@ def log_odds(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def zscore(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / x.std()
+def as_probability(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """A raw score as a probability-like one for the fusion rules, standardised on the ``fit`` images only."""
+    return 1 / (1 + np.exp(-(x - x[fit].mean()) / x[fit].std()))
+
+
+def combined_by_fold(
+    folds: np.ndarray, labels: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> dict[str, float | None]:
+    """AUC per fold of ``a + b``, each divided by its spread over the other folds."""
+    out: dict[str, float | None] = {}
+    for f in sorted(set(folds)):
+        fit, te = folds != f, folds == f
+        out[f] = auc(labels[te], a[te] / a[fit].std() + b[te] / b[fit].std())
+    return out
 
 
 def fused_by_fold(
-    folds: np.ndarray, labels: np.ndarray, experts: dict[str, np.ndarray]
+    folds: np.ndarray, labels: np.ndarray, experts: dict[str, np.ndarray], raw: Sequence[str] = ()
 ) -> dict[str, dict[str, float | None]]:
-    """The stack rule fitted on every other fold's scores, applied to each fold: balanced accuracy and AUC."""
+    """The stack rule fitted on every other fold's scores, applied to each fold: balanced accuracy and AUC.
+    Experts named in ``raw`` are raw scores, made probabilities with the other folds' statistics."""
     out: dict[str, dict[str, float | None]] = {}
     for f in sorted(set(folds)):
         fit, te = folds != f, folds == f
+        scores = {k: as_probability(v, fit) if k in raw else v for k, v in experts.items()}
         p, fake = fit_and_apply(
             "stack",
-            {k: v[fit] for k, v in experts.items()},
+            {k: v[fit] for k, v in scores.items()},
             labels[fit],
-            {k: v[te] for k, v in experts.items()},
+            {k: v[te] for k, v in scores.items()},
         )
         both = len(set(labels[te])) == 2
         out[f] = {
@@ -126,6 +143,20 @@ def fused_by_fold(
             "auc": auc(labels[te], p),
         }
     return out
+
+
+def recorded_distances(
+    rows: list[dict[str, str]], path: Path
+) -> tuple[list[dict[str, str]], list[dict[str, float]]]:
+    """The rows an earlier run measured and its distances, matched by path (its skipped images stay out)."""
+    with open(path, newline="") as fh:
+        recorded = {r["path"]: {d: float(r[d]) for d in DISTANCES} for r in csv.DictReader(fh)}
+    kept = [r for r in rows if r["path"] in recorded]
+    if not kept:
+        raise SystemExit(
+            f"{path}: none of the images of --scores; give the OUT_scores.csv of a run on the same file"
+        )
+    return kept, [recorded[r["path"]] for r in kept]
 
 
 def mean_present(values: Sequence[float | None]) -> float:
@@ -146,10 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(
             f"{args.scores}: no rows with pixel scores; give the OUT_scores.csv of a wild_eval run"
         )
-    generator = build_generator(args.generator, device="cpu")
     kept, feats = [], []
     t0 = time.time()
-    for i, row in enumerate(rows):
+    if args.distances:
+        kept, feats = recorded_distances(rows, args.distances)
+    generator = None if args.distances else build_generator(args.generator, device="cpu")
+    for i, row in enumerate(rows if generator else []):
         try:
             image = load_image(REPO / manifest_path(row["path"]), max_pixels=200_000_000).image
         except ImageLoadError as exc:
@@ -176,17 +209,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     aucs = {d: per_fold(v) for d, v in dist.items()}
     aucs["pixel expert"] = per_fold(pix)
     best = max(DISTANCES, key=lambda d: mean_present(list(aucs[d].values())))
-    aucs[f"pixel expert + {best}"] = per_fold(zscore(log_odds(pix)) + zscore(dist[best]))
-    recon_p = 1 / (1 + np.exp(-zscore(dist[best])))  # a probability-like score, for the fusion rules
+    aucs[f"pixel expert + {best}"] = combined_by_fold(folds, labels, log_odds(pix), dist[best])
     fused = {
         "semantic + pixel": fused_by_fold(folds, labels, {"semantic": sem, "pixel": pix}),
         f"semantic + pixel + {best}": fused_by_fold(
-            folds, labels, {"semantic": sem, "pixel": pix, "recon": recon_p}
+            folds, labels, {"semantic": sem, "pixel": pix, "recon": dist[best]}, raw=["recon"]
         ),
     }
     record.update({
         "generator": args.generator, "crop": args.crop, "images": len(kept), "skipped": len(rows) - len(kept),
-        "seconds": round(seconds, 1), "best_distance": best, "auc_by_fold": aucs,
+        "seconds": round(seconds, 1), "distances_from": str(args.distances) if args.distances else None,
+        "best_distance": best, "auc_by_fold": aucs,
         "stack_by_fold": fused,
         "auc_mean": {k: mean_present(list(v.values())) for k, v in aucs.items()},
         "stack_mean": {k: {m: mean_present([f[m] for f in v.values()]) for m in ("balanced_accuracy", "auc")} for k, v in fused.items()},
@@ -208,7 +241,12 @@ def render_md(record: dict[str, Any], folds: list[str]) -> str:
     lines = [
         f"# Reconstruction distance through `{record['generator']}` as a training-free pixel score",
         "",
-        describe_run(record, f"{record['images']} images, {record['seconds']:.0f} s") + ".",
+        describe_run(record, f"{record['images']} images, {record['seconds']:.0f} s")
+        + (
+            f"; distances as an earlier run measured them (`{record['distances_from']}`)."
+            if record.get("distances_from")
+            else "."
+        ),
         "",
         "AUC per fold (higher scores: closer to the autoencoder's reproduction). The combined row uses the distance",
         f"with the best mean ({record['best_distance']}), chosen on these same folds, so read it as an upper estimate:",

@@ -77,6 +77,16 @@ def test_a_run_ranks_smooth_images_as_closer_and_writes_its_record(
     assert "| l2 | 1.000 | 1.000 | 1.000 |" in out.with_suffix(".md").read_text()
     with open(out.with_name("rd_scores.csv"), newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 12
+    # the same analysis from the recorded distances, without the autoencoder
+    monkeypatch.setattr(rd, "build_generator", None)
+    again = tmp_path / "again"
+    argv = ["--scores", str(scores), "--generator", "blur:x", "--distances", str(out.with_name("rd_scores.csv")),
+            "--out", str(again)]  # fmt: skip
+    assert rd.main(argv) == 0
+    reread = json.loads(again.with_suffix(".json").read_text())
+    assert (
+        reread["auc_by_fold"] == record["auc_by_fold"] and reread["stack_by_fold"] == record["stack_by_fold"]
+    )
 
 
 def test_a_scores_file_without_pixel_scores_is_refused(tmp_path: Path) -> None:
