@@ -168,7 +168,6 @@ def mean_present(values: Sequence[float | None]) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     record: dict[str, Any] = record_header("recon_distance", argv, "2-core CPU dev box")
-    torch.set_grad_enabled(False)
     with open(args.scores, newline="") as fh:
         rows = list(csv.DictReader(fh))
     if args.limit:

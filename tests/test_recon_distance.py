@@ -87,6 +87,7 @@ def test_a_run_ranks_smooth_images_as_closer_and_writes_its_record(
     assert (
         reread["auc_by_fold"] == record["auc_by_fold"] and reread["stack_by_fold"] == record["stack_by_fold"]
     )
+    assert torch.is_grad_enabled()  # a run leaves the process's autograd as it found it
 
 
 def test_a_scores_file_without_pixel_scores_is_refused(tmp_path: Path) -> None:
