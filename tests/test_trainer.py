@@ -29,6 +29,7 @@ from aligngemini.train.trainer import (  # noqa: E402
     TrainConfig,
     Trainer,
     _label_ids,
+    _loss_and_logits,
     binary_metrics,
     lr_factor,
 )
@@ -97,6 +98,23 @@ def test_config_rejects_unknown_keys_by_name_and_reads_yaml_numbers() -> None:
     assert TrainConfig(lr="3e-4").lr == pytest.approx(3e-4)
     with pytest.raises(ConfigError, match="output_dir"):
         Trainer({"task": TASK, "train": {}})
+
+
+def test_label_smoothing_bounds_the_logit_the_loss_pushes_towards() -> None:
+    label = torch.tensor([1.0, 0.0])
+    logits = torch.tensor([3.0, -1.0], requires_grad=True)
+    loss, _ = _loss_and_logits(logits, {"label": label}, 0.2)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([0.9, 0.1]))
+    assert torch.allclose(loss, expected)
+    plain, _ = _loss_and_logits(logits, {"label": label})
+    assert not torch.allclose(plain, loss)
+    # smoothed, the loss is lowest at logit +-log(0.9 / 0.1), not at infinity
+    best = torch.tensor([np.log(9.0), -np.log(9.0)], requires_grad=True)
+    loss, _ = _loss_and_logits(best, {"label": label}, 0.2)
+    loss.backward()
+    assert best.grad is not None and best.grad.abs().max().item() < 1e-6
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        TrainConfig(label_smoothing=1.0)
 
 
 def test_lr_schedule_warms_up_then_follows_a_cosine() -> None:

@@ -67,11 +67,14 @@ class TrainConfig:
     eval_every: int = 0  # steps; 0: at the end of each epoch
     log_every: int = 10  # steps
     max_grad_norm: float | None = 1.0  # None: no clipping
+    # Training targets of the built-in BCE loss move from {0, 1} to {e/2, 1 - e/2}, which bounds how far the
+    # logits are pushed (a head's scores then saturate less); validation loss stays against the true labels.
+    label_smoothing: float = 0.0
     output_dir: str | None = None
     find_unused_parameters: bool = False  # DDP option, for models with branches unused in a step
 
     def __post_init__(self) -> None:
-        for name in ("lr", "weight_decay", "eps", "min_lr_ratio"):
+        for name in ("lr", "weight_decay", "eps", "min_lr_ratio", "label_smoothing"):
             setattr(self, name, _as_float(name, getattr(self, name)))
         if self.max_grad_norm is not None:
             self.max_grad_norm = _as_float("max_grad_norm", self.max_grad_norm)
@@ -92,6 +95,8 @@ class TrainConfig:
             problems.append("max_steps must be >= 1")
         if self.lr <= 0:
             problems.append("lr must be positive")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if problems:
             raise ConfigError("recipe train: " + "; ".join(problems))
 
@@ -153,8 +158,11 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def _loss_and_logits(out: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The model's own ``loss`` when it returns a dict with one, else BCE-with-logits against ``label``."""
+def _loss_and_logits(
+    out: Any, batch: dict[str, Any], label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's own ``loss`` when it returns a dict with one, else BCE-with-logits against ``label``
+    (smoothed towards 1/2 by ``label_smoothing``)."""
     logits = out.get("logits") if isinstance(out, dict) else out
     if logits is not None:
         logits = logits.float()
@@ -169,6 +177,8 @@ def _loss_and_logits(out: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, tor
         raise ValueError(
             f"the model returned logits of shape {tuple(logits.shape)}; labels are {tuple(label.shape)}"
         )
+    if label_smoothing:
+        label = label * (1 - label_smoothing) + label_smoothing / 2
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, label), logits
 
 
@@ -627,7 +637,7 @@ class Trainer:
                     batch = _to_device(next(batches), acc.device)
                     sync = j == n_micro - 1
                     with contextlib.nullcontext() if sync else acc.no_sync(s.model):
-                        loss, _ = _loss_and_logits(s.model(batch), batch)
+                        loss, _ = _loss_and_logits(s.model(batch), batch, cfg.label_smoothing)
                         acc.backward(loss / n_micro)
                     s.loss_sum += loss.detach()
                     s.loss_count += 1
