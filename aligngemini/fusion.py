@@ -36,14 +36,15 @@ class FusionResult:
     fired: list[list[str]]  # branches at or above threshold, per image
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
+    """Log-odds of probabilities, clipped away from 0 and 1."""
     p = np.clip(p, _EPS, 1 - _EPS)
     return np.log(p) - np.log1p(-p)
 
 
 def centre_on_threshold(p: np.ndarray, threshold: float) -> np.ndarray:
     """Monotone map of a branch's scores that sends its threshold to 0.5."""
-    return 1.0 / (1.0 + np.exp(-(_logit(np.asarray(p, dtype=np.float64)) - _logit(np.array(threshold)))))
+    return 1.0 / (1.0 + np.exp(-(logit(np.asarray(p, dtype=np.float64)) - logit(np.array(threshold)))))
 
 
 def _or(centred: np.ndarray, valid: np.ndarray, names: list[str], params: Mapping[str, Any]) -> np.ndarray:
@@ -68,7 +69,7 @@ def _stack(centred: np.ndarray, valid: np.ndarray, names: list[str], params: Map
             f"fusion rule 'stack' has no weight for branch(es) {missing}; run aligngemini calibrate"
         )
     w = np.array([float(weights[n]) for n in names])[:, None]
-    z = float(params.get("bias", 0.0)) + np.where(valid, w * _logit(centred), 0.0).sum(axis=0)
+    z = float(params.get("bias", 0.0)) + np.where(valid, w * logit(centred), 0.0).sum(axis=0)
     return 1.0 / (1.0 + np.exp(-z))
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from aligngemini.fusion import centre_on_threshold, fuse
+from aligngemini.fusion import centre_on_threshold, fuse, logit
 
 NEVER = 1.0 + 1e-9  # a threshold no probability reaches: the branch never fires
 _GRID = 128
@@ -288,8 +288,7 @@ def fit_stack(
 
 
 def _centred_logit(p: np.ndarray, threshold: float) -> np.ndarray:
-    c = np.clip(centre_on_threshold(p, threshold), 1e-6, 1 - 1e-6)
-    return np.log(c) - np.log1p(-c)
+    return logit(centre_on_threshold(p, threshold))
 
 
 def choose_uncertain_band(
