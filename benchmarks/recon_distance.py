@@ -45,6 +45,7 @@ from wild_eval import auc, balanced, fit_and_apply  # noqa: E402
 
 from aligngemini.data.manifest import manifest_path  # noqa: E402
 from aligngemini.decode import ImageLoadError, load_image  # noqa: E402
+from aligngemini.fusion import logit  # noqa: E402
 from aligngemini.generators.base import build_generator, to_images, to_tensor  # noqa: E402
 
 DISTANCES = ("l2", "hp_ratio", "l2_vs_bicubic")
@@ -88,8 +89,9 @@ def distances(crops: torch.Tensor, recon: torch.Tensor) -> dict[str, float]:
     """Each distance, negated (higher = closer to what the decoder makes)."""
     eps = 1e-9
     l2 = (recon - crops).pow(2).mean().item()
-    hp = (high_pass(recon) - high_pass(crops)).pow(2).mean().item()
-    texture = high_pass(crops).pow(2).mean().item()
+    hp_crops = high_pass(crops)
+    hp = (high_pass(recon) - hp_crops).pow(2).mean().item()
+    texture = hp_crops.pow(2).mean().item()
     h, w = crops.shape[-2:]
     small = F.interpolate(crops, scale_factor=0.5, mode="bicubic", antialias=True)
     bicubic = F.interpolate(small, size=(h, w), mode="bicubic").clamp(0, 1)
@@ -99,11 +101,6 @@ def distances(crops: torch.Tensor, recon: torch.Tensor) -> dict[str, float]:
         "hp_ratio": -float(np.log((hp + eps) / (texture + eps))),
         "l2_vs_bicubic": -float(np.log((l2 + eps) / (bic + eps))),
     }
-
-
-def log_odds(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
 
 
 def as_probability(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
@@ -187,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImageLoadError as exc:
             print(f"skipped {row['path']}: {exc}", file=sys.stderr)
             continue
-        crops = middle_row_crops(to_tensor([image])[0], args.crop)
+        pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)  # uint8, no copy of the whole image
+        crops = middle_row_crops(pixels, args.crop).float().div_(255.0)
         recon = to_tensor(generator.reconstruct(to_images(crops)))
         kept.append(row)
         feats.append(distances(crops, recon))
@@ -208,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     aucs = {d: per_fold(v) for d, v in dist.items()}
     aucs["pixel expert"] = per_fold(pix)
     best = max(DISTANCES, key=lambda d: mean_present(list(aucs[d].values())))
-    aucs[f"pixel expert + {best}"] = combined_by_fold(folds, labels, log_odds(pix), dist[best])
+    aucs[f"pixel expert + {best}"] = combined_by_fold(folds, labels, logit(pix), dist[best])
     fused = {
         "semantic + pixel": fused_by_fold(folds, labels, {"semantic": sem, "pixel": pix}),
         f"semantic + pixel + {best}": fused_by_fold(
