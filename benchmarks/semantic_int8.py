@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 import warnings
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_header import describe_run, record_header, write_record  # noqa: E402
 
 from aligngemini.branches.semantic.clip import load_tower  # noqa: E402
+from aligngemini.data.manifest import read_manifest  # noqa: E402
 from aligngemini.decode import load_image  # noqa: E402
 from aligngemini.detector import Detector  # noqa: E402
 from aligngemini.paths import data_dir  # noqa: E402
@@ -81,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     manifest = data_dir("starter") / "manifest.jsonl"
     if not manifest.is_file():
         p.error(f"{manifest} not found: run `aligngemini data fetch-starter` first")
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    rows = read_manifest(manifest)  # paths made absolute
     rows = rows[:: max(1, len(rows) // args.images)][: args.images]
     det = Detector.load(args.bundle, device="cpu")
     branch = det.branches.get("semantic")
     if branch is None or not hasattr(branch, "tower"):
         p.error(f"bundle {args.bundle} has no CLIP semantic branch")
-    prepared = [branch.prepare(load_image(manifest.parent / r["path"])) for r in rows]
+    prepared = [branch.prepare(load_image(r.path)) for r in rows]
     shipped_model, shipped_precision = branch.tower.model, branch.tower.precision
     section = det.config["branches"]["semantic"]
     fp32 = load_tower(section["tower"], sha256=section.get("tower_sha256"), bundle_dir=det.bundle.dir)
