@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_header import REPO, describe_run, record_header, write_record  # noqa: E402
@@ -71,13 +72,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def middle_row_crops(x: torch.Tensor, size: int) -> torch.Tensor:
-    """[3, H, W] -> [2, 3, s, s]: the two ends of the middle row, corners on the 16-pixel grid."""
-    h, w = x.shape[1:]
+def middle_row_crops(image: Image.Image, size: int) -> torch.Tensor:
+    """[2, 3, s, s] in [0, 1]: the two ends of the middle row, corners on the 16-pixel grid (cut before
+    converting, so a camera original is never held as floats whole)."""
+    w, h = image.size
     s = min(size, h, w) // GRID * GRID
     top = (h - s) // 2 // GRID * GRID
     lefts = (0, (w - s) // GRID * GRID)
-    return torch.stack([x[:, top : top + s, left : left + s] for left in lefts])
+    return to_tensor([image.crop((left, top, left + s, top + s)) for left in lefts])
 
 
 def high_pass(x: torch.Tensor) -> torch.Tensor:
@@ -184,8 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImageLoadError as exc:
             print(f"skipped {row['path']}: {exc}", file=sys.stderr)
             continue
-        pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)  # uint8, no copy of the whole image
-        crops = middle_row_crops(pixels, args.crop).float().div_(255.0)
+        crops = middle_row_crops(image, args.crop)
         recon = to_tensor(generator.reconstruct(to_images(crops)))
         kept.append(row)
         feats.append(distances(crops, recon))

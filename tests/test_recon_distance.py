@@ -17,12 +17,13 @@ rd = load_benchmark("recon_distance")
 
 
 def test_crops_are_the_middle_rows_ends_on_the_16_pixel_grid() -> None:
-    x = torch.arange(3 * 300 * 500, dtype=torch.float32).reshape(3, 300, 500)
-    crops = rd.middle_row_crops(x, 256)
+    arr = np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
+    crops = rd.middle_row_crops(Image.fromarray(arr), 256)
     assert crops.shape == (2, 3, 256, 256)
     assert torch.equal(crops[0], x[:, 16:272, 0:256])  # top (300 - 256) // 2 = 22 -> 16 on the grid
     assert torch.equal(crops[1], x[:, 16:272, 240:496])  # the right end, 244 -> 240
-    small = rd.middle_row_crops(torch.zeros(3, 100, 120), 256)
+    small = rd.middle_row_crops(Image.new("RGB", (120, 100)), 256)
     assert small.shape == (2, 3, 96, 96)  # no larger than the image, still a multiple of 16
 
 
