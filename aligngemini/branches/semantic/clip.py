@@ -43,6 +43,7 @@ from aligngemini.branches.semantic.clip_import import (
     load_onnx_clip_tower,
 )
 from aligngemini.branches.semantic.preprocess import CLIP_MEAN, CLIP_STD, RESIZE_MODES, preprocess_image
+from aligngemini.branches.semantic.token_merging import check_mergeable, merged_hidden_states
 from aligngemini.decode import LoadedImage, load_image
 
 FAMILY = "semantic-clip"
@@ -105,6 +106,7 @@ class ClipTower(nn.Module):
         self.std = tuple(float(v) for v in std)
         self.identity = identity  # content-derived id: the feature cache's key
         self.precision = "fp32"
+        self.merge_tokens = 0  # token pairs merged after each layer's attention (token_merging)
         with torch.no_grad():
             probe = torch.zeros(1, 3, self.image_size, self.image_size, dtype=self._param_dtype())
             out = self.model(pixel_values=probe, output_hidden_states=True)
@@ -146,16 +148,32 @@ class ClipTower(nn.Module):
     def set_precision(self, precision: str) -> None:
         self.precision = check_precision(precision, "CLIP tower")
 
+    def set_merge_tokens(self, r: int) -> None:
+        """Merge ``r`` pairs of similar patch tokens after each layer's attention (``token_merging``): later
+        layers multiply fewer tokens. 0 is the plain forward pass; the head must be trained with the same r."""
+        if r < 0:
+            raise ValueError(f"merge_tokens {r} must be 0 (off) or a positive count of token pairs per layer")
+        if r:
+            check_mergeable(getattr(self.model, "vision_model", self.model))
+        self.merge_tokens = int(r)
+
     def configure(
-        self, *, image_size: int | None = None, layers: int | None = None, precision: str | None = None
+        self,
+        *,
+        image_size: int | None = None,
+        layers: int | None = None,
+        precision: str | None = None,
+        merge_tokens: int | None = None,
     ) -> ClipTower:
-        """Apply a recipe's or bundle's tower settings (each optional); returns the tower."""  # fmt: skip
+        """Apply a recipe's or bundle's tower settings (each optional); returns the tower."""
         if image_size is not None and int(image_size) != self.image_size:
             self.set_input_size(int(image_size))
         if layers is not None and int(layers) != self.n_layers:
             self.set_layers(int(layers))
         if precision is not None:
             self.set_precision(precision)
+        if merge_tokens is not None:
+            self.set_merge_tokens(int(merge_tokens))
         return self
 
     @property
@@ -182,7 +200,8 @@ class ClipTower(nn.Module):
     def variant(self) -> str:
         """What besides identity, view and input size decides the features: a part of the cache key."""
         layers = f"-L{self.n_layers}" if self.n_layers != self._full_layers else ""
-        return layers + ("" if self.compute_precision == "fp32" else f"-{self.compute_precision}")
+        merged = f"-M{self.merge_tokens}" if self.merge_tokens else ""
+        return layers + merged + ("" if self.compute_precision == "fp32" else f"-{self.compute_precision}")
 
     def _run(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
         if self.image_size != self.native_size:
@@ -191,6 +210,32 @@ class ClipTower(nn.Module):
             with torch.autocast(pixel_values.device.type, dtype=torch.bfloat16):
                 return self.model(pixel_values=pixel_values, **kwargs)
         return self.model(pixel_values=pixel_values, **kwargs)
+
+    def _run_merged(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``token_merging.merged_hidden_states`` in the tower's arithmetic."""
+        vision = getattr(self.model, "vision_model", self.model)
+        interpolate = self.image_size != self.native_size
+        if self.compute_precision == "bf16":
+            with torch.autocast(pixel_values.device.type, dtype=torch.bfloat16):
+                return merged_hidden_states(vision, pixel_values, self.merge_tokens,
+                                            interpolate_pos_encoding=interpolate)  # fmt: skip
+        return merged_hidden_states(
+            vision, pixel_values, self.merge_tokens, interpolate_pos_encoding=interpolate
+        )
+
+    def _forward_merged(self, pixel_values: torch.Tensor, features: str) -> torch.Tensor:
+        states, sizes = self._run_merged(pixel_values)
+        if features == "embed":
+            vision = getattr(self.model, "vision_model", self.model)
+            pooled = vision.post_layernorm(states[-1][:, 0])
+            return self.model.visual_projection(pooled) if self.kind == "clip-projection" else pooled
+        if features == "cls-layers":
+            return torch.cat([h[:, 0] for h in states], dim=-1)
+        parts = []
+        for h, size in zip(states, sizes, strict=True):  # a merged token's mean counts each patch it holds
+            patches = (h[:, 1:] * size[:, 1:]).sum(dim=1) / size[:, 1:].sum(dim=1)
+            parts += [h[:, 0], patches.to(h.dtype)]
+        return torch.cat(parts, dim=-1)
 
     def feature_dim(self, features: str = "embed") -> int:
         """Width of ``forward(x, features)``."""
@@ -214,10 +259,12 @@ class ClipTower(nn.Module):
     def forward(self, pixel_values: torch.Tensor, features: str = "embed") -> torch.Tensor:
         """[B, 3, S, S] -> [B, feature_dim(features)]: the embedding, or every layer's class token (and, for
         ``cls-mean-layers``, after each its mean patch token) side by side."""
-        if features == "embed":
-            return self._embed(self._run(pixel_values))
         if features not in FEATURES:
             raise ValueError(f"features {features!r} is unknown; use one of {FEATURES}")
+        if self.merge_tokens:
+            return self._forward_merged(pixel_values, features)
+        if features == "embed":
+            return self._embed(self._run(pixel_values))
         hidden = self._run(pixel_values, output_hidden_states=True).hidden_states[1:]
         if features == "cls-layers":
             return torch.cat([h[:, 0] for h in hidden], dim=-1)
@@ -543,6 +590,7 @@ class _Section:
     views: list[str] | None = None  # default: [resize]
     layers: int | None = None  # default: every layer
     precision: str = "fp32"
+    merge_tokens: int = 0  # token pairs merged per layer (token_merging); 0: the plain forward pass
 
     @classmethod
     def from_cfg(cls, role: str, cfg: dict[str, Any]) -> _Section:
@@ -663,7 +711,8 @@ def make_clip_branch(
         section.tower, sha256=section.tower_sha256, bundle_dir=bundle_dir, device=device, dtype=dtype
     )
     try:  # the head was trained on features computed this way
-        tower.configure(image_size=section.image_size, layers=section.layers, precision=section.precision)
+        tower.configure(image_size=section.image_size, layers=section.layers, precision=section.precision,
+                        merge_tokens=section.merge_tokens)  # fmt: skip
     except ValueError as exc:
         raise ValueError(f"branch {role!r} ({FAMILY}): {exc}") from None
     if section.image_mean is not None:

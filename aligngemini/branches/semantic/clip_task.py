@@ -72,6 +72,7 @@ class ClipModelConfig:
     )
     layers: int | None = None  # cls-layers from the first N transformer layers only (None: all of them)
     precision: str = "fp32"  # fp32 | bf16: the tower's arithmetic, at training and at inference alike
+    merge_tokens: int = 0  # merge this many token pairs after each layer's attention (ToMe; 0: off)
     lora: dict[str, Any] | None = None  # {r, alpha, dropout, target_modules}; None: tower frozen
 
     def __post_init__(self) -> None:
@@ -83,6 +84,10 @@ class ClipModelConfig:
             raise ConfigError(f"recipe model.features must be one of {FEATURES}, got {self.features!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"recipe model.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.merge_tokens < 0:
+            raise ConfigError(
+                f"recipe model.merge_tokens must be 0 (off) or a positive count, got {self.merge_tokens}"
+            )
         if self.layers is not None and (self.features not in LAYER_FEATURES or self.layers < 1):
             raise ConfigError(
                 f"recipe model.layers (a positive count) needs model.features in {LAYER_FEATURES}"
@@ -318,7 +323,10 @@ class ClipTask:
             device = "cuda" if torch.cuda.is_available() and not self.tunes_tower else "cpu"
             cfg = self.model_cfg
             self._tower = load_tower(cfg.tower, sha256=cfg.tower_sha256, device=device).configure(
-                image_size=cfg.image_size, layers=cfg.layers, precision=cfg.precision
+                image_size=cfg.image_size,
+                layers=cfg.layers,
+                precision=cfg.precision,
+                merge_tokens=cfg.merge_tokens,
             )
         return self._tower
 
@@ -420,6 +428,8 @@ class ClipTask:
         }
         if self.model_cfg.layers is not None:
             section["layers"] = tower.n_layers
+        if tower.merge_tokens:
+            section["merge_tokens"] = tower.merge_tokens
         if self.model_cfg.tower_sha256:
             section["tower_sha256"] = self.model_cfg.tower_sha256
         if inner.tower is not None:
