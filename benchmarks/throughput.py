@@ -59,15 +59,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="P",
         help="time each --semantic-sizes entry in these tower precisions (fp32, bf16; default: the bundle's)",
     )
+    p.add_argument(
+        "--semantic-merge",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="R",
+        help="time each --semantic-sizes entry (default: the bundle's size) with R token pairs merged after "
+        "each layer's attention (0: none; the head is the bundle's, so this times the tower, not its accuracy)",
+    )
     p.add_argument("--compile", dest="compile_mode", default=None,
                    choices=COMPILE_MODES,
                    help="torch.compile every branch in this mode (the warm-up pays the compilation)")  # fmt: skip
     p.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     p.add_argument("--machine", default="2-core CPU dev box")
     args = p.parse_args(argv)
-    if args.compile_mode and args.semantic_sizes:
+    if args.compile_mode and (args.semantic_sizes or args.semantic_merge):
         p.error(
-            "--semantic-sizes changes the tower's input shape, which a compiled tower would recompile for"
+            "--semantic-sizes and --semantic-merge change the tower's shapes, which a compiled tower would "
+            "recompile for"
         )
     return args
 
@@ -151,17 +161,22 @@ def main(argv: list[str] | None = None) -> int:
                 sem.tower.store_matmul_weights_in_bf16()
             else:
                 sem.tower.model.float()
-            for size in args.semantic_sizes:
+            for size in args.semantic_sizes or ([sem.tower.image_size] if args.semantic_merge else []):
                 sem.tower.set_input_size(size)
                 views = [sem.prepare(img) for img in images]
-                sem.score(views[: args.batch_size])  # warm-up at this size
+                for merge in args.semantic_merge or [sem.tower.merge_tokens]:
+                    sem.tower.set_merge_tokens(merge)
+                    sem.score(views[: args.batch_size])  # warm-up at this size
 
-                def semantic_only(views: list[Any] = views) -> None:
-                    for i in range(0, len(views), args.batch_size):
-                        sem.score(views[i : i + args.batch_size])
+                    def semantic_only(views: list[Any] = views) -> None:
+                        for i in range(0, len(views), args.batch_size):
+                            sem.score(views[i : i + args.batch_size])
 
-                _, t = timed(semantic_only)
-                by_size[f"{size} px {sem.tower.compute_precision}"] = round(len(paths) / t, 2)
+                    _, t = timed(semantic_only)
+                    key = f"{size} px {sem.tower.compute_precision}" + (
+                        f", {merge} pairs merged" if merge else ""
+                    )
+                    by_size[key] = round(len(paths) / t, 2)
     assert all(v.error is None for v in verdicts)
     n = len(paths)
     record = {
