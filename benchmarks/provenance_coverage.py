@@ -70,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     table = [{"dataset": d, "label": lab, "source": s, **c} for (d, lab, s), c in sorted(groups.items())]
     result: dict[str, Any] = {
         **header,
-        "created": header["date"],  # this record's older name for the header's date
         "seconds": round(time.perf_counter() - t0, 1),
         "columns": list(COLUMNS),
         "groups": table,
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Provenance coverage of the validation datasets",
         "",
-        f"`{result['command']}` ({result['created']}, {result['seconds']} s). Counts of images carrying each "
+        f"`{result['command']}` ({result['date']}, {result['seconds']} s). Counts of images carrying each "
         "kind of provenance; `any` = at least one finding. `declared_ai`: C2PA claim, IPTC AI source type or "
         "generator parameters; `signed`: a C2PA manifest whose signature and content hashes verify.",
         "",

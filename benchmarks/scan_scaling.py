@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import record_header, write_record  # noqa: E402
+from record_header import describe_run, record_header, write_record  # noqa: E402
 from throughput import make_jpegs  # noqa: E402
 
 SCAN = [sys.executable, "-m", "aligngemini", "scan"]
@@ -147,11 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="scan-scaling-"))
     work.mkdir(parents=True, exist_ok=True)
     header = record_header("scan_scaling", argv, args.machine)
-    # "created" and "load_average_at_start" are this record's older names for the header's date and load
-    result: dict[str, Any] = {
-        **header, "created": header["date"], "load_average_at_start": round(header["load_avg_at_start"], 2),
-        "bundle": args.bundle, "batch_size": args.batch_size,
-    }  # fmt: skip
+    result: dict[str, Any] = {**header, "bundle": args.bundle, "batch_size": args.batch_size}
     if args.images:
         result["scaling"] = scaling(work, args.images, args.bundle, args.batch_size)
     sims = []
@@ -172,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(r: dict[str, Any]) -> str:
     lines = [f"# Scan scaling: `{r['bundle']}`", "",
-             f"`{r['command']}` on the {r['machine']}, {r['created']} (load average {r['load_average_at_start']} "
-             "at start). Wall time of the whole command: start-up, model loading and Ray's start included.", ""]  # fmt: skip
+             describe_run(r) + ". Wall time of the whole command: start-up, model loading and Ray's start "
+             "included.", ""]  # fmt: skip
     if r.get("scaling"):
         lines += ["| engine | actors | images | seconds | images/s |", "|---|---|---|---|---|"]
         lines += [f"| {s['engine']} | {s['actors'] or '-'} | {s['images']} | {s['seconds']} | {s['images_per_s']} |"
