@@ -39,6 +39,7 @@ def test_tower_profile_names_where_the_time_goes(tiny_bundle_dir: Path, tmp_path
     record = json.loads((tmp_path / "prof.json").read_text())
     plain, merged = record["by_merge"]["0"], record["by_merge"]["3"]
     assert plain["linear_gflop_per_s"] > 0 and "aten::addmm" in plain["share"]
-    assert abs(sum(plain["share"].values()) - 1) < 0.2  # the largest operators take most of the time
+    shares = list(plain["share"].values())
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.001  # largest first, of the total
     assert merged["gflop_per_image"] < plain["gflop_per_image"]  # merging tokens removes work
     assert len(record["plain_gemm_gflop_per_s"]) == 3
