@@ -85,7 +85,9 @@ def test_a_merged_pair_of_equal_tokens_attends_like_the_pair() -> None:
 def test_a_bundle_and_a_recipe_name_the_merge(tmp_path: Path) -> None:
     section = tiny_semantic_section(tmp_path, seed=0)
     plain = build_branch("semantic", section, tmp_path, device=CPU, dtype=torch.float32)
-    merged = build_branch("semantic", {**section, "merge_tokens": 2}, tmp_path, device=CPU, dtype=torch.float32)
+    merged = build_branch(
+        "semantic", {**section, "merge_tokens": 2}, tmp_path, device=CPU, dtype=torch.float32
+    )
     assert plain.tower.merge_tokens == 0 and merged.tower.merge_tokens == 2
     assert merged.tower.variant == "-M2" and plain.tower.variant == ""  # features cached apart
     x = _pixels(3)
@@ -110,4 +112,6 @@ def test_only_a_clip_layout_can_merge(tmp_path: Path) -> None:
     tower = clip.load_tower(str(tmp_path / "siglip"))
     with pytest.raises(ValueError, match="CLIP-style tower"):
         tower.configure(merge_tokens=2)
-    assert clip.load_tower(str(save_tiny_tower(tmp_path / "clip"))).configure(merge_tokens=2).merge_tokens == 2
+    assert (
+        clip.load_tower(str(save_tiny_tower(tmp_path / "clip"))).configure(merge_tokens=2).merge_tokens == 2
+    )

@@ -63,16 +63,17 @@ def check_mergeable(vision_model: nn.Module) -> None:
                          "layer_norm1 / self_attn / layer_norm2 / mlp)")  # fmt: skip
 
 
-def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-head self-attention with proportional weights; returns the output and the keys averaged over heads."""
+def _attention(
+    attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-head self-attention, proportional to ``size`` (None: every token one patch); returns the output and
+    the keys averaged over heads."""
     b, n, _ = x.shape
     heads = int(attn.num_heads)
     q, k, v = (
         proj(x).view(b, n, heads, -1).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
     )
-    bias = None
-    if bool((size != 1).any()):
-        bias = size.log().to(q.dtype).view(b, 1, 1, n)
+    bias = None if size is None else size.log().to(q.dtype).view(b, 1, 1, n)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=float(attn.scale))
     return attn.out_proj(out.transpose(1, 2).reshape(b, n, -1)), k.mean(dim=1)
 
@@ -86,10 +87,13 @@ def merged_hidden_states(
     x = vision_model.pre_layrnorm(x)
     size = torch.ones(x.shape[0], x.shape[1], 1, dtype=torch.float32, device=x.device)
     states, sizes = [], []
+    merged = False  # until the first merge every size is 1 and attention is the plain one
     for layer in vision_model.encoder.layers:
-        out, keys = _attention(layer.self_attn, layer.layer_norm1(x), size)
+        out, keys = _attention(layer.self_attn, layer.layer_norm1(x), size if merged else None)
         x = x + out
+        tokens = x.shape[1]
         x, size = merge_pairs(x, size, keys.float(), r)
+        merged = merged or x.shape[1] < tokens
         x = x + layer.mlp(layer.layer_norm2(x))
         states.append(x)
         sizes.append(size)
