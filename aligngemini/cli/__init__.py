@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aligngemini",
         description="Detect AI-generated images with two orthogonal experts: a pixel-artifact branch "
-        "and a semantic branch, fused by an OR rule (AlignGemini, arXiv 2512.06746).",
+        "and a semantic branch, fused by the paper's OR rule or a calibrated stacker (the starter's) "
+        "(AlignGemini, arXiv 2512.06746).",
         epilog=EPILOG,
         formatter_class=HelpFormatter,
     )
