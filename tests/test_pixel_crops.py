@@ -155,3 +155,19 @@ def test_four_phases_score_each_crop_at_the_four_parities_of_its_corner():
     assert inference_boxes(96, 96, four) == [(0, 0)] * 4
     with pytest.raises(ValueError, match="crop.phases"):
         CropConfig(phases=2)
+
+
+def test_flips_add_each_crop_mirrored():
+    arr = _image(300, 400)
+    plain = inference_views_uint8(arr, CropConfig(size=96, max_crops=3, phases=4))
+    two = inference_views_uint8(arr, CropConfig(size=96, max_crops=3, phases=4, flips=2))
+    four = inference_views_uint8(arr, CropConfig(size=96, max_crops=3, phases=4, flips=4))
+    n = len(plain)
+    assert two.shape == (2 * n, 3, 96, 96) and four.shape == (4 * n, 3, 96, 96)
+    assert torch.equal(two[:n], plain) and torch.equal(four[:n], plain)
+    assert torch.equal(two[n:], plain.flip(-1))  # left-right
+    assert torch.equal(four[2 * n : 3 * n], plain.flip(-2))  # upside down
+    assert torch.equal(four[3 * n :], plain.flip(-2, -1))
+    assert four.is_contiguous()
+    with pytest.raises(ValueError, match="crop.flips"):
+        CropConfig(flips=3)

@@ -7,6 +7,8 @@ model untouched.
   ``max`` or ``mean`` of the probabilities;
 - inference with ``phases`` 4: each crop is also scored one pixel down, right and both, and every score
   combined, so that the result does not depend on the parity of the image's rows and columns;
+- inference with ``flips`` 2 or 4: each crop is also scored mirrored left-right (2), and upside down and both
+  (4): the expert trains on flipped pairs, so this averages out what its scores still owe to orientation;
 - both: with ``grid`` > 1, crop corners lie on multiples of ``grid`` from the image's top-left, so every crop
   sees periodic traces (a decoder's up-sampling, a colour-filter array, JPEG blocks) in the same phase.
 
@@ -27,6 +29,7 @@ PAD_MODES = ("reflect", "constant", "edge")
 INFERENCE_MODES = ("center", "grid")
 COMBINE_RULES = ("max", "mean")
 PHASES = (1, 4)
+FLIPS = (1, 2, 4)
 
 
 @dataclass
@@ -44,6 +47,8 @@ class CropConfig:
     # Inference: 4 scores each crop also one pixel down, right, and both (the four phases of a 2x2 cell)
     # and combines all of them, so that a score does not hang on where the image's pixel grid starts; 1 does not.
     phases: int = 1
+    # Inference: each crop (at each phase) also mirrored left-right (2), and upside down and both (4).
+    flips: int = 1
 
     def __post_init__(self) -> None:
         if int(self.size) <= 0:
@@ -62,6 +67,9 @@ class CropConfig:
         if int(self.phases) not in PHASES:
             raise ValueError(f"crop.phases must be one of {PHASES}, got {self.phases}")
         self.phases = int(self.phases)
+        if int(self.flips) not in FLIPS:
+            raise ValueError(f"crop.flips must be one of {FLIPS}, got {self.flips}")
+        self.flips = int(self.flips)
         if self.combine not in COMBINE_RULES:
             raise ValueError(f"crop.combine must be one of {COMBINE_RULES}, got {self.combine!r}")
         if not 0 <= int(self.pad_value) <= 255:
@@ -169,8 +177,13 @@ def inference_views_uint8(image: Image.Image | np.ndarray, cfg: CropConfig) -> t
     they become floats (``uint8 / 255`` in float32 is what ``to_tensor`` computes)."""
     arr = pad_to_min(as_array(image), cfg.size, cfg.pad_mode, cfg.pad_value)
     boxes = inference_boxes(arr.shape[0], arr.shape[1], cfg)
-    crops = np.stack([crop(arr, t, left, cfg.size) for t, left in boxes])  # [V, size, size, 3]
-    return torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2)))
+    crops = torch.from_numpy(
+        np.stack([crop(arr, t, left, cfg.size) for t, left in boxes])
+    )  # [V, size, size, 3]
+    if cfg.flips > 1:
+        mirrored = [crops, crops.flip(2)] + ([crops.flip(1), crops.flip(1, 2)] if cfg.flips == 4 else [])
+        crops = torch.cat(mirrored)
+    return crops.permute(0, 3, 1, 2).contiguous()
 
 
 def combine_scores(probs: np.ndarray | torch.Tensor, rule: str) -> float:

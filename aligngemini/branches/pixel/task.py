@@ -282,7 +282,7 @@ class PixelTask:
             "batch_size": int(self.export_cfg.batch_size),
             "lora_merged": bool(pixel.lora_names),
         }
-        for key in ("grid", "phases"):  # as input_filter below: written only when used
+        for key in ("grid", "phases", "flips"):  # as input_filter below: written only when used
             if section["crop"][key] == 1:
                 del section["crop"][key]
         if pixel.input_filter != "none":  # written only when used: older readers reject unknown keys
