@@ -84,6 +84,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "fused with the same pixel expert, no pixel runs), or with --pixel-run the folds no run may "
                         "score (a new run for one half of the folds)")  # fmt: skip
     p.add_argument("--no-pixel", action="store_true", help="evaluate the semantic expert alone")
+    p.add_argument("--stack-by-fold", action="store_true",
+                   help="fit the stack weighing each training fold's classes equally (default: each class, "
+                        "every image alike, so the largest fold dominates the fit)")  # fmt: skip
     p.add_argument("--work", type=Path, help="keep the per-fold training runs here (default: a temp folder)")
     p.add_argument("--out", type=Path, help="write OUT.json, OUT.md and OUT_scores.csv")
     p.add_argument("--machine", default="2-core CPU dev box")
@@ -303,17 +306,21 @@ def balanced(labels: np.ndarray, fake: np.ndarray) -> float:
 
 
 def fit_and_apply(rule: str, fit_scores: dict[str, np.ndarray], fit_labels: np.ndarray,
-                  test_scores: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Calibrate ``rule`` (balanced target) on the fit set, then fuse the test set: (p_fake, fake)."""
+                  test_scores: dict[str, np.ndarray],
+                  fit_groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Calibrate ``rule`` (balanced target) on the fit set, then fuse the test set: (p_fake, fake). With
+    ``fit_groups`` the stack weighs each group's classes equally."""
     from aligngemini.eval.calibrate import calibrate
     from aligngemini.fusion import fuse
 
-    cal = calibrate(fit_scores, fit_labels, rule=rule, target="balanced")
+    cal = calibrate(fit_scores, fit_labels, rule=rule, target="balanced", groups=fit_groups)
     fr = fuse(test_scores, cal.thresholds, rule, params=cal.params)
     return fr.p_fake, np.asarray(fr.fake)
 
 
-def evaluate(rows: list[dict[str, Any]], sem: dict[str, Any], pix: np.ndarray | None) -> dict[str, Any]:
+def evaluate(
+    rows: list[dict[str, Any]], sem: dict[str, Any], pix: np.ndarray | None, stack_by_fold: bool = False
+) -> dict[str, Any]:
     labels = np.array([r["label"] for r in rows])
     folds = sorted(FOLDS)
     fold_idx = sem["fold_idx"]
@@ -338,8 +345,9 @@ def evaluate(rows: list[dict[str, Any]], sem: dict[str, Any], pix: np.ndarray | 
             ok = ~np.isnan(pix[fit_idx])
             fit = {"pixel": pix[fit_idx][ok], "semantic": fit_sem[ok]}
             test = {"pixel": pix[te], "semantic": sem["oof"][te]}
+            groups = np.array([rows[i]["fold"] for i in fit_idx])[ok] if stack_by_fold else None
             for rule in RULES:
-                p, fake = fit_and_apply(rule, fit, labels[fit_idx][ok], test)
+                p, fake = fit_and_apply(rule, fit, labels[fit_idx][ok], test, groups)
                 res[rule] = {"auc": auc(labels[te], p), "balanced_acc": balanced(labels[te], fake)}
                 calls[f][rule] = (p, fake)
         out[f] = res
@@ -522,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         recorded, from_record = recorded_pixel_scores(rows, args.pixel_scores, rest)
         pix = recorded if pix is None else np.where(np.isnan(pix), recorded, pix)
         chosen.update(from_record)
-    result = evaluate(rows, sem, pix)
+    result = evaluate(rows, sem, pix, args.stack_by_fold)
     record = {
         **header,
         "seconds": time.time() - t0,

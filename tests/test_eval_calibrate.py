@@ -269,3 +269,38 @@ def test_stack_never_learns_that_looking_generated_means_real() -> None:
     inverted = 1 / (1 + np.exp(-(rng.normal(0, 1, 2 * n) - 1.0 * labels)))  # an expert backwards on this data
     params = fit_stack({"pixel": inverted, "semantic": semantic}, labels, {"pixel": 0.5, "semantic": 0.5})
     assert params["weights"]["pixel"] == 0.0 and params["weights"]["semantic"] > 0
+
+
+def test_balance_weights_give_each_class_of_each_group_the_same_total() -> None:
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    from aligngemini.eval.calibrate import balance_weights
+
+    labels = np.array([0] * 6 + [1] * 2 + [0] * 1 + [1] * 3)
+    groups = np.array(["big"] * 8 + ["small"] * 4)
+    np.testing.assert_allclose(balance_weights(labels), compute_sample_weight("balanced", labels))
+    w = balance_weights(labels, groups)
+    totals = {(g, c): w[(groups == g) & (labels == c)].sum() for g in ("big", "small") for c in (0, 1)}
+    np.testing.assert_allclose(list(totals.values()), [len(w) / 4] * 4)
+
+
+def test_stack_fit_by_group_lets_a_small_source_count() -> None:
+    """A branch blind on one large source and informative on a small one: pooled, the large source's images
+    drown its evidence; weighed by source, each source counts once and the branch keeps more weight."""
+    from aligngemini.eval.calibrate import fit_stack
+
+    rng = np.random.default_rng(11)
+    big, small = 900, 60
+    labels = np.r_[
+        np.zeros(big // 2, int), np.ones(big // 2, int), np.zeros(small // 2, int), np.ones(small // 2, int)
+    ]
+    groups = np.array(["big"] * big + ["small"] * small)
+    signal = np.where(groups == "small", 2.5, 0.0) * labels  # the pixel expert sees the small source only
+    pixel = 1 / (1 + np.exp(-(rng.normal(0, 1, big + small) + signal)))
+    semantic = 1 / (1 + np.exp(-(rng.normal(0, 1, big + small) + 1.0 * labels)))
+    scores, t = {"pixel": pixel, "semantic": semantic}, {"pixel": 0.5, "semantic": 0.5}
+    pooled = fit_stack(scores, labels, t)["weights"]
+    by_group = fit_stack(scores, labels, t, groups=groups)["weights"]
+    assert by_group["pixel"] > 2 * pooled["pixel"]
+    cal = calibrate(scores, labels, rule="stack", target="balanced", groups=groups)
+    assert cal.params == fit_stack(scores, labels, cal.thresholds, groups=groups)  # calibrate passes them on

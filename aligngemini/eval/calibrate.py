@@ -248,6 +248,17 @@ def calibrate_thresholds(
     return _coordinate_search(scores, labels, rule, target, target_fpr, current or {})
 
 
+def balance_weights(labels: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Sample weights giving each class, and with ``groups`` each class of each group, the same total: a
+    group of many images (one large source) then counts as much as a small one, not as much as its size."""
+    keys = labels.astype(str)
+    if groups is not None:
+        keys = np.char.add(np.char.add(np.asarray(groups).astype(str), "\x1f"), keys)
+    _, index, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[index]
+    return w * len(w) / w.sum()
+
+
 def fit_stack(
     scores: Mapping[str, np.ndarray],
     labels: np.ndarray,
@@ -255,20 +266,22 @@ def fit_stack(
     *,
     target: str = "balanced",
     target_fpr: float = 0.05,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The ``stack`` rule's ``weights`` and ``bias``: class-balanced logistic regression on each branch's
-    centred logit, weights kept non-negative; for an ``fpr`` target the bias is then lowered until the fused
-    FPR meets it."""
+    centred logit (with ``groups``, balanced per class within each group), weights kept non-negative; for an
+    ``fpr`` target the bias is then lowered until the fused FPR meets it."""
     from sklearn.linear_model import LogisticRegression
 
     roles = sorted(scores)
     x = np.stack([_centred_logit(scores[r], thresholds[r]) for r in roles], axis=1)
+    weight = balance_weights(labels, groups)
     # Each expert may only raise P(fake): a negative weight would read "looks generated, so it is real",
     # which no detector should learn (it can only come from a quirk of the fitting data). A branch whose
     # fitted weight is negative is given weight 0 and the others are fitted again.
     keep = list(range(len(roles)))
     while True:
-        lr = LogisticRegression(class_weight="balanced", C=1.0).fit(x[:, keep], labels)
+        lr = LogisticRegression(C=1.0).fit(x[:, keep], labels, sample_weight=weight)
         if (lr.coef_[0] >= 0).all() or len(keep) == 1:
             break
         keep = [k for k, w in zip(keep, lr.coef_[0], strict=True) if w >= 0] or [
@@ -324,8 +337,10 @@ def calibrate(
     current: Mapping[str, float] | None = None,
     current_band: Sequence[float] | None = None,
     uncertain_width: float | None = None,
+    groups: np.ndarray | None = None,
 ) -> Calibration:
-    """Thresholds, band and the before/after operating points on the validation set."""
+    """Thresholds, band and the before/after operating points on the validation set. ``groups`` (one label per
+    image, e.g. its source) makes the ``stack`` fit weigh each group's classes equally."""
     labels = np.asarray(labels).astype(np.int64)
     current = dict(current or {r: 0.5 for r in scores})
     params: dict[str, Any] = {}
@@ -333,7 +348,7 @@ def calibrate(
         thresholds = {
             r: calibrate_thresholds({r: s}, labels, target="balanced")[r] for r, s in scores.items()
         }
-        params = fit_stack(scores, labels, thresholds, target=target, target_fpr=target_fpr)
+        params = fit_stack(scores, labels, thresholds, target=target, target_fpr=target_fpr, groups=groups)
     else:
         thresholds = calibrate_thresholds(
             scores, labels, rule=rule, target=target, target_fpr=target_fpr, current=current
