@@ -19,6 +19,7 @@ Tower sources (``cfg["tower"]``), all through ``aligngemini.resolve``:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -203,25 +204,26 @@ class ClipTower(nn.Module):
         merged = f"-M{self.merge_tokens}" if self.merge_tokens else ""
         return layers + merged + ("" if self.compute_precision == "fp32" else f"-{self.compute_precision}")
 
+    def _arithmetic(self, device_type: str) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast where the tower computes in bf16, else nothing."""
+        if self.compute_precision == "bf16":
+            return torch.autocast(device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _run(self, pixel_values: torch.Tensor, **kwargs: Any) -> Any:
         if self.image_size != self.native_size:
             kwargs["interpolate_pos_encoding"] = True
-        if self.compute_precision == "bf16":
-            with torch.autocast(pixel_values.device.type, dtype=torch.bfloat16):
-                return self.model(pixel_values=pixel_values, **kwargs)
-        return self.model(pixel_values=pixel_values, **kwargs)
+        with self._arithmetic(pixel_values.device.type):
+            return self.model(pixel_values=pixel_values, **kwargs)
 
     def _run_merged(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``token_merging.merged_hidden_states`` in the tower's arithmetic."""
         vision = getattr(self.model, "vision_model", self.model)
         interpolate = self.image_size != self.native_size
-        if self.compute_precision == "bf16":
-            with torch.autocast(pixel_values.device.type, dtype=torch.bfloat16):
-                return merged_hidden_states(vision, pixel_values, self.merge_tokens,
-                                            interpolate_pos_encoding=interpolate)  # fmt: skip
-        return merged_hidden_states(
-            vision, pixel_values, self.merge_tokens, interpolate_pos_encoding=interpolate
-        )
+        with self._arithmetic(pixel_values.device.type):
+            return merged_hidden_states(
+                vision, pixel_values, self.merge_tokens, interpolate_pos_encoding=interpolate
+            )
 
     def _forward_merged(self, pixel_values: torch.Tensor, features: str) -> torch.Tensor:
         states, sizes = self._run_merged(pixel_values)
