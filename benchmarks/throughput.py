@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "workers": workers,
         "allocator": allocator_mode(),
+        "openmp_wait": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ},
         "images": n,
         "size": list(args.size),
         "batch_size": args.batch_size,
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             + describe_run(
                 record,
                 f"torch threads {record['torch_threads']}, decoding workers {workers}, "
-                f"allocator {record['allocator']}",
+                f"allocator {record['allocator']}, OpenMP wait {record['openmp_wait'] or 'default'}",
             )
             + f". {n} JPEGs of "
             f"{args.size[0]}x{args.size[1]}, batch {args.batch_size}, torch.compile: {args.compile_mode or 'off'} "

@@ -6,13 +6,21 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import throughput  # noqa: E402
 
 
-def test_stages_and_semantic_variants_are_recorded(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+def test_stages_and_semantic_variants_are_recorded(
+    tiny_bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv(
+        "GOMP_SPINCOUNT", "10000"
+    )  # recorded as the run's OpenMP setting (read at torch's load)
     argv = ["--bundle", str(tiny_bundle_dir), "--images", "4", "--batch-size", "2", "--size", "64", "48",
             "--semantic-sizes", "32", "16", "--semantic-merge", "0", "2", "--out", str(tmp_path / "tp")]  # fmt: skip
     assert throughput.main(argv) == 0
@@ -27,6 +35,7 @@ def test_stages_and_semantic_variants_are_recorded(tiny_bundle_dir: Path, tmp_pa
         "16 px fp32",
         "16 px fp32, 2 pairs merged",
     }
+    assert record["openmp_wait"] == {"GOMP_SPINCOUNT": "10000"}
     assert "2 pairs merged" in (tmp_path / "tp.md").read_text()
 
 
