@@ -3,7 +3,7 @@
 The tower of the bundle's semantic branch (its input size, precision and layers) runs ``--batch`` random
 images at a time under ``torch.profiler``; ``torch.utils.flop_counter`` counts the floating-point work of its
 matrix products. The record gives, per setting of ``--merge`` (token pairs merged per layer, 0 = the bundle's
-plain forward pass): milliseconds per image, each operator's share of the time, and the rate of the linear
+plain forward pass): milliseconds per image (timed with the profiler on), each operator's share of the time, and the rate of the linear
 layers (addmm) in GFLOP/s. It then times plain matrix products of the tower's own shapes (tokens of a batch
 times 768 -> 768, 768 -> 3072, 3072 -> 768 for ViT-B) in the same dtype: when the tower's rate is close to
 theirs, only less work makes the tower faster.

@@ -251,12 +251,12 @@ def calibrate_thresholds(
 def balance_weights(labels: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
     """Sample weights giving each class, and with ``groups`` each class of each group, the same total: a
     group of many images (one large source) then counts as much as a small one, not as much as its size."""
-    keys = labels.astype(str)
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    keys = np.asarray(labels).astype(str)
     if groups is not None:
         keys = np.char.add(np.char.add(np.asarray(groups).astype(str), "\x1f"), keys)
-    _, index, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    w = 1.0 / counts[index]
-    return w * len(w) / w.sum()
+    return compute_sample_weight("balanced", keys)
 
 
 def fit_stack(

@@ -128,8 +128,13 @@ class ClipTower(nn.Module):
             )
         self.image_size = int(size)
 
+    @property
+    def _vision(self) -> nn.Module:
+        """The vision transformer itself (a ``*WithProjection`` model holds it as ``vision_model``)."""
+        return getattr(self.model, "vision_model", self.model)
+
     def _layers(self) -> nn.ModuleList:
-        encoder = getattr(getattr(self.model, "vision_model", self.model), "encoder", None)
+        encoder = getattr(self._vision, "encoder", None)
         layers = getattr(encoder, "layers", None)
         if not isinstance(layers, nn.ModuleList):
             raise ValueError(
@@ -155,7 +160,7 @@ class ClipTower(nn.Module):
         if r < 0:
             raise ValueError(f"merge_tokens {r} must be 0 (off) or a positive count of token pairs per layer")
         if r:
-            check_mergeable(getattr(self.model, "vision_model", self.model))
+            check_mergeable(self._vision)
         self.merge_tokens = int(r)
 
     def configure(
@@ -218,26 +223,11 @@ class ClipTower(nn.Module):
 
     def _run_merged(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``token_merging.merged_hidden_states`` in the tower's arithmetic."""
-        vision = getattr(self.model, "vision_model", self.model)
         interpolate = self.image_size != self.native_size
         with self._arithmetic(pixel_values.device.type):
             return merged_hidden_states(
-                vision, pixel_values, self.merge_tokens, interpolate_pos_encoding=interpolate
+                self._vision, pixel_values, self.merge_tokens, interpolate_pos_encoding=interpolate
             )
-
-    def _forward_merged(self, pixel_values: torch.Tensor, features: str) -> torch.Tensor:
-        states, sizes = self._run_merged(pixel_values)
-        if features == "embed":
-            vision = getattr(self.model, "vision_model", self.model)
-            pooled = vision.post_layernorm(states[-1][:, 0])
-            return self.model.visual_projection(pooled) if self.kind == "clip-projection" else pooled
-        if features == "cls-layers":
-            return torch.cat([h[:, 0] for h in states], dim=-1)
-        parts = []
-        for h, size in zip(states, sizes, strict=True):  # a merged token's mean counts each patch it holds
-            patches = (h[:, 1:] * size[:, 1:]).sum(dim=1) / size[:, 1:].sum(dim=1)
-            parts += [h[:, 0], patches.to(h.dtype)]
-        return torch.cat(parts, dim=-1)
 
     def feature_dim(self, features: str = "embed") -> int:
         """Width of ``forward(x, features)``."""
@@ -264,13 +254,25 @@ class ClipTower(nn.Module):
         if features not in FEATURES:
             raise ValueError(f"features {features!r} is unknown; use one of {FEATURES}")
         if self.merge_tokens:
-            return self._forward_merged(pixel_values, features)
-        if features == "embed":
-            return self._embed(self._run(pixel_values))
-        hidden = self._run(pixel_values, output_hidden_states=True).hidden_states[1:]
+            states, sizes = self._run_merged(pixel_values)
+            if features == "embed":
+                pooled = self._vision.post_layernorm(states[-1][:, 0])
+                return self.model.visual_projection(pooled) if self.kind == "clip-projection" else pooled
+        else:
+            if features == "embed":
+                return self._embed(self._run(pixel_values))
+            states, sizes = self._run(pixel_values, output_hidden_states=True).hidden_states[1:], None
         if features == "cls-layers":
-            return torch.cat([h[:, 0] for h in hidden], dim=-1)
-        return torch.cat([part for h in hidden for part in (h[:, 0], h[:, 1:].mean(dim=1))], dim=-1)
+            return torch.cat([h[:, 0] for h in states], dim=-1)
+        parts = []
+        for i, h in enumerate(states):  # with merged tokens, the mean counts each patch a token holds
+            if sizes is None:
+                patches = h[:, 1:].mean(dim=1)
+            else:
+                size = sizes[i][:, 1:]
+                patches = ((h[:, 1:] * size).sum(dim=1) / size.sum(dim=1)).to(h.dtype)
+            parts += [h[:, 0], patches]
+        return torch.cat(parts, dim=-1)
 
     def preprocess(self, image: Image.Image, resize: str = DEFAULT_RESIZE) -> torch.Tensor:
         """[3, S, S] float32 for this tower."""
