@@ -281,11 +281,11 @@ def test_first_layers_only_and_bf16_are_the_tower_settings_a_bundle_names(
         every = full(x, "cls-layers")
     width = TINY["hidden_size"]
     one = clip.load_tower(str(out / section["tower"])).configure(layers=1)
-    assert one.n_layers == 1 and one.feature_dim("cls-layers") == width and one.variant == "-L1"
+    assert one.n_layers == 1 and one.feature_dim("cls-layers") == width and one.variant == "-L1-silu"
     with torch.no_grad():
         torch.testing.assert_close(one(x, "cls-layers"), every[:, :width])  # the same first class token
     half = clip.load_tower(str(out / section["tower"])).configure(precision="bf16")
-    assert half.variant == "-bf16" and full.variant == ""
+    assert half.variant == "-bf16-silu" and full.variant == "-silu"
     with torch.no_grad():
         low = half(x, "cls-layers")
     assert not torch.equal(low.float(), every)  # bf16 arithmetic really ran
@@ -303,7 +303,7 @@ def test_without_native_bf16_a_bf16_tower_computes_in_fp32(
     monkeypatch.setattr(clip, "native_bf16", lambda device_type: False)  # emulated bf16 would be 3x slower
     branch = build_branch("semantic", {**section, "precision": "bf16"}, out, device=CPU, dtype=torch.float32)
     tower = branch.tower
-    assert tower.precision == "bf16" and tower.compute_precision == "fp32" and tower.variant == ""
+    assert tower.precision == "bf16" and tower.compute_precision == "fp32" and tower.variant == "-silu"
     assert all(p.dtype == torch.float32 for p in tower.parameters())  # no bf16 weight copies either
     plain = build_branch("semantic", section, out, device=CPU, dtype=torch.float32)
     images = [branch.prepare(im) for im in _images(3)]

@@ -247,26 +247,32 @@ def test_recipe_and_config_errors(tower_dir: Path, manifest: Path, tmp_path: Pat
         build_task(_recipe(tower_dir, tmp_path / "missing.jsonl")).build_datasets()
 
 
-def test_layers_and_precision_reach_the_cache_key_and_the_bundle(
+def test_layers_precision_and_attention_reach_the_cache_key_and_the_bundle(
     tower_dir: Path, manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from aligngemini.branches.semantic import clip
 
     monkeypatch.setattr(clip, "native_bf16", lambda device_type: True)  # as on a CPU with native bf16
-    task = build_task(_recipe(tower_dir, manifest, features="cls-layers", layers=1, precision="bf16"))
+    recipe = _recipe(tower_dir, manifest, features="cls-layers", layers=1, precision="bf16", attention="eager")
+    task = build_task(recipe)
     tower = task.tower()
-    assert tower.n_layers == 1 and tower.precision == "bf16"
+    assert tower.n_layers == 1 and tower.precision == "bf16" and tower.attention == "eager"
     plain = build_task(_recipe(tower_dir, manifest, features="cls-layers")).tower()
     assert ct.FeatureCache(tower, "squash").root != ct.FeatureCache(plain, "squash").root
+    sdpa = build_task(_recipe(tower_dir, manifest, features="cls-layers", layers=1, precision="bf16")).tower()
+    assert ct.FeatureCache(tower, "squash").root != ct.FeatureCache(sdpa, "squash").root
     model = task.build_model()
     train, _ = task.build_datasets()
     assert train.embeddings.shape[1] == TINY["hidden_size"]
     _fit(task, model, train, steps=3)
     section = task.export(model, tmp_path / "branch")
-    assert section["layers"] == 1 and section["precision"] == "bf16"
+    assert section["layers"] == 1 and section["precision"] == "bf16" and section["attention"] == "eager"
     branch = build_branch("semantic", section, tmp_path / "branch", device=CPU, dtype=torch.float32)
-    assert branch.tower.n_layers == 1 and branch.tower.precision == "bf16"
+    assert branch.tower.n_layers == 1 and branch.tower.precision == "bf16" and branch.tower.attention == "eager"
+    assert "attention" not in build_task(_recipe(tower_dir, manifest)).export(model, tmp_path / "sdpa")
     with pytest.raises(ConfigError, match="model.layers"):
         build_task(_recipe(tower_dir, manifest, layers=1))  # the embedding has no per-layer tokens
     with pytest.raises(ConfigError, match="model.precision"):
         build_task(_recipe(tower_dir, manifest, precision="fp8"))
+    with pytest.raises(ConfigError, match="model.attention"):
+        build_task(_recipe(tower_dir, manifest, attention="flash"))

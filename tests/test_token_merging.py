@@ -24,12 +24,14 @@ def _pixels(n: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, TINY["image_size"], TINY["image_size"], generator=g)
 
 
-def test_merging_nothing_is_the_plain_forward_pass() -> None:
+@pytest.mark.parametrize("kind", ["sdpa", "eager"])
+def test_merging_nothing_is_the_plain_forward_pass(kind: str) -> None:
     model = tiny_clip(seed=1)
+    model.set_attn_implementation(kind)
     x = _pixels()
     with torch.no_grad():
         want = model(pixel_values=x, output_hidden_states=True).hidden_states[1:]
-        got, sizes = merged_hidden_states(model.vision_model, x, 0)
+        got, sizes = merged_hidden_states(model.vision_model, x, 0, attention=kind)
     assert len(got) == len(want) == TINY["num_hidden_layers"]
     for g, w, s in zip(got, want, sizes, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
@@ -69,15 +71,16 @@ def test_merge_pairs_averages_the_most_similar_tokens_by_size() -> None:
     assert merge_pairs(x, size, metric, 10)[0].shape == (1, 4, 2)
 
 
-def test_a_merged_pair_of_equal_tokens_attends_like_the_pair() -> None:
+@pytest.mark.parametrize("kind", ["sdpa", "eager"])
+def test_a_merged_pair_of_equal_tokens_attends_like_the_pair(kind: str) -> None:
     """Proportional attention: one token standing for two patches weighs as the two equal tokens did."""
     attn = tiny_clip(seed=2).vision_model.encoder.layers[0].self_attn
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 5, TINY["hidden_size"], generator=g)
     doubled = torch.cat([x, x[:, 4:5]], dim=1)  # token 4 twice
     with torch.no_grad():
-        want, _ = _attention(attn, doubled, torch.ones(1, 6, 1))
-        got, keys = _attention(attn, x, torch.tensor([1.0, 1, 1, 1, 2]).view(1, 5, 1))
+        want, _ = _attention(attn, doubled, torch.ones(1, 6, 1), kind)
+        got, keys = _attention(attn, x, torch.tensor([1.0, 1, 1, 1, 2]).view(1, 5, 1), kind)
     torch.testing.assert_close(got, want[:, :5], rtol=1e-5, atol=1e-5)
     assert keys.shape == (1, 5, TINY["hidden_size"] // TINY["num_attention_heads"])
 
@@ -89,7 +92,7 @@ def test_a_bundle_and_a_recipe_name_the_merge(tmp_path: Path) -> None:
         "semantic", {**section, "merge_tokens": 2}, tmp_path, device=CPU, dtype=torch.float32
     )
     assert plain.tower.merge_tokens == 0 and merged.tower.merge_tokens == 2
-    assert merged.tower.variant == "-M2" and plain.tower.variant == ""  # features cached apart
+    assert merged.tower.variant == "-M2-silu" and plain.tower.variant == "-silu"  # features cached apart
     x = _pixels(3)
     with torch.no_grad():
         for features in clip.FEATURES:

@@ -45,6 +45,7 @@ from aligngemini.branches.semantic.clip_import import (
 )
 from aligngemini.branches.semantic.preprocess import CLIP_MEAN, CLIP_STD, RESIZE_MODES, preprocess_image
 from aligngemini.branches.semantic.token_merging import check_mergeable, merged_hidden_states
+from aligngemini.branches.semantic.tower_kernels import check_attention, fold_quick_gelu
 from aligngemini.decode import LoadedImage, load_image
 
 FAMILY = "semantic-clip"
@@ -100,6 +101,7 @@ class ClipTower(nn.Module):
     ) -> None:
         super().__init__()
         self.model = model
+        self.folded_mlps = fold_quick_gelu(model)  # the same function, one activation pass (tower_kernels)
         self.kind = kind  # clip-projection | pooled
         self.source = source
         self.image_size = self.native_size = int(image_size)  # what it is fed / what it was trained on
@@ -108,6 +110,7 @@ class ClipTower(nn.Module):
         self.identity = identity  # content-derived id: the feature cache's key
         self.precision = "fp32"
         self.merge_tokens = 0  # token pairs merged after each layer's attention (token_merging)
+        self.attention = str(getattr(model.config, "_attn_implementation", None) or "sdpa")
         with torch.no_grad():
             probe = torch.zeros(1, 3, self.image_size, self.image_size, dtype=self._param_dtype())
             out = self.model(pixel_values=probe, output_hidden_states=True)
@@ -163,6 +166,14 @@ class ClipTower(nn.Module):
             check_mergeable(self._vision)
         self.merge_tokens = int(r)
 
+    def set_attention(self, kind: str) -> None:
+        """Compute attention with the fused kernel (``"sdpa"``) or plain matrix products (``"eager"``, faster
+        on a CPU at this tower's token counts; ``tower_kernels``). The features differ by rounding only."""
+        check_attention(kind, "CLIP tower")
+        if kind != self.attention:
+            self.model.set_attn_implementation(kind)
+            self.attention = kind
+
     def configure(
         self,
         *,
@@ -170,6 +181,7 @@ class ClipTower(nn.Module):
         layers: int | None = None,
         precision: str | None = None,
         merge_tokens: int | None = None,
+        attention: str | None = None,
     ) -> ClipTower:
         """Apply a recipe's or bundle's tower settings (each optional); returns the tower."""
         if image_size is not None and int(image_size) != self.image_size:
@@ -180,6 +192,8 @@ class ClipTower(nn.Module):
             self.set_precision(precision)
         if merge_tokens is not None:
             self.set_merge_tokens(int(merge_tokens))
+        if attention is not None:
+            self.set_attention(attention)
         return self
 
     @property
@@ -207,7 +221,9 @@ class ClipTower(nn.Module):
         """What besides identity, view and input size decides the features: a part of the cache key."""
         layers = f"-L{self.n_layers}" if self.n_layers != self._full_layers else ""
         merged = f"-M{self.merge_tokens}" if self.merge_tokens else ""
-        return layers + merged + ("" if self.compute_precision == "fp32" else f"-{self.compute_precision}")
+        kernels = ("-eager" if self.attention == "eager" else "") + ("-silu" if self.folded_mlps else "")
+        precision = "" if self.compute_precision == "fp32" else f"-{self.compute_precision}"
+        return layers + merged + precision + kernels
 
     def _arithmetic(self, device_type: str) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast where the tower computes in bf16, else nothing."""
@@ -225,9 +241,8 @@ class ClipTower(nn.Module):
         """``token_merging.merged_hidden_states`` in the tower's arithmetic."""
         interpolate = self.image_size != self.native_size
         with self._arithmetic(pixel_values.device.type):
-            return merged_hidden_states(
-                self._vision, pixel_values, self.merge_tokens, interpolate_pos_encoding=interpolate
-            )
+            return merged_hidden_states(self._vision, pixel_values, self.merge_tokens,
+                                        interpolate_pos_encoding=interpolate, attention=self.attention)  # fmt: skip
 
     def feature_dim(self, features: str = "embed") -> int:
         """Width of ``forward(x, features)``."""
@@ -595,6 +610,7 @@ class _Section:
     layers: int | None = None  # default: every layer
     precision: str = "fp32"
     merge_tokens: int = 0  # token pairs merged per layer (token_merging); 0: the plain forward pass
+    attention: str = "sdpa"  # the attention kernel (tower_kernels): sdpa | eager
 
     @classmethod
     def from_cfg(cls, role: str, cfg: dict[str, Any]) -> _Section:
@@ -613,6 +629,7 @@ class _Section:
             )
         for view in section.views or []:
             parse_view(view, where=f"branch {role!r}")
+        check_attention(section.attention, f"branch {role!r}")
         return section
 
 
@@ -716,7 +733,7 @@ def make_clip_branch(
     )
     try:  # the head was trained on features computed this way
         tower.configure(image_size=section.image_size, layers=section.layers, precision=section.precision,
-                        merge_tokens=section.merge_tokens)  # fmt: skip
+                        merge_tokens=section.merge_tokens, attention=section.attention)  # fmt: skip
     except ValueError as exc:
         raise ValueError(f"branch {role!r} ({FAMILY}): {exc}") from None
     if section.image_mean is not None:

@@ -46,6 +46,7 @@ from aligngemini.branches.semantic.clip import (
     view_tensor,
 )
 from aligngemini.branches.semantic.preprocess import RESIZE_MODES
+from aligngemini.branches.semantic.tower_kernels import ATTENTION_KINDS
 from aligngemini.config import ConfigError, from_dict
 from aligngemini.data.manifest import ManifestData, label_value, read_manifest, select_sources
 from aligngemini.decode import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
@@ -73,6 +74,7 @@ class ClipModelConfig:
     layers: int | None = None  # cls-layers from the first N transformer layers only (None: all of them)
     precision: str = "fp32"  # fp32 | bf16: the tower's arithmetic, at training and at inference alike
     merge_tokens: int = 0  # merge this many token pairs after each layer's attention (ToMe; 0: off)
+    attention: str = "sdpa"  # sdpa (PyTorch's fused kernel) | eager (plain products: faster on a CPU)
     lora: dict[str, Any] | None = None  # {r, alpha, dropout, target_modules}; None: tower frozen
 
     def __post_init__(self) -> None:
@@ -87,6 +89,10 @@ class ClipModelConfig:
         if self.merge_tokens < 0:
             raise ConfigError(
                 f"recipe model.merge_tokens must be 0 (off) or a positive count, got {self.merge_tokens}"
+            )
+        if self.attention not in ATTENTION_KINDS:
+            raise ConfigError(
+                f"recipe model.attention must be one of {ATTENTION_KINDS}, got {self.attention!r}"
             )
         if self.layers is not None and (self.features not in LAYER_FEATURES or self.layers < 1):
             raise ConfigError(
@@ -327,6 +333,7 @@ class ClipTask:
                 layers=cfg.layers,
                 precision=cfg.precision,
                 merge_tokens=cfg.merge_tokens,
+                attention=cfg.attention,
             )
         return self._tower
 
@@ -430,6 +437,8 @@ class ClipTask:
             section["layers"] = tower.n_layers
         if tower.merge_tokens:
             section["merge_tokens"] = tower.merge_tokens
+        if tower.attention != "sdpa":
+            section["attention"] = tower.attention
         if self.model_cfg.tower_sha256:
             section["tower_sha256"] = self.model_cfg.tower_sha256
         if inner.tower is not None:

@@ -13,8 +13,9 @@ The features change with ``r``: a head must be trained on features computed with
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from aligngemini.branches.semantic.tower_kernels import attend
 
 __all__ = ["check_mergeable", "merge_pairs", "merged_hidden_states"]
 
@@ -64,32 +65,38 @@ def check_mergeable(vision_model: nn.Module) -> None:
 
 
 def _attention(
-    attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None
+    attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, kind: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-head self-attention, proportional to ``size`` (None: every token one patch); returns the output and
-    the keys averaged over heads."""
+    """Multi-head self-attention, proportional to ``size`` (None: every token one patch), by the ``kind`` of
+    kernel (``tower_kernels.attend``); returns the output and the keys averaged over heads."""
     b, n, _ = x.shape
     heads = int(attn.num_heads)
     q, k, v = (
         proj(x).view(b, n, heads, -1).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
     )
     bias = None if size is None else size.log().to(q.dtype).view(b, 1, 1, n)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=float(attn.scale))
+    out = attend(q, k, v, bias, float(attn.scale), kind)
     return attn.out_proj(out.transpose(1, 2).reshape(b, n, -1)), k.mean(dim=1)
 
 
 def merged_hidden_states(
-    vision_model: nn.Module, pixel_values: torch.Tensor, r: int, *, interpolate_pos_encoding: bool = False
+    vision_model: nn.Module,
+    pixel_values: torch.Tensor,
+    r: int,
+    *,
+    interpolate_pos_encoding: bool = False,
+    attention: str = "sdpa",
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Run the tower merging ``r`` token pairs after each layer's attention. Returns each layer's output
-    [B, N_l, C] and the matching sizes [B, N_l, 1] (patches per token; the class token is row 0, size 1)."""
+    """Run the tower merging ``r`` token pairs after each layer's attention, computed by the ``attention``
+    kernel. Returns each layer's output [B, N_l, C] and the matching sizes [B, N_l, 1] (patches per token; the
+    class token is row 0, size 1)."""
     x = vision_model.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
     x = vision_model.pre_layrnorm(x)
     size = torch.ones(x.shape[0], x.shape[1], 1, dtype=torch.float32, device=x.device)
     states, sizes = [], []
     merged = False  # until the first merge every size is 1 and attention is the plain one
     for layer in vision_model.encoder.layers:
-        out, keys = _attention(layer.self_attn, layer.layer_norm1(x), size if merged else None)
+        out, keys = _attention(layer.self_attn, layer.layer_norm1(x), size if merged else None, attention)
         x = x + out
         tokens = x.shape[1]
         x, size = merge_pairs(x, size, keys.float(), r)
