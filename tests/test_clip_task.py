@@ -253,7 +253,9 @@ def test_layers_precision_and_attention_reach_the_cache_key_and_the_bundle(
     from aligngemini.branches.semantic import clip
 
     monkeypatch.setattr(clip, "native_bf16", lambda device_type: True)  # as on a CPU with native bf16
-    recipe = _recipe(tower_dir, manifest, features="cls-layers", layers=1, precision="bf16", attention="eager")
+    recipe = _recipe(
+        tower_dir, manifest, features="cls-layers", layers=1, precision="bf16", attention="eager"
+    )
     task = build_task(recipe)
     tower = task.tower()
     assert tower.n_layers == 1 and tower.precision == "bf16" and tower.attention == "eager"
@@ -268,7 +270,9 @@ def test_layers_precision_and_attention_reach_the_cache_key_and_the_bundle(
     section = task.export(model, tmp_path / "branch")
     assert section["layers"] == 1 and section["precision"] == "bf16" and section["attention"] == "eager"
     branch = build_branch("semantic", section, tmp_path / "branch", device=CPU, dtype=torch.float32)
-    assert branch.tower.n_layers == 1 and branch.tower.precision == "bf16" and branch.tower.attention == "eager"
+    assert (
+        branch.tower.n_layers == 1 and branch.tower.precision == "bf16" and branch.tower.attention == "eager"
+    )
     assert "attention" not in build_task(_recipe(tower_dir, manifest)).export(model, tmp_path / "sdpa")
     with pytest.raises(ConfigError, match="model.layers"):
         build_task(_recipe(tower_dir, manifest, layers=1))  # the embedding has no per-layer tokens
