@@ -27,12 +27,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_header import describe_run, record_header, write_record  # noqa: E402
+from shipped_semantic import corpus_and_clip_branch, score_change  # noqa: E402
 
 from aligngemini.branches.semantic.clip import load_tower  # noqa: E402
-from aligngemini.data.manifest import read_manifest  # noqa: E402
 from aligngemini.decode import load_image  # noqa: E402
-from aligngemini.detector import Detector  # noqa: E402
-from aligngemini.paths import data_dir  # noqa: E402
 
 # name -> (encoder linear layers in int8, whether the rest computes in bf16 as shipped, or in fp32)
 VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -78,15 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machine", default="2-core CPU dev box")
     args = p.parse_args(argv)
     header = record_header("semantic_int8", argv, args.machine)
-    manifest = data_dir("starter") / "manifest.jsonl"
-    if not manifest.is_file():
-        p.error(f"{manifest} not found: run `aligngemini data fetch-starter` first")
-    rows = read_manifest(manifest)  # paths made absolute
-    rows = rows[:: max(1, len(rows) // args.images)][: args.images]
-    det = Detector.load(args.bundle, device="cpu")
-    branch = det.branches.get("semantic")
-    if branch is None or not hasattr(branch, "tower"):
-        p.error(f"bundle {args.bundle} has no CLIP semantic branch")
+    det, branch, rows = corpus_and_clip_branch(p, args.bundle, args.images)
     prepared = [branch.prepare(load_image(r.path)) for r in rows]
     shipped_model, shipped_precision = branch.tower.model, branch.tower.precision
     section = det.config["branches"]["semantic"]
@@ -99,11 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         branch.tower.model = quantized(fp32.model, layers, rest_bf16)
         branch.tower.precision = "bf16" if rest_bf16 else "fp32"
         scores, secs = timed_scores(branch, prepared)
-        delta = np.abs(scores - base)
-        flips = int(np.sum((scores >= branch.threshold) != (base >= branch.threshold)))
-        results.append({"variant": name, "ms_per_image": 1000 * secs, "dp_mean": float(delta.mean()),
-                        "dp_p99": float(np.quantile(delta, 0.99)), "dp_max": float(delta.max()),
-                        "verdicts_changed": flips})  # fmt: skip
+        results.append({"variant": name, "ms_per_image": 1000 * secs,
+                        **score_change(scores, base, branch.threshold)})  # fmt: skip
     branch.tower.model, branch.tower.precision = shipped_model, shipped_precision
 
     record = {**header, "bundle": det.bundle_id, "images": len(rows), "threshold": branch.threshold,

@@ -30,12 +30,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_header import describe_run, record_header, write_record  # noqa: E402
+from shipped_semantic import corpus_and_clip_branch, score_change  # noqa: E402
 
 from aligngemini.branches.semantic.tower_kernels import QUICK_GELU_SCALE  # noqa: E402
-from aligngemini.data.manifest import read_manifest  # noqa: E402
 from aligngemini.decode import load_image  # noqa: E402
-from aligngemini.detector import Detector  # noqa: E402
-from aligngemini.paths import data_dir  # noqa: E402
 
 BASELINE = ("sdpa", False)  # (attention, quick_gelu folded): the kernels before
 VARIANTS = [BASELINE, ("sdpa", True), ("eager", False), ("eager", True)]
@@ -71,16 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machine", default="2-core CPU dev box")
     args = p.parse_args(argv)
     header = record_header("tower_kernels", argv, args.machine)
-    manifest = data_dir("starter") / "manifest.jsonl"
-    if not manifest.is_file():
-        p.error(f"{manifest} not found: run `aligngemini data fetch-starter` first")
-    rows = read_manifest(manifest)
-    if args.images:
-        rows = rows[:: max(1, len(rows) // args.images)][: args.images]
-    det = Detector.load(args.bundle, device="cpu")
-    branch = det.branches.get("semantic")
-    if branch is None or not hasattr(branch, "tower"):
-        p.error(f"bundle {args.bundle} has no CLIP semantic branch")
+    det, branch, rows = corpus_and_clip_branch(p, args.bundle, args.images)
     if not branch.tower.folded_mlps:
         p.error(f"the tower of {args.bundle} has no quick_gelu MLPs to compare")
     labels = np.array([r.label == "fake" for r in rows])
@@ -111,12 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     threshold = branch.threshold
     results: list[dict[str, Any]] = []
     for v in VARIANTS:
-        delta = np.abs(scores[v] - base)
         results.append({
             "attention": v[0], "quick_gelu_folded": v[1], "ms_per_image_median": statistics.median(ms[v]),
             "ms_per_image": [round(t, 2) for t in ms[v]], "auc": float(roc_auc_score(labels, scores[v])),
-            "dp_mean": float(delta.mean()), "dp_p99": float(np.quantile(delta, 0.99)), "dp_max": float(delta.max()),
-            "verdicts_changed": int(np.sum((scores[v] >= threshold) != (base >= threshold))),
+            **score_change(scores[v], base, threshold),
         })  # fmt: skip
     record = {**header, "bundle": det.bundle_id, "images": len(rows), "timed_images": len(timed),
               "rounds": args.rounds, "threshold": threshold, "threads": torch.get_num_threads(),
