@@ -31,7 +31,7 @@ def test_merging_nothing_is_the_plain_forward_pass(kind: str) -> None:
     x = _pixels()
     with torch.no_grad():
         want = model(pixel_values=x, output_hidden_states=True).hidden_states[1:]
-        got, sizes = merged_hidden_states(model.vision_model, x, 0, attention=kind)
+        got, sizes = merged_hidden_states(model.vision_model, x, 0)
     assert len(got) == len(want) == TINY["num_hidden_layers"]
     for g, w, s in zip(got, want, sizes, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
@@ -74,15 +74,35 @@ def test_merge_pairs_averages_the_most_similar_tokens_by_size() -> None:
 @pytest.mark.parametrize("kind", ["sdpa", "eager"])
 def test_a_merged_pair_of_equal_tokens_attends_like_the_pair(kind: str) -> None:
     """Proportional attention: one token standing for two patches weighs as the two equal tokens did."""
-    attn = tiny_clip(seed=2).vision_model.encoder.layers[0].self_attn
+    model = tiny_clip(seed=2)
+    model.set_attn_implementation(kind)
+    attn = model.vision_model.encoder.layers[0].self_attn
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 5, TINY["hidden_size"], generator=g)
     doubled = torch.cat([x, x[:, 4:5]], dim=1)  # token 4 twice
     with torch.no_grad():
-        want, _ = _attention(attn, doubled, torch.ones(1, 6, 1), kind)
-        got, keys = _attention(attn, x, torch.tensor([1.0, 1, 1, 1, 2]).view(1, 5, 1), kind)
+        want, _ = _attention(attn, doubled, torch.ones(1, 6, 1))
+        got, keys = _attention(attn, x, torch.tensor([1.0, 1, 1, 1, 2]).view(1, 5, 1))
     torch.testing.assert_close(got, want[:, :5], rtol=1e-5, atol=1e-5)
     assert keys.shape == (1, 5, TINY["hidden_size"] // TINY["num_attention_heads"])
+
+
+def test_merged_layers_run_the_attention_function_the_tower_is_set_to() -> None:
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    biased = []
+
+    def spy(*args: object, **kwargs: object) -> object:
+        biased.append(args[4] is not None)  # the size bias, passed once a layer has merged tokens
+        return sdpa_attention_forward(*args, **kwargs)
+
+    AttentionInterface.register("aligngemini_test_spy", spy)
+    model = tiny_clip(seed=1)
+    model.set_attn_implementation("aligngemini_test_spy")
+    with torch.no_grad():
+        merged_hidden_states(model.vision_model, _pixels(), 2)
+    assert biased == [False] + [True] * (TINY["num_hidden_layers"] - 1)
 
 
 def test_a_bundle_and_a_recipe_name_the_merge(tmp_path: Path) -> None:

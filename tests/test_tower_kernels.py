@@ -12,7 +12,7 @@ from torch import nn
 
 from aligngemini.branches import build_branch
 from aligngemini.branches.semantic import clip
-from aligngemini.branches.semantic.tower_kernels import attend, fold_quick_gelu
+from aligngemini.branches.semantic.tower_kernels import fold_quick_gelu
 
 torch.set_num_threads(2)
 CPU = torch.device("cpu")
@@ -55,16 +55,6 @@ def test_a_folded_tower_saved_and_reloaded_computes_the_same(tmp_path: Path) -> 
     x = _pixels()
     with torch.no_grad():
         torch.testing.assert_close(again(x, "cls-layers"), tower(x, "cls-layers"), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("biased", [False, True])
-def test_plain_attention_products_equal_the_fused_kernel(biased: bool) -> None:
-    g = torch.Generator().manual_seed(6)
-    q, k, v = (torch.randn(2, 4, 9, 8, generator=g) for _ in range(3))
-    bias = torch.randn(2, 1, 1, 9, generator=g) if biased else None
-    fused = attend(q, k, v, bias, 0.3, "sdpa")
-    torch.testing.assert_close(attend(q, k, v, bias, 0.3, "eager"), fused, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(attend(q, k, v, bias, 0.6, "eager"), fused, atol=1e-3)  # the scale is used
 
 
 def test_a_bundle_names_the_attention_kernel(tmp_path: Path) -> None:

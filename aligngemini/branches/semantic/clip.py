@@ -241,8 +241,9 @@ class ClipTower(nn.Module):
         """``token_merging.merged_hidden_states`` in the tower's arithmetic."""
         interpolate = self.image_size != self.native_size
         with self._arithmetic(pixel_values.device.type):
-            return merged_hidden_states(self._vision, pixel_values, self.merge_tokens,
-                                        interpolate_pos_encoding=interpolate, attention=self.attention)  # fmt: skip
+            return merged_hidden_states(
+                self._vision, pixel_values, self.merge_tokens, interpolate_pos_encoding=interpolate
+            )
 
     def feature_dim(self, features: str = "embed") -> int:
         """Width of ``forward(x, features)``."""

@@ -15,8 +15,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aligngemini.branches.semantic.tower_kernels import attend
-
 __all__ = ["check_mergeable", "merge_pairs", "merged_hidden_states"]
 
 
@@ -65,18 +63,25 @@ def check_mergeable(vision_model: nn.Module) -> None:
 
 
 def _attention(
-    attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, kind: str
+    attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-head self-attention, proportional to ``size`` (None: every token one patch), by the ``kind`` of
-    kernel (``tower_kernels.attend``); returns the output and the keys averaged over heads."""
+    """Multi-head self-attention, proportional to ``size`` (None: every token one patch), by the attention
+    function the layer itself uses (its config's implementation, as ``CLIPAttention.forward`` picks it); returns
+    the output and the keys averaged over heads."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.clip.modeling_clip import eager_attention_forward
+
     b, n, _ = x.shape
     heads = int(attn.num_heads)
     q, k, v = (
         proj(x).view(b, n, heads, -1).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
     )
     bias = None if size is None else size.log().to(q.dtype).view(b, 1, 1, n)
-    out = attend(q, k, v, bias, float(attn.scale), kind)
-    return attn.out_proj(out.transpose(1, 2).reshape(b, n, -1)), k.mean(dim=1)
+    function = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attn.config._attn_implementation, eager_attention_forward
+    )
+    out, _ = function(attn, q, k, v, bias, scaling=float(attn.scale), dropout=0.0)  # out: [B, N, heads, D]
+    return attn.out_proj(out.reshape(b, n, -1)), k.mean(dim=1)
 
 
 def merged_hidden_states(
@@ -85,18 +90,16 @@ def merged_hidden_states(
     r: int,
     *,
     interpolate_pos_encoding: bool = False,
-    attention: str = "sdpa",
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Run the tower merging ``r`` token pairs after each layer's attention, computed by the ``attention``
-    kernel. Returns each layer's output [B, N_l, C] and the matching sizes [B, N_l, 1] (patches per token; the
-    class token is row 0, size 1)."""
+    """Run the tower merging ``r`` token pairs after each layer's attention. Returns each layer's output
+    [B, N_l, C] and the matching sizes [B, N_l, 1] (patches per token; the class token is row 0, size 1)."""
     x = vision_model.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
     x = vision_model.pre_layrnorm(x)
     size = torch.ones(x.shape[0], x.shape[1], 1, dtype=torch.float32, device=x.device)
     states, sizes = [], []
     merged = False  # until the first merge every size is 1 and attention is the plain one
     for layer in vision_model.encoder.layers:
-        out, keys = _attention(layer.self_attn, layer.layer_norm1(x), size if merged else None, attention)
+        out, keys = _attention(layer.self_attn, layer.layer_norm1(x), size if merged else None)
         x = x + out
         tokens = x.shape[1]
         x, size = merge_pairs(x, size, keys.float(), r)

@@ -20,26 +20,13 @@ from torch import nn
 ATTENTION_KINDS = ("sdpa", "eager")
 QUICK_GELU_SCALE = 1.702  # quick_gelu(h) = h * sigmoid(1.702 h)
 
-__all__ = ["ATTENTION_KINDS", "attend", "check_attention", "fold_quick_gelu"]
+__all__ = ["ATTENTION_KINDS", "check_attention", "fold_quick_gelu"]
 
 
 def check_attention(kind: str, where: str) -> str:
     if kind not in ATTENTION_KINDS:
         raise ValueError(f"{where}: attention {kind!r} is unknown; use one of {ATTENTION_KINDS}")
     return kind
-
-
-def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float, kind: str
-) -> torch.Tensor:
-    """Softmax attention of ``q``, ``k``, ``v`` [B, H, N, D] with an additive logit ``bias`` (or None), by the
-    fused kernel (``"sdpa"``) or the plain products (``"eager"``, transformers' own formula)."""
-    if kind == "sdpa":
-        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-    logits = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if bias is not None:
-        logits = logits + bias
-    return torch.matmul(logits.softmax(dim=-1, dtype=torch.float32).to(q.dtype), v)
 
 
 def fold_quick_gelu(model: nn.Module) -> int:
