@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     towers = {}
     for variant in VARIANTS:
         attention, folded = variant
-        model = branch.tower.model if folded else unfolded(branch.tower.model)
-        model = copy.deepcopy(model)
+        model = copy.deepcopy(branch.tower.model) if folded else unfolded(branch.tower.model)  # both copies
         model.set_attn_implementation(attention)
         towers[variant] = model
 
