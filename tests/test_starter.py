@@ -22,6 +22,7 @@ from aligngemini.data.curation import (
     comfy_generator,
     image_stats,
     judge_comfy_thumbnail,
+    judge_comfy_video,
     judge_name,
     judge_stats,
     split_comfy_thumbnail_name,
@@ -139,6 +140,8 @@ def test_comfy_thumbnail_rules():
     assert judge_comfy_thumbnail("x", 1, edit_input) == "edit input"
     assert judge_comfy_thumbnail("x", 2, edit_input) is None
     assert judge_comfy_thumbnail("x", 1, {**t2i, "tags": ["Text to Image", "Video"]}) == "tag Video"
+    image_prompt = {**t2i, "io": {"inputs": [{"mediaType": "image", "file": "style.png"}]}}
+    assert judge_comfy_thumbnail("x", 1, image_prompt) == "loads an input image"
     assert judge_comfy_thumbnail("x", 1, {**t2i, "tags": ["Image Edit"]}) == "not text-to-image"
     assert judge_comfy_thumbnail("x", 1, {**t2i, "mediaType": "audio"}).startswith("media type")
     assert judge_comfy_thumbnail("api_dall_e_3_t2i", 1, None) is None
@@ -146,6 +149,38 @@ def test_comfy_thumbnail_rules():
     assert judge_comfy_thumbnail("api_dall_e_2_inpaint", 1, None).startswith("not text-to-image")
     assert split_comfy_thumbnail_name("a/b/api_x_t2i-2.webp") == ("api_x_t2i", 2)
     assert split_comfy_thumbnail_name("a/b/readme.webp") is None
+
+
+def test_comfy_video_rules_keep_text_to_video_only():
+    t2v = {"mediaType": "image", "tags": ["Text to Video", "Video", "API"], "models": ["Kling"],
+           "thumbnail": ["output/x.mp4"]}  # fmt: skip
+    assert judge_comfy_video(1, t2v) is None
+    assert judge_comfy_video(1, {**t2v, "tags": ["Text to Video", "Audio"]}) is None  # a video with sound
+    assert judge_comfy_video(2, t2v) == "extra thumbnail"
+    # conditioned on an input image or video: a frame may show the input
+    assert judge_comfy_video(1, {**t2v, "tags": ["Text to Video", "Image to Video"]}) == "tag Image to Video"
+    assert judge_comfy_video(1, {**t2v, "tags": ["Text to Video", "FLF2V"]}) == "tag FLF2V"
+    assert judge_comfy_video(1, {**t2v, "tags": ["Text to Video", "Anime"]}) == "tag Anime"
+    assert judge_comfy_video(1, {**t2v, "thumbnail": ["input/start.png"]}) == "edit input"
+    # tagged text-to-video but the workflow loads a reference image (the index's io.inputs)
+    loads = {**t2v, "io": {"inputs": [{"mediaType": "image", "file": "ref.png"}, {"mediaType": "audio"}]}}
+    assert judge_comfy_video(1, loads) == "loads an input image"
+    assert judge_comfy_video(1, {**t2v, "io": {"inputs": [{"mediaType": "audio"}]}}) is None
+    assert judge_comfy_video(1, {**t2v, "thumbnailVariant": "hoverDissolve"}).startswith("before/after")
+    assert judge_comfy_video(1, {**t2v, "tags": ["Text to Image"]}) == "not text-to-video"
+    assert judge_comfy_video(1, None).startswith("not text-to-video")  # names alone never qualify
+    # the text-to-image rule still turns every video template away
+    assert judge_comfy_thumbnail("x", 1, t2v) == "not text-to-image"
+
+
+def test_video_still_is_the_middle_frame_losslessly():
+    data, frame = starter.video_still(animated_webp())
+    assert frame == {"frame": 1, "frames": 3}
+    still = Image.open(io.BytesIO(data))
+    assert still.format == "PNG" and getattr(still, "n_frames", 1) == 1
+    anim = Image.open(io.BytesIO(animated_webp()))
+    anim.seek(1)
+    assert np.array_equal(np.asarray(still.convert("RGB")), np.asarray(anim.convert("RGB")))
 
 
 def test_comfy_generator_names():
@@ -387,6 +422,9 @@ def _fixture_packages(tmp: Path) -> tuple[dict[str, Path], list[SourceSpec]]:
         f"{tpl}img_edit-2.webp": encode(photo_like(seed=9), "WEBP"),
         f"{tpl}img_anim_t2i-1.webp": animated_webp(),
         f"{tpl}api_old_t2i-1.webp": encode(photo_like(seed=10), "WEBP"),  # not in the index: name rule
+        f"{tpl}vid_kling_t2v-1.webp": animated_webp(),  # text to video: one still
+        f"{tpl}vid_wan_i2v-1.webp": animated_webp(),  # image to video: a frame may show the input
+        f"{tpl}vid_anime_t2v-1.webp": animated_webp(),  # text to video, but anime
     })  # fmt: skip
     index = [{"templates": [
         {"name": "img_sdxl_t2i", "mediaType": "image", "tags": ["Text to Image"], "models": ["SDXL", "Stability"],
@@ -394,6 +432,10 @@ def _fixture_packages(tmp: Path) -> tuple[dict[str, Path], list[SourceSpec]]:
         {"name": "img_edit", "mediaType": "image", "tags": ["Image Edit"], "models": ["Qwen-Image-Edit"],
          "thumbnailVariant": "compareSlider", "thumbnail": ["input/i.png", "output/o.png"]},
         {"name": "img_anim_t2i", "mediaType": "image", "tags": ["Text to Image"], "models": ["X"]},
+        {"name": "vid_kling_t2v", "mediaType": "image", "tags": ["Text to Video", "Video"], "models": ["Kling 4"],
+         "thumbnail": ["output/v.mp4"]},
+        {"name": "vid_wan_i2v", "mediaType": "image", "tags": ["Image to Video", "Video"], "models": ["Wan2.2"]},
+        {"name": "vid_anime_t2v", "mediaType": "image", "tags": ["Text to Video", "Anime"], "models": ["Y"]},
     ]}]  # fmt: skip
     index_wheel = _wheel(
         tmp / "idx-0.1-py3-none-any.whl", {"idx/templates/index.json": json.dumps(index).encode()}
@@ -426,6 +468,7 @@ def test_pipeline_end_to_end_on_local_wheel_and_deb(tmp_path):
         ("real", "test__stereoR.png"),
         ("fake", "img_sdxl_t2i-1.webp"),
         ("fake", "api_old_t2i-1.webp"),
+        ("fake", "vid_kling_t2v-1.frame1.png"),
     }
     reasons = {Path(d.origin).name: d.reason for d in result.dropped}
     assert reasons["photo_copy.jpg"].startswith("duplicate of")
@@ -437,7 +480,14 @@ def test_pipeline_end_to_end_on_local_wheel_and_deb(tmp_path):
         reasons["img_edit-1.webp"].startswith("tag Image Edit")
         or reasons["img_edit-1.webp"] == "not text-to-image"
     )
-    assert reasons["img_anim_t2i-1.webp"] == "animated"
+    assert reasons["img_anim_t2i-1.webp"] == "animated"  # an animated text-to-image thumbnail stays out
+    assert reasons["vid_wan_i2v-1.webp"] == "not text-to-image"
+    assert reasons["vid_anime_t2v-1.webp"] == "text-to-video, but tag Anime"
+    still = names[("fake", "vid_kling_t2v-1.frame1.png")]
+    assert still.generator == "Kling 4" and still.format == "PNG"
+    assert still.extra["frame"] == 1 and still.extra["frames"] == 3
+    assert still.extra["origin"] == "comfy_media/templates/vid_kling_t2v-1.webp"
+    assert still.sha256 == hashlib.sha256(Path(still.path).read_bytes()).hexdigest()
     assert "readme.txt" not in reasons and "photo.jpg" not in reasons
 
     # files stored under DEST/<label>/<source>/, recorded with origin, license and generator
@@ -468,14 +518,14 @@ def test_pipeline_end_to_end_on_local_wheel_and_deb(tmp_path):
     assert all(len(s) == 1 for s in by_source.values())
     assert len((dest / "curation.jsonl").read_text().splitlines()) == len(result.dropped)
     summary = json.loads((dest / "summary.json").read_text())
-    assert summary["images"] == 6 and summary["files_written"] == 6
-    assert summary["counts"]["fake"]["pypi:comfy-media==0.1"] == {"train": 2}
+    assert summary["images"] == 7 and summary["files_written"] == 7
+    assert summary["counts"]["fake"]["pypi:comfy-media==0.1"] == {"train": 3}
     assert "real" in starter.format_table(summary)
 
     # idempotent: a second run writes nothing and gives the same manifest
     before = (dest / "manifest.jsonl").read_text()
     again = build_starter(dest, **kw)
-    assert again.summary["files_written"] == 0 and again.summary["files_unchanged"] == 6
+    assert again.summary["files_written"] == 0 and again.summary["files_unchanged"] == 7
     assert (dest / "manifest.jsonl").read_text() == before
     # a file the corpus no longer holds (a rule changed) is removed, so DEST equals the manifest
     stale = dest / "real" / "pics" / "dropped_by_a_new_rule.jpg"

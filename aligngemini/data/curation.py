@@ -9,7 +9,10 @@ Three kinds of rule:
 - names (:func:`judge_name`): masks, trimaps, logos, icons, screenshots and similar by path token;
 - package metadata (:func:`judge_comfy_thumbnail`): ComfyUI template thumbnails are kept only when the
   template generates an image from text alone and the thumbnail is that output (not an edit input, not one
-  half of a before/after pair, not a video, 3D, audio, anime or vector thumbnail).
+  half of a before/after pair, not a video, 3D, audio, anime or vector thumbnail, not from a workflow that
+  loads an image). An animated thumbnail of
+  a template that generates a video from text alone (:func:`judge_comfy_video`) gives one still: a frame
+  a video model generated, with no input image behind it.
 
 Measured limits, stated so nobody over-trusts them: the statistics separate flat or noise-free graphics
 (desktop vector art, diagrams, logos) from photographs well, but not photographs *of* drawings or 3D renders
@@ -251,16 +254,50 @@ def judge_comfy_thumbnail(template: str, index: int, meta: dict[str, Any] | None
     bad = sorted(tags & COMFY_EXCLUDED_TAGS)
     if bad:
         return f"tag {bad[0]}"
+    return _judge_comfy_origin(index, meta)
+
+
+def _judge_comfy_origin(index: int, meta: dict[str, Any]) -> str | None:
+    """Whether thumbnail ``index`` shows the output of text alone: the workflow loads no image or video (the
+    index's ``io.inputs``), and the thumbnail is not one half of a before/after pair, not made from an input
+    file, not an extra thumbnail the index does not account for."""
+    io = meta.get("io") if isinstance(meta.get("io"), dict) else {}
+    loaded = sorted({str(i.get("mediaType")) for i in io.get("inputs") or [] if isinstance(i, dict)})
+    visual = [kind for kind in loaded if kind in ("image", "video")]
+    if visual:
+        return f"loads an input {visual[0]}"
     if meta.get("thumbnailVariant") in ("compareSlider", "hoverDissolve"):
         return f"before/after pair ({meta['thumbnailVariant']})"
     thumbs = meta.get("thumbnail") or []
     if len(thumbs) >= index:
-        origin = str(thumbs[index - 1])
-        if origin.startswith("input/"):
+        if str(thumbs[index - 1]).startswith("input/"):
             return "edit input"
     elif index > 1:
         return "extra thumbnail"
     return None
+
+
+# Text-to-video templates whose animated thumbnails give a generated still: the video comes from text alone.
+COMFY_VIDEO_TAG = "Text to Video"
+COMFY_VIDEO_EXCLUDED_TAGS = (COMFY_EXCLUDED_TAGS - {"Video", "Text to Video", "Audio"}) | {
+    # conditioned on an input image or video: a frame may show (or continue) that input
+    "Image to Video", "FLF2V", "Reference to Video", "Video Edit", "Video to Video", "Video Extend",
+    "Video Upscale", "Lip Sync", "Motion Control", "Audio to Video",
+}  # fmt: skip
+
+
+def judge_comfy_video(index: int, meta: dict[str, Any] | None) -> str | None:
+    """None when the thumbnail shows the output of a pure text-to-video template (the caller keeps one still
+    of it), else the reason it does not. Only templates in the index qualify: names alone are too loose."""
+    if meta is None:
+        return "not text-to-video (no index entry)"
+    tags = set(meta.get("tags") or [])
+    if COMFY_VIDEO_TAG not in tags:
+        return "not text-to-video"
+    bad = sorted(tags & COMFY_VIDEO_EXCLUDED_TAGS)
+    if bad:
+        return f"tag {bad[0]}"
+    return _judge_comfy_origin(index, meta)
 
 
 # Vendor names that ComfyUI lists among a template's "models" next to the model's own name.

@@ -3,7 +3,8 @@
 Real photographs come from PyPI wheels (scikit-image, scikit-learn, matplotlib sample images) and Debian
 packages (wallpapers, OpenCV's example data, darknet's and palapeli's pictures); AI-generated images from
 ComfyUI's workflow-template thumbnails on PyPI, whose template index (``comfyui-workflow-templates-json``)
-says which model made each image and which thumbnails are edit inputs. Extra local datasets join by path
+says which model made each image and which thumbnails are edit inputs; a text-to-video template's animated
+thumbnail gives one still (its middle frame, stored as PNG). Extra local datasets join by path
 (``--realorai``, ``--wildmix``; see :mod:`aligngemini.data.shared_sets`). Everything is curated by the rules in :mod:`aligngemini.data.curation`, every exclusion is
 written to ``curation.jsonl`` with its reason, and train/val are split by source.
 
@@ -44,6 +45,7 @@ from aligngemini.data.curation import (
     comfy_generator,
     image_stats,
     judge_comfy_thumbnail,
+    judge_comfy_video,
     judge_name,
     judge_stats,
     split_comfy_thumbnail_name,
@@ -161,7 +163,8 @@ DEFAULT_SOURCES: tuple[SourceSpec, ...] = (
                strip="usr/share/palapeli/collection/"),
     # --- AI-generated: ComfyUI template thumbnails (PyPI, MIT) ---
     *(_comfy_media(key, version) for key, version in (("media-image", "0.3.160"), ("media-api", "0.3.84"),
-                                                      ("media-assets-01", "0.1.48"), ("media-assets-02", "0.1.24"))),
+                                                      ("media-assets-01", "0.1.48"), ("media-assets-02", "0.1.24"),
+                                                      ("media-video", "0.3.101"), ("media-other", "0.3.229"))),
 )  # fmt: skip
 
 
@@ -396,6 +399,20 @@ class _StatsCache:
         os.replace(tmp, self.path)
 
 
+def video_still(data: bytes) -> tuple[bytes, dict[str, int]]:
+    """The middle frame of an animated image as PNG bytes (lossless: the frame's pixels as the file holds
+    them), with which frame of how many it is. The middle, not the first: clips often open on a fade."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        frames = int(getattr(img, "n_frames", 1) or 1)
+        img.seek(frames // 2)
+        rgb = img.convert("RGB")
+    out = io.BytesIO()
+    rgb.save(out, format="PNG")
+    return out.getvalue(), {"frame": frames // 2, "frames": frames}
+
+
 def _write_if_changed(target: Path, data: bytes, sha: str) -> bool:
     """Idempotent store: skip when the file is there with the same sha256. Returns True when written."""
     if (
@@ -451,6 +468,7 @@ def _harvest(
         reason = spec.exclude.get(PurePosixPath(m.path).name)
         meta = None
         template = None
+        still = False  # a text-to-video thumbnail: keep one frame of it
         if reason is not None:
             pass
         elif m.size > rules.max_file_bytes:
@@ -463,12 +481,20 @@ def _harvest(
                 template, idx = parsed
                 meta = (comfy_index or {}).get(template)
                 reason = judge_comfy_thumbnail(template, idx, meta)
+                video = judge_comfy_video(idx, meta) if reason is not None else None
+                if reason is not None and video is None:
+                    reason, still = None, True
+                elif video is not None and not video.startswith("not text-to-video"):
+                    reason = f"text-to-video, but {video}"
         else:
             reason = judge_name(m.path[len(spec.strip) :] if m.path.startswith(spec.strip) else m.path)
+        frame: dict[str, int] = {}
         if reason is None:
             data = m.read()
-            sha = hashlib.sha256(data).hexdigest()
             try:
+                if still:
+                    data, frame = video_still(data)
+                sha = hashlib.sha256(data).hexdigest()
                 st = stats.get(sha, data)
             except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason to drop, not to crash
                 st, reason = None, f"undecodable ({exc.__class__.__name__})"
@@ -479,13 +505,16 @@ def _harvest(
         if reason is not None:
             dropped.append(Dropped(source, m.path, reason, spec.label))
             continue
-        target = dest / spec.label / spec.key / _safe_name(m.path, spec.strip)
+        name = _safe_name(m.path, spec.strip)
+        if frame:
+            name = f"{PurePosixPath(name).stem}.frame{frame['frame']}.png"
+        target = dest / spec.label / spec.key / name
         seen[sha] = f"{source}:{m.path}"
         if _write_if_changed(target, data, sha):
             counters["written"] += 1
         else:
             counters["unchanged"] += 1
-        extra: dict[str, Any] = {"origin": m.path, "stats": st.to_dict()}
+        extra: dict[str, Any] = {"origin": m.path, "stats": st.to_dict(), **frame}
         if spec.comfy:
             extra["template"] = template
             if meta:
