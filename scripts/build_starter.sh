@@ -14,7 +14,7 @@ aligngemini data fetch-starter
 aligngemini data build-pixel --out "$D/pixel-wild-taef2-x5" --crop-size 256 --generator "taesd:$TAEF2" \
   --set lowfreq_align_prob=1.0 --set crops_per_image=5 --device cpu
 aligngemini data build-semantic --out "$D/semantic-wild" --size-range 256 384 --jpeg-range 70 95 --aspect keep \
-  --balance none --device cpu
+  --balance none --set small=cap --device cpu
 # 3. the shipped experts, trained on every row (no validation split: step 4 measures them)
 all=(--opt 'data.train_split=[train, val]' --opt data.val_split=null)
 aligngemini train recipes/pixel-wild.yaml --output "$R/pixel-npr" -q "${all[@]}"
@@ -27,10 +27,10 @@ pixel_infer=(crop.phases=4 precision=bf16)
 aligngemini train recipes/pixel-wild.yaml --output "$R/npr-a" -q --opt 'data.exclude_sources=["realorai","wildmix:*"]'
 aligngemini train recipes/pixel-wild.yaml --output "$R/npr-b" -q --opt 'data.sources=["realorai","wildmix:*"]'
 python benchmarks/wild_eval.py --pixel-run "$R/npr-a" --pixel-run "$R/npr-b" \
-  "${pixel_infer[@]/#/--pixel-opt=}" --work "$R/wild-sem" --out benchmarks/results/wild_eval
+  "${pixel_infer[@]/#/--pixel-opt=}" --work "$R/wild-sem" --out benchmarks/results/wild_eval_stills
 # 5. one bundle; the fusion rule that generalised best in step 4 (stack), fitted on the out-of-fold scores
 aligngemini assemble --pixel "$R/pixel-npr" --semantic "$R/semantic-wild" --name starter --rule stack \
   "${pixel_infer[@]/#/--set=pixel.}" --card docs/starter-model-card.md --out "$R/starter-uncalibrated" --overwrite
-aligngemini calibrate --scores benchmarks/results/wild_eval_scores.csv --bundle "$R/starter-uncalibrated" \
+aligngemini calibrate --scores benchmarks/results/wild_eval_stills_scores.csv --bundle "$R/starter-uncalibrated" \
   --rule stack --target balanced --uncertain-width 0.1 --out aligngemini/bundles/starter --overwrite
 python scripts/update_golden.py
