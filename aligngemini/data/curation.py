@@ -248,10 +248,18 @@ def judge_comfy_thumbnail(template: str, index: int, meta: dict[str, Any] | None
         return None if index == 1 else "extra thumbnail (no index entry)"
     if meta.get("mediaType", "image") != "image":
         return f"media type {meta.get('mediaType')}"
+    return _judge_comfy_template(index, meta, COMFY_REQUIRED_TAG, COMFY_EXCLUDED_TAGS, "text-to-image")
+
+
+def _judge_comfy_template(
+    index: int, meta: dict[str, Any], required: str, excluded: set[str], kind: str
+) -> str | None:
+    """The template carries the ``required`` tag and none of ``excluded``, and thumbnail ``index`` shows its
+    output (:func:`_judge_comfy_origin`)."""
     tags = set(meta.get("tags") or [])
-    if COMFY_REQUIRED_TAG not in tags:
-        return "not text-to-image"
-    bad = sorted(tags & COMFY_EXCLUDED_TAGS)
+    if required not in tags:
+        return f"not {kind}"
+    bad = sorted(tags & excluded)
     if bad:
         return f"tag {bad[0]}"
     return _judge_comfy_origin(index, meta)
@@ -291,13 +299,7 @@ def judge_comfy_video(index: int, meta: dict[str, Any] | None) -> str | None:
     of it), else the reason it does not. Only templates in the index qualify: names alone are too loose."""
     if meta is None:
         return "not text-to-video (no index entry)"
-    tags = set(meta.get("tags") or [])
-    if COMFY_VIDEO_TAG not in tags:
-        return "not text-to-video"
-    bad = sorted(tags & COMFY_VIDEO_EXCLUDED_TAGS)
-    if bad:
-        return f"tag {bad[0]}"
-    return _judge_comfy_origin(index, meta)
+    return _judge_comfy_template(index, meta, COMFY_VIDEO_TAG, COMFY_VIDEO_EXCLUDED_TAGS, "text-to-video")
 
 
 # Vendor names that ComfyUI lists among a template's "models" next to the model's own name.
