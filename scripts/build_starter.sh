@@ -13,8 +13,8 @@ aligngemini data fetch-starter
 # 2. the two orthogonal sets
 aligngemini data build-pixel --out "$D/pixel-wild-taef2-x5" --crop-size 256 --generator "taesd:$TAEF2" \
   --set lowfreq_align_prob=1.0 --set crops_per_image=5 --device cpu
-aligngemini data build-semantic --out "$D/semantic-wild" --size-range 256 384 --jpeg-range 70 95 --aspect keep \
-  --balance none --set small=cap --device cpu
+aligngemini data build-semantic --out "$D/semantic-wild" --size-range 192 288 --min-downscale 1.2 \
+  --jpeg-range 70 95 --aspect square --balance none --device cpu
 # 3. the shipped experts, trained on every row (no validation split: step 4 measures them)
 all=(--opt 'data.train_split=[train, val]' --opt data.val_split=null)
 aligngemini train recipes/pixel-wild.yaml --output "$R/pixel-npr" -q "${all[@]}"
