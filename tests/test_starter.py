@@ -21,6 +21,7 @@ from aligngemini.data.curation import (
     CurationRules,
     comfy_generator,
     image_stats,
+    is_comfy_text_to_video,
     judge_comfy_thumbnail,
     judge_comfy_video,
     judge_name,
@@ -169,6 +170,9 @@ def test_comfy_video_rules_keep_text_to_video_only():
     assert judge_comfy_video(1, {**t2v, "thumbnailVariant": "hoverDissolve"}).startswith("before/after")
     assert judge_comfy_video(1, {**t2v, "tags": ["Text to Image"]}) == "not text-to-video"
     assert judge_comfy_video(1, None).startswith("not text-to-video")  # names alone never qualify
+    # which refusals the harvest reports as "text-to-video, but ...": the tagged ones only
+    assert is_comfy_text_to_video(t2v) and is_comfy_text_to_video({**t2v, "tags": ["Text to Video", "Anime"]})
+    assert not is_comfy_text_to_video({**t2v, "tags": ["Text to Image"]}) and not is_comfy_text_to_video(None)
     # the text-to-image rule still turns every video template away
     assert judge_comfy_thumbnail("x", 1, t2v) == "not text-to-image"
 

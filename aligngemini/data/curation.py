@@ -294,6 +294,11 @@ COMFY_VIDEO_EXCLUDED_TAGS = (COMFY_EXCLUDED_TAGS - {"Video", "Text to Video", "A
 }  # fmt: skip
 
 
+def is_comfy_text_to_video(meta: dict[str, Any] | None) -> bool:
+    """The index tags the template text-to-video (whether or not :func:`judge_comfy_video` then keeps it)."""
+    return meta is not None and COMFY_VIDEO_TAG in set(meta.get("tags") or [])
+
+
 def judge_comfy_video(index: int, meta: dict[str, Any] | None) -> str | None:
     """None when the thumbnail shows the output of a pure text-to-video template (the caller keeps one still
     of it), else the reason it does not. Only templates in the index qualify: names alone are too loose."""

@@ -44,6 +44,7 @@ from aligngemini.data.curation import (
     ImageStats,
     comfy_generator,
     image_stats,
+    is_comfy_text_to_video,
     judge_comfy_thumbnail,
     judge_comfy_video,
     judge_name,
@@ -484,7 +485,7 @@ def _harvest(
                 video = judge_comfy_video(idx, meta) if reason is not None else None
                 if reason is not None and video is None:
                     reason, still = None, True
-                elif video is not None and not video.startswith("not text-to-video"):
+                elif video is not None and is_comfy_text_to_video(meta):
                     reason = f"text-to-video, but {video}"
         else:
             reason = judge_name(m.path[len(spec.strip) :] if m.path.startswith(spec.strip) else m.path)
