@@ -36,6 +36,7 @@ from torch import nn
 
 from aligngemini.branches.base import register_family
 from aligngemini.branches.precision import arithmetic, check_precision, native_bf16
+from aligngemini.branches.semantic.class_readout import class_token_states, is_clip_layout
 from aligngemini.branches.semantic.clip_import import (
     IMPORTER_VERSION,
     STARTER_TOWER,
@@ -245,6 +246,12 @@ class ClipTower(nn.Module):
                 self._vision, pixel_values, self.merge_tokens, interpolate_pos_encoding=interpolate
             )
 
+    def _run_class_readout(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """``class_readout.class_token_states`` in the tower's arithmetic."""
+        interpolate = self.image_size != self.native_size
+        with self._arithmetic(pixel_values.device.type):
+            return class_token_states(self._vision, pixel_values, interpolate_pos_encoding=interpolate)
+
     def feature_dim(self, features: str = "embed") -> int:
         """Width of ``forward(x, features)``."""
         if features == "embed":
@@ -274,6 +281,12 @@ class ClipTower(nn.Module):
             if features == "embed":
                 pooled = self._vision.post_layernorm(states[-1][:, 0])
                 return self.model.visual_projection(pooled) if self.kind == "clip-projection" else pooled
+        elif features in ("embed", "cls-layers") and is_clip_layout(self._vision):
+            states = self._run_class_readout(pixel_values)  # the last layer for the class token alone
+            if features == "embed":
+                pooled = self._vision.post_layernorm(states[-1][:, 0])
+                return self.model.visual_projection(pooled) if self.kind == "clip-projection" else pooled
+            return torch.cat([h[:, 0] for h in states], dim=-1)
         else:
             if features == "embed":
                 return self._embed(self._run(pixel_values))
