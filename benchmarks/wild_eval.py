@@ -137,26 +137,30 @@ def train_head(recipe: dict[str, Any], manifest: Path, out: Path) -> Path:
 
 
 def semantic_logits(branch_dir: Path, features: np.ndarray) -> np.ndarray:
+    """The head's log-odds of each image, averaged over its views as the branch does (``features``: [V, N, D])."""
     import torch
 
     from aligngemini.branches.semantic.clip import load_head
 
     head = load_head(branch_dir / "semantic_head.safetensors")
     with torch.no_grad():
-        return head(torch.from_numpy(features)).double().numpy()
+        return np.mean([head(torch.from_numpy(view)).double().numpy() for view in features], axis=0)
 
 
 def corpus_features(rows: list[dict[str, Any]], recipe: dict[str, Any]) -> np.ndarray:
-    """The tower's features of every original file, as the branch computes them (cached per image)."""
+    """The tower's features [V, N, D] of every original file in each of the recipe's views, as the branch
+    computes them (cached per image and view)."""
     from aligngemini.branches.semantic.clip_task import FeatureCache, Row, embed_rows_cached
     from aligngemini.train.task import build_task
 
     task = build_task(recipe)  # the tower loaded and set up (size, layers, precision) as training does
-    tower, features, view = task.tower(), task.model_cfg.features, task.model_cfg.view_list[0]
+    tower, features = task.tower(), task.model_cfg.features
     items = [Row(Path(r["path"]), float(r["label"]), "eval") for r in rows]
-    cache = FeatureCache(tower, view, features=features)
-    return embed_rows_cached(items, tower, resize=view, cache=cache, batch_size=16, features=features,
-                             max_pixels=200_000_000, desc="corpus features")  # fmt: skip
+    return np.stack([
+        embed_rows_cached(items, tower, resize=view, cache=FeatureCache(tower, view, features=features),
+                          batch_size=16, features=features, max_pixels=200_000_000, desc=f"corpus features {view}")
+        for view in task.model_cfg.view_list
+    ])  # fmt: skip
 
 
 def semantic_scores(rows: list[dict[str, Any]], args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -197,14 +201,14 @@ def semantic_log_odds(
     for f in folds:
         keep = [r for r in sem_rows if fold_of(r.source or "") != f]
         branch = train_head(recipe, write_subset(keep, work / f"sem-{f}.jsonl"), work / f"sem-{f}")
-        oof[fold_idx[f]] = semantic_logits(branch, feats[fold_idx[f]])
+        oof[fold_idx[f]] = semantic_logits(branch, feats[:, fold_idx[f]])
         for g in folds:
             if g == f:
                 continue
             keep2 = [r for r in sem_rows if fold_of(r.source or "") not in (f, g)]
             name = "sem-" + "-".join(sorted((f, g)))
             branch = train_head(recipe, write_subset(keep2, work / f"{name}.jsonl"), work / name)
-            nested[(f, g)] = semantic_logits(branch, feats[fold_idx[g]])
+            nested[(f, g)] = semantic_logits(branch, feats[:, fold_idx[g]])
         print(f"semantic: fold {f} done ({time.time() - t0:.0f} s)", file=sys.stderr)
     return {"oof": oof, "nested": nested, "fold_idx": fold_idx}
 

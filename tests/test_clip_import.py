@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 from tiny_clip import TINY, export_onnx, photo, quantize_int8, tiny_clip
 
 from aligngemini.branches.semantic import clip_import as ci
@@ -183,6 +184,30 @@ def test_preprocessing_modes() -> None:
     assert np.asarray(crop).shape == (32, 32, 3)
     with pytest.raises(ValueError, match="resize mode"):
         pre.preprocess_image(wide, 32, mode="stretch")
+
+
+def test_end_crops_cover_a_wide_image() -> None:
+    """The squares at both ends of the long side, with the centre one, cover the whole image, and each is the
+    image's own pixels at the shortest-side scale (no squash)."""
+    wide = Image.fromarray(
+        np.repeat(np.repeat(np.arange(90, dtype=np.uint8)[None, :, None], 30, 0), 3, 2) * 2
+    )
+    start = np.asarray(pre.resize_for_tower(wide, 30, "crop-start"))
+    centre = np.asarray(pre.resize_for_tower(wide, 30, "crop"))
+    end = np.asarray(pre.resize_for_tower(wide, 30, "crop-end"))
+    assert start.shape == centre.shape == end.shape == (30, 30, 3)
+    # the image is 3 squares wide at this scale: the crops are its left, middle and right thirds exactly
+    np.testing.assert_array_equal(start, np.asarray(wide)[:, :30])
+    np.testing.assert_array_equal(centre, np.asarray(wide)[:, 30:60])
+    np.testing.assert_array_equal(end, np.asarray(wide)[:, 60:])
+    tall = wide.transpose(Image.Transpose.TRANSPOSE)
+    np.testing.assert_array_equal(
+        np.asarray(pre.resize_for_tower(tall, 30, "crop-end")), np.asarray(tall)[60:]
+    )
+    square = photo(1, size=(40, 40))
+    same = [np.asarray(pre.resize_for_tower(square, 32, m)) for m in ("crop", "crop-start", "crop-end")]
+    np.testing.assert_array_equal(same[0], same[1])
+    np.testing.assert_array_equal(same[0], same[2])
 
 
 def _has_vnni() -> bool:

@@ -63,7 +63,7 @@ class ClipModelConfig:
     head_type: str = "linear"  # linear | mlp
     head_hidden: int = 256
     head_dropout: float = 0.0
-    resize: str = DEFAULT_RESIZE  # squash | pad | crop
+    resize: str = DEFAULT_RESIZE  # squash | pad | crop | crop-start | crop-end (preprocess.RESIZE_MODES)
     features: str = "embed"  # embed | cls-layers (every layer's class token) | cls-mean-layers (+ mean patch)
     image_size: int | None = (
         None  # feed the tower this size instead of its own (e.g. 160: about half the cost)

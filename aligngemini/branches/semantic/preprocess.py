@@ -1,5 +1,6 @@
 """How a whole image becomes a contrastive tower's input: resized to the tower's square (CLIP's own centre
-crop, the whole scene squashed, or fitted with mean-colour borders), scaled to 0..1 and normalised."""
+crop or the square at either end of the long side, the whole scene squashed, or fitted with mean-colour borders),
+scaled to 0..1 and normalised."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from PIL import Image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-RESIZE_MODES = ("crop", "squash", "pad")
+RESIZE_MODES = ("crop", "squash", "pad", "crop-start", "crop-end")
+# Where each crop mode takes its square along the long side: 0 the left (top) end, 1 the right (bottom) end.
+_CROP_AT = {"crop": 0.5, "crop-start": 0.0, "crop-end": 1.0}
 
 
 def resize_bicubic(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -35,19 +38,22 @@ def resize_bicubic(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 def resize_for_tower(
     image: Image.Image, size: int, mode: str = "crop", fill: Sequence[float] = CLIP_MEAN
 ) -> Image.Image:
-    """``crop``: CLIP's own (shortest side to ``size``, bicubic, centre crop); ``squash``: the whole image
-    to ``size`` x ``size``; ``pad``: the whole image fit inside, padded with ``fill`` (mean colour, 0..1)."""
+    """``crop``: CLIP's own (shortest side to ``size``, bicubic, centre crop); ``crop-start`` / ``crop-end``: the
+    same, the square at the left (top) or right (bottom) end instead, so that the three crops of a wide image
+    cover all of it; ``squash``: the whole image to ``size`` x ``size``; ``pad``: the whole image fit inside,
+    padded with ``fill`` (mean colour, 0..1)."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"resize mode {mode!r} is unknown; use one of {RESIZE_MODES}")
     image = image if image.mode == "RGB" else image.convert("RGB")
     w, h = image.size
     if mode == "squash":
         return resize_bicubic(image, (size, size))
-    if mode == "crop":
+    if mode in _CROP_AT:
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
         resized = resize_bicubic(image, (nw, nh))
-        left, top = (nw - size) // 2, (nh - size) // 2
+        at = _CROP_AT[mode]
+        left, top = int((nw - size) * at), int((nh - size) * at)
         return resized.crop((left, top, left + size, top + size))
     scale = size / max(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
