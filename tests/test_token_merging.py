@@ -54,6 +54,26 @@ def test_each_layer_merges_r_pairs_and_keeps_the_class_token() -> None:
     assert not torch.allclose(states[-1][:, 0], plain[-1][:, 0], atol=1e-4)  # later ones see merged tokens
 
 
+@pytest.mark.parametrize("kind", ["sdpa", "eager"])
+def test_the_last_layer_for_the_class_token_alone_keeps_every_class_token(kind: str) -> None:
+    """With tokens merged, the last layer's class token still attends to every merged token in proportion
+    to its size; computing it alone changes nothing the cls-layers features read."""
+    model = tiny_clip(seed=2)
+    model.set_attn_implementation(kind)
+    with torch.no_grad():  # sharper attention, so that the size bias visibly matters
+        for layer in model.vision_model.encoder.layers:
+            layer.self_attn.k_proj.weight.mul_(4)
+    x = _pixels(3)
+    with torch.no_grad():
+        full, full_sizes = merged_hidden_states(model.vision_model, x, 4)
+        short, short_sizes = merged_hidden_states(model.vision_model, x, 4, class_only_last=True)
+    assert short[-1].shape[1] == 1 and short_sizes[-1].shape[1] == 1
+    for f, s in zip(full, short, strict=True):
+        torch.testing.assert_close(s[:, 0], f[:, 0], rtol=1e-5, atol=1e-5)
+    for f, s in zip(full_sizes[:-1], short_sizes[:-1], strict=True):
+        assert torch.equal(f, s)
+
+
 def test_merge_pairs_averages_the_most_similar_tokens_by_size() -> None:
     # tokens 0 (class) 1 2 3 4 5: set a = 0 2 4, set b = 1 3 5; token 2 duplicates token 3's direction
     metric = torch.tensor([[1.0, 0], [0, 1], [1, 1], [1, 1.01], [-1, 0.2], [0.3, -1]])[None]

@@ -28,9 +28,10 @@ def is_clip_layout(vision_model: nn.Module) -> bool:
     )
 
 
-def _class_token_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``attn`` (a ``CLIPAttention``) over every token of ``x`` [B, N, C], queried by the class token alone;
-    returns its output [B, 1, C], by the attention function the layer itself uses."""
+def class_token_attention(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``attn`` (a ``CLIPAttention``) over every token of ``x`` [B, N, C], queried by the class token alone
+    (``bias``: [B, 1, 1, N] added to its logits, as token merging's proportional attention adds); returns its
+    output [B, 1, C], by the attention function the layer itself uses."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     from transformers.models.clip.modeling_clip import eager_attention_forward
 
@@ -41,7 +42,7 @@ def _class_token_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     function = ALL_ATTENTION_FUNCTIONS.get_interface(
         attn.config._attn_implementation, eager_attention_forward
     )
-    out, _ = function(attn, q, k, v, None, scaling=float(attn.scale), dropout=0.0)  # [B, 1, heads, D]
+    out, _ = function(attn, q, k, v, bias, scaling=float(attn.scale), dropout=0.0)  # [B, 1, heads, D]
     return attn.out_proj(out.reshape(b, 1, -1))
 
 
@@ -57,6 +58,6 @@ def class_token_states(
     for layer in body:
         x = layer(x, None)
         states.append(x)
-    x = x[:, :1] + _class_token_attention(last.self_attn, last.layer_norm1(x))
+    x = x[:, :1] + class_token_attention(last.self_attn, last.layer_norm1(x))
     states.append(x + last.mlp(last.layer_norm2(x)))
     return states

@@ -238,12 +238,18 @@ class ClipTower(nn.Module):
         with self._arithmetic(pixel_values.device.type):
             return self.model(pixel_values=pixel_values, **kwargs)
 
-    def _run_merged(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _run_merged(
+        self, pixel_values: torch.Tensor, class_only_last: bool = False
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``token_merging.merged_hidden_states`` in the tower's arithmetic."""
         interpolate = self.image_size != self.native_size
         with self._arithmetic(pixel_values.device.type):
             return merged_hidden_states(
-                self._vision, pixel_values, self.merge_tokens, interpolate_pos_encoding=interpolate
+                self._vision,
+                pixel_values,
+                self.merge_tokens,
+                interpolate_pos_encoding=interpolate,
+                class_only_last=class_only_last,
             )
 
     def _run_class_readout(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
@@ -277,7 +283,8 @@ class ClipTower(nn.Module):
         if features not in FEATURES:
             raise ValueError(f"features {features!r} is unknown; use one of {FEATURES}")
         if self.merge_tokens:
-            states, sizes = self._run_merged(pixel_values)
+            # the last layer for the class token alone where only it is read (class_readout)
+            states, sizes = self._run_merged(pixel_values, class_only_last=features != "cls-mean-layers")
             if features == "embed":
                 pooled = self._vision.post_layernorm(states[-1][:, 0])
                 return self.model.visual_projection(pooled) if self.kind == "clip-projection" else pooled

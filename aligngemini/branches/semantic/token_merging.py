@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from aligngemini.branches.semantic.class_readout import class_token_attention
+
 __all__ = ["check_mergeable", "merge_pairs", "merged_hidden_states"]
 
 
@@ -90,15 +92,24 @@ def merged_hidden_states(
     r: int,
     *,
     interpolate_pos_encoding: bool = False,
+    class_only_last: bool = False,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Run the tower merging ``r`` token pairs after each layer's attention. Returns each layer's output
-    [B, N_l, C] and the matching sizes [B, N_l, 1] (patches per token; the class token is row 0, size 1)."""
+    [B, N_l, C] and the matching sizes [B, N_l, 1] (patches per token; the class token is row 0, size 1).
+    ``class_only_last``: the last layer for the class token alone (``class_readout``; its entry is [B, 1, C])."""
     x = vision_model.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
     x = vision_model.pre_layrnorm(x)
     size = torch.ones(x.shape[0], x.shape[1], 1, dtype=torch.float32, device=x.device)
     states, sizes = [], []
     merged = False  # until the first merge every size is 1 and attention is the plain one
-    for layer in vision_model.encoder.layers:
+    layers = list(vision_model.encoder.layers)
+    for i, layer in enumerate(layers):
+        if class_only_last and i == len(layers) - 1:  # the class token is never merged: no merge needed
+            bias = size.log().to(x.dtype).view(x.shape[0], 1, 1, -1) if merged else None
+            x = x[:, :1] + class_token_attention(layer.self_attn, layer.layer_norm1(x), bias)
+            states.append(x + layer.mlp(layer.layer_norm2(x)))
+            sizes.append(size[:, :1])
+            break
         out, keys = _attention(layer.self_attn, layer.layer_norm1(x), size if merged else None)
         x = x + out
         tokens = x.shape[1]
