@@ -282,22 +282,19 @@ class ClipTower(nn.Module):
         ``cls-mean-layers``, after each its mean patch token) side by side."""
         if features not in FEATURES:
             raise ValueError(f"features {features!r} is unknown; use one of {FEATURES}")
+        # where only class tokens are read, the last layer is computed for the class token alone (class_readout)
+        class_only = features != "cls-mean-layers"
         if self.merge_tokens:
-            # the last layer for the class token alone where only it is read (class_readout)
-            states, sizes = self._run_merged(pixel_values, class_only_last=features != "cls-mean-layers")
-            if features == "embed":
-                pooled = self._vision.post_layernorm(states[-1][:, 0])
-                return self.model.visual_projection(pooled) if self.kind == "clip-projection" else pooled
-        elif features in ("embed", "cls-layers") and is_clip_layout(self._vision):
-            states = self._run_class_readout(pixel_values)  # the last layer for the class token alone
-            if features == "embed":
-                pooled = self._vision.post_layernorm(states[-1][:, 0])
-                return self.model.visual_projection(pooled) if self.kind == "clip-projection" else pooled
-            return torch.cat([h[:, 0] for h in states], dim=-1)
+            states, sizes = self._run_merged(pixel_values, class_only_last=class_only)
+        elif class_only and is_clip_layout(self._vision):
+            states, sizes = self._run_class_readout(pixel_values), None
+        elif features == "embed":
+            return self._embed(self._run(pixel_values))
         else:
-            if features == "embed":
-                return self._embed(self._run(pixel_values))
             states, sizes = self._run(pixel_values, output_hidden_states=True).hidden_states[1:], None
+        if features == "embed":
+            pooled = self._vision.post_layernorm(states[-1][:, 0])
+            return self.model.visual_projection(pooled) if self.kind == "clip-projection" else pooled
         if features == "cls-layers":
             return torch.cat([h[:, 0] for h in states], dim=-1)
         parts = []
