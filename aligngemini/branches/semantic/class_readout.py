@@ -46,6 +46,13 @@ def class_token_attention(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor |
     return attn.out_proj(out.reshape(b, 1, -1))
 
 
+def class_token_layer(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """One pre-norm encoder ``layer``'s output [B, 1, C] at the class token of ``x`` [B, N, C]
+    (``bias``: see :func:`class_token_attention`)."""
+    x = x[:, :1] + class_token_attention(layer.self_attn, layer.layer_norm1(x), bias)
+    return x + layer.mlp(layer.layer_norm2(x))
+
+
 def class_token_states(
     vision_model: nn.Module, pixel_values: torch.Tensor, *, interpolate_pos_encoding: bool = False
 ) -> list[torch.Tensor]:
@@ -58,6 +65,5 @@ def class_token_states(
     for layer in body:
         x = layer(x, None)
         states.append(x)
-    x = x[:, :1] + class_token_attention(last.self_attn, last.layer_norm1(x))
-    states.append(x + last.mlp(last.layer_norm2(x)))
+    states.append(class_token_layer(last, x))
     return states

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aligngemini.branches.semantic.class_readout import class_token_attention
+from aligngemini.branches.semantic.class_readout import class_token_layer, is_clip_layout
 
 __all__ = ["check_mergeable", "merge_pairs", "merged_hidden_states"]
 
@@ -53,15 +53,11 @@ def merge_pairs(
 
 
 def check_mergeable(vision_model: nn.Module) -> None:
-    """Raise unless ``vision_model`` has the CLIP layout this module runs (embeddings, pre-norm layers with
-    q/k/v/out projections, an MLP)."""
-    layers = getattr(getattr(vision_model, "encoder", None), "layers", None)
-    parts = ("layer_norm1", "self_attn", "layer_norm2", "mlp")
-    if not isinstance(layers, nn.ModuleList) or not hasattr(vision_model, "pre_layrnorm") or not all(
-        hasattr(layer, p) for layer in layers for p in parts
-    ):  # fmt: skip
-        raise ValueError("token merging needs a CLIP-style tower (vision_model.encoder.layers of "
-                         "layer_norm1 / self_attn / layer_norm2 / mlp)")  # fmt: skip
+    """Raise unless ``vision_model`` has the CLIP layout this module runs (``class_readout.is_clip_layout``)."""
+    if not is_clip_layout(vision_model):
+        raise ValueError("token merging needs a CLIP-style tower (embeddings, pre_layrnorm, encoder.layers of "
+                         "layer_norm1 / self_attn with q/k/v/out projections / layer_norm2 / mlp, "
+                         "post_layernorm)")  # fmt: skip
 
 
 def _attention(
@@ -106,8 +102,7 @@ def merged_hidden_states(
     for i, layer in enumerate(layers):
         if class_only_last and i == len(layers) - 1:  # the class token is never merged: no merge needed
             bias = size.log().to(x.dtype).view(x.shape[0], 1, 1, -1) if merged else None
-            x = x[:, :1] + class_token_attention(layer.self_attn, layer.layer_norm1(x), bias)
-            states.append(x + layer.mlp(layer.layer_norm2(x)))
+            states.append(class_token_layer(layer, x, bias))
             sizes.append(size[:, :1])
             break
         out, keys = _attention(layer.self_attn, layer.layer_norm1(x), size if merged else None)
