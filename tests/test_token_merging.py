@@ -74,6 +74,22 @@ def test_the_last_layer_for_the_class_token_alone_keeps_every_class_token(kind: 
         assert torch.equal(f, s)
 
 
+@pytest.mark.parametrize("kind", ["sdpa", "eager"])
+def test_the_class_only_last_layer_adds_the_size_bias_as_the_full_layer_does_under_bf16(kind: str) -> None:
+    """Under bf16 autocast the queries are bf16: both passes add the size bias in the query's dtype, so the last
+    class token is the same numbers (a float32 bias in one of them moved it by 0.004)."""
+    model = tiny_clip(seed=2)
+    model.set_attn_implementation(kind)
+    with torch.no_grad():
+        for layer in model.vision_model.encoder.layers:
+            layer.self_attn.k_proj.weight.mul_(4)
+    x = _pixels(3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        full, _ = merged_hidden_states(model.vision_model, x, 4)
+        short, _ = merged_hidden_states(model.vision_model, x, 4, class_only_last=True)
+    assert torch.equal(short[-1][:, 0], full[-1][:, 0])
+
+
 def test_merge_pairs_averages_the_most_similar_tokens_by_size() -> None:
     # tokens 0 (class) 1 2 3 4 5: set a = 0 2 4, set b = 1 3 5; token 2 duplicates token 3's direction
     metric = torch.tensor([[1.0, 0], [0, 1], [1, 1], [1, 1.01], [-1, 0.2], [0.3, -1]])[None]

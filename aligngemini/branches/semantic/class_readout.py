@@ -28,28 +28,33 @@ def is_clip_layout(vision_model: nn.Module) -> bool:
     )
 
 
-def class_token_attention(attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``attn`` (a ``CLIPAttention``) over every token of ``x`` [B, N, C], queried by the class token alone
-    (``bias``: [B, 1, 1, N] added to its logits, as token merging's proportional attention adds); returns its
-    output [B, 1, C], by the attention function the layer itself uses."""
+def layer_attention(
+    attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None, *, queries: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attn`` (a ``CLIPAttention``) over every token of ``x`` [B, N, C], queried by the first ``queries``
+    tokens (None: all), by the attention function the layer itself uses (its config's implementation, as
+    ``CLIPAttention.forward`` picks it). ``bias``: [B, 1, 1, N] added to the logits in the query's dtype (token
+    merging's proportional attention). Returns the output [B, Q, C] and the keys [B, heads, N, D]."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     from transformers.models.clip.modeling_clip import eager_attention_forward
 
     b, n, _ = x.shape
+    nq = n if queries is None else queries
     heads = int(attn.num_heads)
-    q = attn.q_proj(x[:, :1]).view(b, 1, heads, -1).transpose(1, 2)
+    q = attn.q_proj(x[:, :nq]).view(b, nq, heads, -1).transpose(1, 2)
     k, v = (proj(x).view(b, n, heads, -1).transpose(1, 2) for proj in (attn.k_proj, attn.v_proj))
     function = ALL_ATTENTION_FUNCTIONS.get_interface(
         attn.config._attn_implementation, eager_attention_forward
     )
-    out, _ = function(attn, q, k, v, bias, scaling=float(attn.scale), dropout=0.0)  # [B, 1, heads, D]
-    return attn.out_proj(out.reshape(b, 1, -1))
+    bias = None if bias is None else bias.to(q.dtype)
+    out, _ = function(attn, q, k, v, bias, scaling=float(attn.scale), dropout=0.0)  # [B, Q, heads, D]
+    return attn.out_proj(out.reshape(b, nq, -1)), k
 
 
 def class_token_layer(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """One pre-norm encoder ``layer``'s output [B, 1, C] at the class token of ``x`` [B, N, C]
-    (``bias``: see :func:`class_token_attention`)."""
-    x = x[:, :1] + class_token_attention(layer.self_attn, layer.layer_norm1(x), bias)
+    (``bias``: see :func:`layer_attention`)."""
+    x = x[:, :1] + layer_attention(layer.self_attn, layer.layer_norm1(x), bias, queries=1)[0]
     return x + layer.mlp(layer.layer_norm2(x))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aligngemini.branches.semantic.class_readout import class_token_layer, is_clip_layout
+from aligngemini.branches.semantic.class_readout import class_token_layer, is_clip_layout, layer_attention
 
 __all__ = ["check_mergeable", "merge_pairs", "merged_hidden_states"]
 
@@ -60,26 +60,18 @@ def check_mergeable(vision_model: nn.Module) -> None:
                          "post_layernorm)")  # fmt: skip
 
 
+def _size_bias(size: torch.Tensor) -> torch.Tensor:
+    """Proportional attention's logit bias [B, 1, 1, N]: log of each token's size [B, N, 1]."""
+    return size.log().view(size.shape[0], 1, 1, -1)
+
+
 def _attention(
     attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-head self-attention, proportional to ``size`` (None: every token one patch), by the attention
-    function the layer itself uses (its config's implementation, as ``CLIPAttention.forward`` picks it); returns
-    the output and the keys averaged over heads."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.clip.modeling_clip import eager_attention_forward
-
-    b, n, _ = x.shape
-    heads = int(attn.num_heads)
-    q, k, v = (
-        proj(x).view(b, n, heads, -1).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
-    )
-    bias = None if size is None else size.log().to(q.dtype).view(b, 1, 1, n)
-    function = ALL_ATTENTION_FUNCTIONS.get_interface(
-        attn.config._attn_implementation, eager_attention_forward
-    )
-    out, _ = function(attn, q, k, v, bias, scaling=float(attn.scale), dropout=0.0)  # out: [B, N, heads, D]
-    return attn.out_proj(out.reshape(b, n, -1)), k.mean(dim=1)
+    """Multi-head self-attention, proportional to ``size`` (None: every token one patch); returns the output and
+    the keys averaged over heads."""
+    out, k = layer_attention(attn, x, None if size is None else _size_bias(size))
+    return out, k.mean(dim=1)
 
 
 def merged_hidden_states(
@@ -101,8 +93,7 @@ def merged_hidden_states(
     layers = list(vision_model.encoder.layers)
     for i, layer in enumerate(layers):
         if class_only_last and i == len(layers) - 1:  # the class token is never merged: no merge needed
-            bias = size.log().to(x.dtype).view(x.shape[0], 1, 1, -1) if merged else None
-            states.append(class_token_layer(layer, x, bias))
+            states.append(class_token_layer(layer, x, _size_bias(size) if merged else None))
             sizes.append(size[:, :1])
             break
         out, keys = _attention(layer.self_attn, layer.layer_norm1(x), size if merged else None)
