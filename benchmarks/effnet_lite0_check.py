@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from aligngemini.branches.pixel import effnet_lite0
+from aligngemini.branches.pixel import effnet_lite
 from aligngemini.branches.pixel.backbones import build_backbone
 
 EXPECT = {
@@ -91,17 +91,17 @@ def main() -> int:
     imgs = photos()
     x = torch.stack([preprocess(a) for a in imgs.values()])
     t0 = time.perf_counter()
-    pth = effnet_lite0.package_weights_file()
+    pth = effnet_lite.package_weights_file()
     report: dict = {
         "command": "python benchmarks/effnet_lite0_check.py",
         "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, timm {timm.__version__}",
-        "source": effnet_lite0.SOURCE_FILE,
+        "source": effnet_lite.LITE0.source_file,
         "package_file_sha256": __import__("aligngemini.resolve", fromlist=["sha256_file"]).sha256_file(pth),
         "archs": {},
     }
     ok = True
-    for arch in effnet_lite0.ARCHES:
-        path = effnet_lite0.timm_weights(arch)
+    for arch in effnet_lite.LITE0.arches:
+        path = effnet_lite.timm_weights(arch)
         model = timm.create_model(arch, pretrained=False).eval()
         model.load_state_dict(load_file(str(path)), strict=False)
         preds = top5(model, x, info.index_to_description)
@@ -117,12 +117,12 @@ def main() -> int:
     rand_preds = top5(rand, x, info.index_to_description)
     report["random_init_top1"] = {n: p[0] for n, p in zip(imgs, rand_preds, strict=True)}
     # the two architectures agree?
-    a, b = (report["archs"][k]["images"] for k in effnet_lite0.ARCHES)
+    a, b = (report["archs"][k]["images"] for k in effnet_lite.LITE0.arches)
     report["top1_agreement"] = float(np.mean([a[n]["top5"][0][0] == b[n]["top5"][0][0] for n in imgs]))
     # the branch's loader gives the classifier's pooled features
-    backbone = build_backbone("efficientnet_lite0", weights=effnet_lite0.SOURCE).eval()
+    backbone = build_backbone("efficientnet_lite0", weights=effnet_lite.LITE0.source).eval()
     full = timm.create_model("efficientnet_lite0", pretrained=False).eval()
-    full.load_state_dict(load_file(str(effnet_lite0.timm_weights("efficientnet_lite0"))), strict=False)
+    full.load_state_dict(load_file(str(effnet_lite.timm_weights("efficientnet_lite0"))), strict=False)
     with torch.inference_mode():
         f1 = backbone(x)
         f2 = full.forward_head(full.forward_features(x), pre_logits=True)

