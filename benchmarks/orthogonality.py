@@ -14,7 +14,7 @@ the two pure experts should cover both kinds of fake. This script measures that 
                  of the corpus's held-out (val-split) real photos, paired with those reals
            (ii)  the semantic set's held-out (val) split
            (iii) the union of (i) and (ii)
-           and the pixel set's held-out (val) VAE pairs
+           and the pixel set's own held-out (val) pairs
 
 Everything goes through the project's own code: the set builders (``build_pixel_set``) make the ESRGAN
 test set, the one ``Trainer`` trains every model from the recipes, ``save_bundle`` turns each run into a
@@ -60,8 +60,18 @@ TEST_TITLES = {
     "esrgan": "(i) ESRGAN pixel-only fakes (val reals)",
     "semantic_val": "(ii) semantic set, val split",
     "union": "(iii) union of (i) and (ii)",
-    "vae_val": "VAE pairs, val split",
+    "vae_val": "pixel set's own pairs, val split",
 }
+
+
+def test_titles(res: Mapping[str, Any]) -> dict[str, str]:
+    """The column titles, test (i) naming the generator that made it."""
+    spec = (res.get("data") or {}).get("esrgan_set", {}).get("generator")
+    return (
+        {**TEST_TITLES, "esrgan": f"(i) {spec} pixel-only fakes (val reals)"} if spec else dict(TEST_TITLES)
+    )
+
+
 MODELS = ("pixel_pure", "semantic_pure", "pixel_mixed", "semantic_mixed", "fusion_pure", "fusion_mixed")
 STARTER_ROW = "fusion_pure_starter_thresholds"
 MODEL_TITLES = {
@@ -192,6 +202,16 @@ def set_crop_size(set_dir: Path, default: int) -> int:
         if isinstance(cfg.get("crop_size"), int):
             return int(cfg["crop_size"])
     return default
+
+
+def pair_generators(manifest: Path) -> set[str]:
+    """The generators whose reconstructions a pure-pixel set's fakes are (each row's ``pair_generator``)."""
+    names = set()
+    for row in read_jsonl(manifest):
+        name = (row.get("extra") or {}).get("pair_generator")
+        if row.get("label") == "fake" and name:
+            names.add(str(name))
+    return names
 
 
 def build_esrgan_set(
@@ -660,7 +680,7 @@ def claim_lines(f: Mapping[str, Any]) -> list[str]:
         f"({_signed(om['pixel']['union']['pure_minus_mixed'])} points), "
         f"semantic {_yes(better(om['semantic']['union']['pure_minus_mixed']))} "
         f"({_signed(om['semantic']['union']['pure_minus_mixed'])}); "
-        "on each branch's own in-distribution test (VAE val pairs for pixel, (ii) for semantic): "
+        "on each branch's own in-distribution test (the pixel set's val pairs for pixel, (ii) for semantic): "
         f"pixel {_yes(better(om['pixel']['vae_val']['pure_minus_mixed']))} "
         f"({_signed(om['pixel']['vae_val']['pure_minus_mixed'])}), "
         f"semantic {_yes(better(om['semantic']['semantic_val']['pure_minus_mixed']))} "
@@ -681,6 +701,7 @@ def _signed(x: float | None) -> str:
 
 def render_markdown(res: Mapping[str, Any]) -> str:
     table, f = res["table"], res["findings"]
+    titles = test_titles(res)
     lines = [
         "# The paper in miniature: orthogonal vs mixed supervision, and OR fusion",
         "",
@@ -700,7 +721,7 @@ def render_markdown(res: Mapping[str, Any]) -> str:
         "",
         "## Balanced accuracy, % (AUC in brackets)",
         "",
-        "| model | " + " | ".join(TEST_TITLES[t] for t in TESTS) + " | mean of (i), (ii) |",
+        "| model | " + " | ".join(titles[t] for t in TESTS) + " | mean of (i), (ii) |",
         "| --- | " + " | ".join("---" for _ in TESTS) + " | --- |",
     ]
     for model in table:
@@ -731,12 +752,12 @@ def render_markdown(res: Mapping[str, Any]) -> str:
     ):
         v = bs[key]
         near = {True: "yes", False: "no", None: "n/a"}[v["near_chance"]]
-        lines.append(f"| {MODEL_TITLES[model]} | {TEST_TITLES[test]} | {_pct(v['balanced_acc'])} | {near} |")
+        lines.append(f"| {MODEL_TITLES[model]} | {titles[test]} | {_pct(v['balanced_acc'])} | {near} |")
     lines += [
         "",
         "### Orthogonal vs mixed supervision: balanced accuracy, pure / mixed (pure minus mixed, points)",
         "",
-        "| branch | " + " | ".join(TEST_TITLES[t] for t in TESTS) + " |",
+        "| branch | " + " | ".join(titles[t] for t in TESTS) + " |",
         "| --- | " + " | ".join("---" for _ in TESTS) + " |",
     ]
     for role, tests in f["orthogonal_vs_mixed"].items():
@@ -781,7 +802,7 @@ def render_markdown(res: Mapping[str, Any]) -> str:
             auc = "n/a" if m.get("auc") is None else f"{m['auc']:.3f}"
             ap = "n/a" if m.get("ap") is None else f"{m['ap']:.3f}"
             lines.append(
-                f"| {MODEL_TITLES[model]} | {TEST_TITLES[t]} | {_pct(m['balanced_acc'])}{ci_text} | "
+                f"| {MODEL_TITLES[model]} | {titles[t]} | {_pct(m['balanced_acc'])}{ci_text} | "
                 f"{_pct(m['real_acc'])} | {_pct(m['fake_acc'])} | {auc} | {ap} | {m['n_real']} | {m['n_fake']} |"
             )
     lines += ["", "## Data", ""]
@@ -976,6 +997,19 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             data[key] = {"dir": str(folder), "rows": len(read_jsonl(folder / "manifest.jsonl"))}
             if (folder / "build.json").is_file():  # the builder's config: what the set is
                 data[key]["build_config"] = json.loads((folder / "build.json").read_text()).get("config")
+        # Test (i) must come from a generator the pixel expert never trained on: a pixel set built with the
+        # same one (the starter's TAEF2 + ESRGAN x2 set and the default test) would make "unseen" false.
+        test_manifest = Path(data["esrgan_set"].get("manifest") or esrgan_set / "manifest.jsonl")
+        trained = pair_generators(pixel_set / "manifest.jsonl")
+        held_out = pair_generators(test_manifest)
+        data["pixel_set"]["generators"] = sorted(trained)
+        data["esrgan_set"]["generators"] = sorted(held_out)
+        if trained & held_out:
+            raise ExperimentError(
+                f"test (i) {test_manifest} is made by {sorted(trained & held_out)}, which the pixel set "
+                f"{pixel_set} also holds, so it is not a held-out generator; pass --esrgan with another "
+                "one (e.g. esrgan:thick:x2) and a --work directory of its own"
+            )
 
     with stages.stage("write mixed manifest"):
         data["mixed"] = write_mixed_manifest(

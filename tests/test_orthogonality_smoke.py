@@ -259,3 +259,27 @@ def test_pixel_inference_settings_reach_every_pixel_bundle_and_are_checked(tmp_p
     assert json.loads((plain / "config.json").read_text())["branches"]["pixel"] == section
     with pytest.raises(ValueError, match="crop.phases must be one of"):
         ortho.bundle_from_runs(tmp_path / "x", "x", {"pixel": run}, "# x\n", ["crop.phases=3"])
+
+
+def test_a_test_generator_the_pixel_set_trained_on_is_refused_before_any_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def tag(folder: Path, generator: str) -> Path:
+        rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+        for row in rows:
+            row["extra"] = {"pair_generator": generator}
+        return _write(folder, rows)
+
+    blur = lambda im: im.filter(ImageFilter.GaussianBlur(1.2))  # noqa: E731
+    pixel = tag(_pairs(tmp_path / "pixel", 2, 1, 0, blur), "esrgan:medium:x2")
+    test = tag(_pairs(tmp_path / "test", 0, 1, 50, blur), "esrgan:medium:x2")
+    semantic = _semantic(tmp_path / "semantic", 2, 1)
+    assert ortho.pair_generators(pixel / "manifest.jsonl") == {"esrgan:medium:x2"}
+    argv = [
+        "--out", str(tmp_path / "results"), "--work", str(tmp_path / "work"), "--pixel-set", str(pixel),
+        "--semantic-set", str(semantic), "--esrgan-set", str(test), "--quiet",
+    ]  # fmt: skip
+    assert ortho.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "esrgan:medium:x2" in err and "--esrgan" in err
+    assert not (tmp_path / "work" / "runs").exists() and not (tmp_path / "results").exists()
