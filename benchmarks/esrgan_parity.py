@@ -66,7 +66,11 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", default="20x28", help="low-resolution input HxW")
-    parser.add_argument("--variants", default=",".join(PACKAGES))
+    parser.add_argument(
+        "--variants",
+        default=",".join(v for v, p in PACKAGES.items() if not p.is_ncnn),
+        help="upscalerjs models",
+    )
     parser.add_argument("--scales", default=",".join(map(str, SCALES)))
     parser.add_argument("--out", default=str(HERE / "results" / "esrgan_parity.json"))
     args = parser.parse_args()
@@ -84,7 +88,7 @@ def main() -> int:
         (tmp / "in.bin").write_bytes(x_nhwc.tobytes())
         for variant in args.variants.split(","):
             pkg = PACKAGES[variant]
-            pkg_dir = fetch_npm(pkg.npm, integrity=pkg.integrity)
+            pkg_dir = fetch_npm(pkg.source, integrity=pkg.integrity)
             for scale in (int(s) for s in args.scales.split(",")):
                 out_bin = tmp / f"{variant}-{scale}.bin"
                 proc = subprocess.run(

