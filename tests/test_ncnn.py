@@ -102,6 +102,11 @@ def test_reader_refuses_wrong_or_inconsistent_files_naming_what_is_wrong(tmp_pat
     bad.write_text(text.replace("PReLU pr", "Swish pr"))
     with pytest.raises(NCNNError, match="layer pr has type Swish"):
         load_ncnn_model(bad, weights)
+    bad.write_text(
+        text.replace("Interp up 1 1 d1 i 0=1", "Interp up 1 1 d1 i 0=3")
+    )  # bicubic, as the x2 files
+    with pytest.raises(NCNNError, match="layer up: only nearest and bilinear"):
+        load_ncnn_model(bad, weights)
     bad.write_text(text.replace("12 15", "13 15"))
     with pytest.raises(NCNNError, match="says 13 layers"):
         load_ncnn_model(bad, weights)

@@ -111,19 +111,18 @@ def _conv(layer: Layer, weights: _Weights, in_channels: int) -> nn.Conv2d:
     size = int(layer.get(6, 0))
     if out_ch <= 0 or k <= 0 or size % (out_ch * k * kh):
         raise NCNNError(f"layer {layer.name}: inconsistent convolution parameters {layer.params}")
-    groups = int(layer.get(7, 1))
-    c_in = size // (out_ch * k * kh) * groups
+    c_in = size // (out_ch * k * kh)
     if c_in != in_channels:
         raise NCNNError(f"layer {layer.name}: kernel for {c_in} input channels, its input has {in_channels}")
     pad_w, pad_h = int(layer.get(4, 0)), int(layer.get(14, layer.get(4, 0)))
-    if pad_w < 0 or int(layer.get(15, pad_w)) != pad_w or int(layer.get(16, pad_h)) != pad_h:
+    if min(pad_w, pad_h) < 0 or int(layer.get(15, pad_w)) != pad_w or int(layer.get(16, pad_h)) != pad_h:
         raise NCNNError(f"layer {layer.name}: only symmetric, explicit padding is supported")
     conv = nn.Conv2d(
         c_in, out_ch, (kh, k), stride=(int(layer.get(13, layer.get(3, 1))), int(layer.get(3, 1))),
         padding=(pad_h, pad_w), dilation=(int(layer.get(12, layer.get(2, 1))), int(layer.get(2, 1))),
-        groups=groups, bias=bool(layer.get(5, 0)),
+        bias=bool(layer.get(5, 0)),
     )  # fmt: skip
-    w = weights.tagged(size, f"layer {layer.name}").reshape(out_ch, c_in // groups, kh, k)
+    w = weights.tagged(size, f"layer {layer.name}").reshape(out_ch, c_in, kh, k)
     conv.weight.data = torch.from_numpy(w.copy())
     if conv.bias is not None:
         conv.bias.data = torch.from_numpy(weights.plain(out_ch, f"layer {layer.name} bias").copy())
@@ -228,8 +227,12 @@ def load_ncnn_model(param: str | Path, weights: str | Path, in_channels: int = 3
             if int(layer.get(0, 0)) != 0:
                 raise NCNNError(f"{param}: layer {layer.name}: only channel concatenation is supported")
             outs = [sum(channels[b] for b in layer.inputs)]
-        elif t == "Interp" and int(layer.get(0, 1)) not in (1, 2):
-            raise NCNNError(f"{param}: layer {layer.name}: only nearest and bilinear interpolation")
+        elif t == "Interp" and (
+            int(layer.get(0, 1)) not in (1, 2) or any(int(layer.get(k, 0)) for k in (3, 4, 5))
+        ):
+            raise NCNNError(
+                f"{param}: layer {layer.name}: only nearest and bilinear interpolation by a scale"
+            )
         elif t == "Eltwise" and int(layer.get(0, 1)) != 1:
             raise NCNNError(f"{param}: layer {layer.name}: only Eltwise sum is supported")
         elif t == "BinaryOp" and int(layer.get(0, 0)) not in (0, 1, 2, 3):
