@@ -64,7 +64,7 @@ TEST_TITLES = {
 }
 
 
-def test_titles(res: Mapping[str, Any]) -> dict[str, str]:
+def column_titles(res: Mapping[str, Any]) -> dict[str, str]:
     """The column titles, test (i) naming the generator that made it."""
     spec = (res.get("data") or {}).get("esrgan_set", {}).get("generator")
     return (
@@ -701,7 +701,7 @@ def _signed(x: float | None) -> str:
 
 def render_markdown(res: Mapping[str, Any]) -> str:
     table, f = res["table"], res["findings"]
-    titles = test_titles(res)
+    titles = column_titles(res)
     lines = [
         "# The paper in miniature: orthogonal vs mixed supervision, and OR fusion",
         "",
