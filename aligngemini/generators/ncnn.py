@@ -134,7 +134,12 @@ def _key(name: str) -> str:
     return name.replace(".", "_")
 
 
-_ACTIVATIONS = {0: None, 1: "relu", 2: "leaky"}
+# a Convolution's fused activation (its parameter 9) -> f(output, parameter 10: the activation's arguments)
+_ACTIVATIONS = {
+    0: lambda y, args: y,
+    1: lambda y, args: F.relu(y),
+    2: lambda y, args: F.leaky_relu(y, float(args[0])),
+}
 
 
 class NCNNModel(nn.Module):
@@ -158,12 +163,7 @@ class NCNNModel(nn.Module):
                 out = [torch.cat(ins, dim=1)]
             elif t == "Convolution":
                 y = self.ops[_key(layer.name)](ins[0])
-                act = int(layer.get(9, 0))
-                if act == 1:
-                    y = F.relu(y)
-                elif act == 2:
-                    y = F.leaky_relu(y, float(p.get(10, [0.0])[0]))  # type: ignore[index]
-                out = [y]
+                out = [_ACTIVATIONS[int(layer.get(9, 0))](y, p.get(10, [0.0]))]
             elif t == "PReLU":
                 out = [self.ops[_key(layer.name)](ins[0])]
             elif t == "Eltwise":
