@@ -90,6 +90,10 @@ def test_reader_runs_every_layer_type_as_pytorch_does(tmp_path):
     layers = parse_param(param)
     assert [la.type for la in layers][:3] == ["Input", "Split", "Convolution"]
     assert layers[2].params[10] == [0.2] and layers[5].params[1] == [0.5, 1.0]
+    # each blob is dropped once, after its last reader: a1 feeds the Eltwise (5) and the Concat (6)
+    freed = [b for frees in net.frees for b in frees]
+    assert sorted(freed) == sorted({b for la in layers for b in la.inputs}) and "out" not in freed
+    assert "a1" in net.frees[6] and "d1" in net.frees[10]
 
 
 def test_reader_refuses_wrong_or_inconsistent_files_naming_what_is_wrong(tmp_path):

@@ -149,11 +149,20 @@ class NCNNModel(nn.Module):
         super().__init__()
         self.layers, self.output = layers, output
         self.ops = nn.ModuleDict(modules)
+        # the blobs each layer is the last reader of: dropped after it runs, so that a deep graph (RRDBNet's
+        # hundreds of feature maps) holds only its live blobs, not every one it made
+        last_reader = {b: i for i, layer in enumerate(layers) for b in layer.inputs}
+        self.frees: list[list[str]] = [[] for _ in layers]
+        for blob, i in last_reader.items():
+            if blob != output:
+                self.frees[i].append(blob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blobs: dict[str, torch.Tensor] = {}
-        for layer in self.layers:
+        for layer, frees in zip(self.layers, self.frees, strict=True):
             ins = [blobs[b] for b in layer.inputs]
+            for blob in frees:
+                del blobs[blob]
             t, p = layer.type, layer.params
             if t == "Input":
                 out = [x]
