@@ -85,3 +85,24 @@ def test_builders_take_only_the_sources_asked_for(
     assert main([*base, "--out", str(tmp_path / "p2"), "--source", "nothing*"]) == 2
     err = capsys.readouterr().err
     assert "no row's source matches" in err and "cam:a" in err
+
+
+def test_build_pixel_dtype_sets_the_generators_arithmetic(
+    tmp_path: Path, tiny_vae: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    manifest = write_sources(tmp_path / "src", [Source("real", "cam", "train", "PNG", None, (64, 64))])
+    base = ["data", "build-pixel", "--manifest", str(manifest), "--generator", f"vae:{tiny_vae}", "--crop-size", "64",
+            "--set", "pixel_blend_prob=0", "--set", "jpeg_align_prob=0", "--device", "cpu", "--quiet"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "fp32")]) == 0
+    assert main([*base, "--out", str(tmp_path / "bf16"), "--dtype", "bf16"]) == 0
+    fakes = []
+    for name in ("fp32", "bf16"):
+        (row,) = [r for r in read_manifest(tmp_path / name / "manifest.jsonl") if r.label == "fake"]
+        with Image.open(tmp_path / name / row.path) as img:
+            fakes.append(np.asarray(img.convert("RGB"), dtype=float))
+    assert 0 < np.abs(fakes[0] - fakes[1]).mean() < 4  # the same decoder in another arithmetic
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--out", str(tmp_path / "x"), "--dtype", "int8"])
+    assert exc.value.code == 2 and "invalid choice: 'int8'" in capsys.readouterr().err

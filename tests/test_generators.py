@@ -158,8 +158,8 @@ def test_bad_specs_give_clear_errors(spec, match):
 
 
 def test_esrgan_specs_parse():
-    assert parse_esrgan_spec("esrgan:medium:x2") == ("medium", 2, "area")
-    assert parse_esrgan_spec("esrgan:thick:x8:bicubic") == ("thick", 8, "bicubic")
+    assert parse_esrgan_spec("esrgan:medium:x2") == ("medium", 2, "area", 2)
+    assert parse_esrgan_spec("esrgan:thick:x8:bicubic") == ("thick", 8, "bicubic", 8)
 
 
 # ----------------------------------------------------------------------------------------- train-vae
@@ -654,6 +654,16 @@ def test_taesd_generator_reads_the_architecture_from_the_weights(tmp_path):
     again = gen.reconstruct([imgs[0]])[0]
     diff = np.abs(np.asarray(out[0], dtype=int) - np.asarray(again, dtype=int))
     assert diff.max() <= 1  # no latent sampling: the same image twice is the same to 8-bit rounding
+
+
+def test_taesd_in_bf16_computes_in_bf16_and_stays_close_to_fp32(tmp_path):
+    _write_taesd(tmp_path / "taef2")
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    fp32 = build_generator(f"taesd:{tmp_path / 'taef2'}", device="cpu")
+    bf16 = build_generator(f"taesd:{tmp_path / 'taef2'}", device="cpu", dtype=torch.bfloat16)
+    assert {p.dtype for p in bf16.decoder.parameters()} == {torch.bfloat16}
+    a, b = (np.asarray(g.reconstruct([img])[0], dtype=float) for g in (fp32, bf16))
+    assert 0 < np.abs(a - b).mean() < 4  # another arithmetic, the same reconstruction to a few levels
 
 
 def test_taesd_without_norm_branches_and_with_4_latent_channels(tmp_path):

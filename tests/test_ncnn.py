@@ -129,14 +129,60 @@ def test_reader_refuses_wrong_or_inconsistent_files_naming_what_is_wrong(tmp_pat
 
 
 def test_realesrgan_variants_parse_with_their_own_scale():
-    assert parse_esrgan_spec("esrgan:realesrgan-x4plus:x4") == ("realesrgan-x4plus", 4, "area")
+    assert parse_esrgan_spec("esrgan:realesrgan-x4plus:x4") == ("realesrgan-x4plus", 4, "area", 4)
     assert parse_esrgan_spec("esrgan:realesr-animevideov3:x4:bicubic") == (
         "realesr-animevideov3",
         4,
         "bicubic",
+        4,
     )
     with pytest.raises(GeneratorSpecError, match="realesrgan-x4plus has x4"):
         parse_esrgan_spec("esrgan:realesrgan-x4plus:x2")
+
+
+@pytest.mark.parametrize(
+    ("spec", "want"),
+    [
+        ("esrgan:realesrgan-x4plus:x4:shrink2", ("realesrgan-x4plus", 4, "area", 2)),
+        ("esrgan:realesrgan-x4plus:x4:bicubic:shrink1", ("realesrgan-x4plus", 4, "bicubic", 1)),
+        ("esrgan:medium:x2:shrink2", ("medium", 2, "area", 2)),
+    ],
+)
+def test_a_shrink_smaller_than_the_scale_parses(spec, want):
+    assert parse_esrgan_spec(spec) == want
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("esrgan:realesrgan-x4plus:x4:shrink8", "shrink must be 1 to the scale"),
+        ("esrgan:realesrgan-x4plus:x4:shrink0", "shrink must be 1 to the scale"),
+        ("esrgan:realesrgan-x4plus:x4:shrink2:bicubic", "in that order"),
+        ("esrgan:realesrgan-x4plus:x4:half", "no down-scaling method"),
+        ("esrgan:realesrgan-x4plus:x4:area:bicubic", "in that order"),
+    ],
+)
+def test_bad_shrinks_name_the_grammar(spec, match):
+    with pytest.raises(GeneratorSpecError, match=match):
+        parse_esrgan_spec(spec)
+
+
+def test_shrink_runs_the_network_on_a_larger_input_and_brings_its_output_back(tmp_path):
+    """x4 from a 2x-shrunk image, then the output halved: what an up-scaled AI image goes through."""
+    param, weights, _ = write_model(tmp_path, np.random.default_rng(3))
+    net = load_ncnn_model(param, weights)
+    gen = ESRGANGenerator("realesr-animevideov3", 4, device="cpu", network=net, tile=None, shrink=2)
+    assert gen.name == "esrgan:realesr-animevideov3:x4:shrink2"
+    x = torch.rand(1, 3, 30, 26)
+    expected = F.avg_pool2d(gen.upscale(F.avg_pool2d(x, 2)), 2)
+    assert torch.allclose(gen.roundtrip(x), expected, atol=1e-5)
+    odd = torch.rand(2, 3, 31, 27)  # padded to the shrink's multiple, cropped back
+    assert gen.roundtrip(odd).shape == odd.shape
+    full = ESRGANGenerator("realesr-animevideov3", 4, device="cpu", network=net, tile=None)
+    assert full.name == "esrgan:realesr-animevideov3:x4"  # the default shrink is the scale: names unchanged
+    assert torch.allclose(full.roundtrip(x[..., :28, :24]), full.upscale(F.avg_pool2d(x[..., :28, :24], 4)))
+    with pytest.raises(GeneratorSpecError, match="shrink 5"):
+        ESRGANGenerator("realesr-animevideov3", 4, device="cpu", network=net, shrink=5)
 
 
 def test_realesrgan_generator_reflect_pads_the_low_resolution_input_as_the_wheel_does(tmp_path):

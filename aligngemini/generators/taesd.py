@@ -125,10 +125,18 @@ class TinyAutoencoderGenerator:
     """Round trip through a TAESD-family autoencoder (latents are used as encoded: no sampling)."""
 
     def __init__(
-        self, folder: str | os.PathLike, *, device: str | None = None, max_batch_pixels: int = 4 * 512 * 512
+        self,
+        folder: str | os.PathLike,
+        *,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        max_batch_pixels: int = 4 * 512 * 512,
     ):
         self.device = resolve_device(device)
-        self.encoder, self.decoder = (m.to(self.device) for m in load_tiny_autoencoder(folder))
+        self.dtype = dtype or torch.float32
+        self.encoder, self.decoder = (
+            m.to(self.device, dtype=self.dtype) for m in load_tiny_autoencoder(folder)
+        )
         self.name = f"taesd:{Path(folder).expanduser().name}"
         self.max_batch_pixels = max_batch_pixels
 
@@ -139,5 +147,5 @@ class TinyAutoencoderGenerator:
         """[B, 3, H, W] in [0, 1] -> its reconstruction, same shape, float32 on the CPU."""
         padded, (h, w) = pad_to_multiple(x, FACTOR)
         with torch.inference_mode():
-            y = self.decoder(self.encoder(padded.to(self.device)))
+            y = self.decoder(self.encoder(padded.to(self.device, dtype=self.dtype)))
         return y.float().clamp(0, 1)[..., :h, :w].cpu()
