@@ -55,8 +55,8 @@ examples:
   aligngemini data build-pixel --generator vae:VAE_DIR --generator esrgan:medium:x2 \\
       --out PIXEL_SET --set lowfreq_align_prob=1.0
       two generators; give each fake the real's coarse scales
-  aligngemini data build-pixel --generator esrgan:realesrgan-x4plus:x4:shrink2 --dtype bf16 \
-      --out PIXEL_SET --set crops_per_image=2
+  aligngemini data build-pixel --generator esrgan:realesrgan-x4plus:x4:shrink2 \\
+      --dtype bf16 --out PIXEL_SET --set crops_per_image=2
       Real-ESRGAN x4 on each crop shrunk 2x, its output halved; in bf16, two crops per photo
   aligngemini data build-pixel --manifest my/manifest.jsonl --source 'wildmix:*' --limit 500 \\
       --generator vae:VAE_DIR --out PIXEL_SET -q
