@@ -65,7 +65,8 @@ def profile_tower(tower: Any, x: Any, features: str, repeats: int) -> dict[str, 
         "ms_per_image": round(1000 * wall / repeats / len(x), 1),
         "share": {e.key: round(e.self_cpu_time_total / total, 3) for e in ops[:TOP_OPS]},
         "gflop_per_image": float(f"{sum(int(v) for v in flops.values()) / len(x) / 1e9:.3g}"),
-        "linear_gflop_per_s": round(addmm_flops / addmm_s / 1e9, 1) if addmm_s else None,
+        # three significant digits, not one decimal: a tiny model on a loaded box runs below 0.05 GFLOP/s
+        "linear_gflop_per_s": float(f"{addmm_flops / addmm_s / 1e9:.3g}") if addmm_s else None,
     }
 
 
