@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import describe_run, record_header, write_record  # noqa: E402
+from record_header import describe_run, record_header, record_path, write_record  # noqa: E402
 
 MAX_TILES_PER_SIDE = 12
 
@@ -172,7 +172,7 @@ def render_md(record: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     t0, header = time.time(), record_header("pixel_tiles", argv, args.machine)
-    chosen = json.loads(args.wild_eval.with_suffix(".json").read_text())["pixel_runs"]
+    chosen = json.loads(record_path(args.wild_eval, ".json").read_text())["pixel_runs"]
     by_name = {Path(r).name: Path(r) for r in args.pixel_run}
     missing = sorted(set(chosen.values()) - set(by_name))
     if missing:

@@ -48,8 +48,14 @@ def portable(path: str) -> str:
     return os.path.relpath(p, REPO) if p.is_relative_to(REPO.parent) else str(p)
 
 
+def record_path(out: Path, suffix: str) -> Path:
+    """``OUT`` with ``suffix`` appended to its whole name: ``wild_eval_x1.5`` -> ``wild_eval_x1.5.json``, where
+    ``Path.with_suffix`` would replace the ``.5``."""
+    return out.parent / f"{out.name}{suffix}"
+
+
 def write_record(out: Path, record: dict[str, Any], markdown: str) -> None:
     """Write a run's record as ``OUT.json`` and its report as ``OUT.md`` (folders made as needed)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(markdown, encoding="utf-8")
+    record_path(out, ".json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    record_path(out, ".md").write_text(markdown, encoding="utf-8")

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import write_record  # noqa: E402
+from record_header import record_path, write_record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE_NOTE = "2-core CPU dev box, shared with other jobs"
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     if args.out:
         write_record(args.out, result, render_md(result))
-        print(f"serve_load: wrote {args.out.with_suffix('.json')} and .md", file=sys.stderr)
+        print(f"serve_load: wrote {record_path(args.out, '.json')} and .md", file=sys.stderr)
     return 0 if results["errors"] == 0 else 1
 
 

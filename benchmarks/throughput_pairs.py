@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_header import describe_run, record_header, write_record  # noqa: E402
+from record_header import describe_run, record_header, record_path, write_record  # noqa: E402
 
 THROUGHPUT = Path(__file__).resolve().parent / "throughput.py"
 # what each round's table shows of a run's record
@@ -98,7 +98,7 @@ def run_once(
         cmd += ["--bundle", bundle]
     print(f"round {i + 1}: {name}", file=sys.stderr, flush=True)
     subprocess.run(cmd, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(out.with_suffix(".json").read_text())
+    return json.loads(record_path(out, ".json").read_text())
 
 
 def column(record: dict[str, Any], key: tuple[str, str]) -> float | None:
