@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import fnmatch
 import json
 import sys
@@ -33,9 +34,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from aligngemini.decode import LoadedImage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +83,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="an 'aligngemini train' output of the pixel task (repeatable)")  # fmt: skip
     p.add_argument("--pixel-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of each pixel run's exported branch, e.g. crop.max_crops=4 (repeatable)")  # fmt: skip
+    p.add_argument("--pixel-rescale", type=float, default=1.0, metavar="FACTOR",
+                   help="a probe, not a detector setting: resample every image by FACTOR (bicubic) before the "
+                        "pixel expert, to see what resampling history its scores read")  # fmt: skip
     p.add_argument("--pixel-scores", type=Path, metavar="CSV",
                    help="take pixel scores from an earlier run's OUT_scores.csv: every fold's (a semantic change "
                         "fused with the same pixel expert, no pixel runs), or with --pixel-run the folds no run may "
@@ -92,6 +99,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--machine", default="2-core CPU dev box")
     args = p.parse_args(argv)
     args.semantic_set = args.semantic_set or ["data:semantic-wild/manifest.jsonl"]
+    if args.pixel_rescale <= 0:
+        p.error(f"--pixel-rescale must be positive, got {args.pixel_rescale}")
     if args.no_pixel and (args.pixel_run or args.pixel_scores):
         p.error("--no-pixel leaves the pixel expert out: it takes no --pixel-run or --pixel-scores")
     return args
@@ -227,10 +236,22 @@ def run_sources(run: Path) -> set[str]:
     return {r.source or "" for r in rows if r.label == "real"}
 
 
+def rescaled(image: LoadedImage, factor: float) -> LoadedImage:
+    """``image`` resampled by ``factor`` (bicubic); the same object when ``factor`` is 1."""
+    if factor == 1.0:
+        return image
+    from PIL import Image
+
+    w, h = image.image.size
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return dataclasses.replace(image, image=image.image.resize(size, Image.Resampling.BICUBIC))
+
+
 def pixel_scores(
-    rows: list[dict[str, Any]], runs: list[Path], opts: Sequence[str] = ()
+    rows: list[dict[str, Any]], runs: list[Path], opts: Sequence[str] = (), rescale: float = 1.0
 ) -> tuple[np.ndarray, dict[str, str]]:
-    """P(fake) of each original file from a pixel run that saw none of its fold's real photos."""
+    """P(fake) of each original file from a pixel run that saw none of its fold's real photos (each image
+    resampled by ``rescale`` first)."""
     import torch
 
     from aligngemini.branches import build_branch
@@ -265,7 +286,8 @@ def pixel_scores(
             prepared, ok = [], []
             for i in chunk:
                 try:
-                    prepared.append(branch.prepare(load_image(rows[i]["path"], max_pixels=200_000_000)))
+                    image = load_image(rows[i]["path"], max_pixels=200_000_000)
+                    prepared.append(branch.prepare(rescaled(image, rescale)))
                     ok.append(i)
                 except ImageLoadError as exc:
                     print(f"pixel: {exc}", file=sys.stderr)
@@ -478,6 +500,9 @@ def render_md(record: dict[str, Any]) -> str:
     if summ.get("pixel_auc_all_ai_vs_all_real") is not None:
         lines += ["", f"Pixel expert over every image at once (no AI image is ever in its training): AUC "
                   f"{summ['pixel_auc_all_ai_vs_all_real']:.3f}. Runs per fold: {record['pixel_runs']}."]  # fmt: skip
+    if record.get("pixel_rescale", 1.0) != 1.0:
+        lines += ["", f"A probe: every image was resampled by {record['pixel_rescale']:g} (bicubic) before the pixel "
+                  "expert scored it; the detector itself never resamples."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -528,7 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sem = semantic_scores(rows, args, work)
     pix, chosen = None, {}
     if args.pixel_run:
-        pix, chosen = pixel_scores(rows, [Path(r) for r in args.pixel_run], args.pixel_opt)
+        pix, chosen = pixel_scores(
+            rows, [Path(r) for r in args.pixel_run], args.pixel_opt, args.pixel_rescale
+        )
     if args.pixel_scores:
         rest = [f for f in sorted(FOLDS) if f not in chosen]
         recorded, from_record = recorded_pixel_scores(rows, args.pixel_scores, rest)
@@ -540,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": time.time() - t0,
         "folds": FOLDS,
         "pixel_runs": chosen,
+        "pixel_rescale": args.pixel_rescale if args.pixel_run else 1.0,
         "result": result,
     }
     print(json.dumps(record["result"]["summary"], indent=1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from benchmark_scripts import load_benchmark
@@ -138,3 +140,30 @@ def test_a_second_set_of_heads_is_averaged_in_log_odds(monkeypatch, tmp_path) ->
     calls.clear()
     one = we.semantic_scores([], we.parse_args([]), tmp_path)  # no second set: the heads' own P(fake)
     assert len(calls) == 1 and one["oof"].tolist() == [0.5, 0.5]
+
+
+def test_the_rescale_probe_resamples_the_image_and_refuses_nonpositive_factors() -> None:
+    from PIL import Image
+
+    from aligngemini.decode import load_image
+
+    image = load_image(Image.new("RGB", (40, 20), (10, 200, 30)))
+    assert we.rescaled(image, 1.0) is image
+    bigger = we.rescaled(image, 1.5)
+    assert bigger.image.size == (60, 30) and bigger.facts == image.facts
+    assert bigger.image.getpixel((30, 15)) == (10, 200, 30)  # a flat image stays flat
+    assert we.parse_args(["--pixel-rescale", "0.5"]).pixel_rescale == 0.5
+    with pytest.raises(SystemExit):
+        we.parse_args(["--pixel-rescale", "0"])
+
+
+def test_a_record_named_with_a_dot_keeps_its_whole_name(tmp_path) -> None:
+    from record_header import write_record
+
+    out = tmp_path / "deeper" / "wild_eval_rescale_1.5"
+    write_record(out, {"a": 1}, "# table\n")
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "wild_eval_rescale_1.5.json",
+        "wild_eval_rescale_1.5.md",
+    ]
+    assert json.loads((out.parent / "wild_eval_rescale_1.5.json").read_text()) == {"a": 1}
