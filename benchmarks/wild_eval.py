@@ -101,6 +101,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.semantic_set = args.semantic_set or ["data:semantic-wild/manifest.jsonl"]
     if args.pixel_rescale <= 0:
         p.error(f"--pixel-rescale must be positive, got {args.pixel_rescale}")
+    if args.pixel_rescale != 1.0 and not args.pixel_run:
+        p.error(
+            "--pixel-rescale resamples what pixel runs score: it needs --pixel-run (recorded scores stay as they were)"
+        )
     if args.no_pixel and (args.pixel_run or args.pixel_scores):
         p.error("--no-pixel leaves the pixel expert out: it takes no --pixel-run or --pixel-scores")
     return args
@@ -567,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": time.time() - t0,
         "folds": FOLDS,
         "pixel_runs": chosen,
-        "pixel_rescale": args.pixel_rescale if args.pixel_run else 1.0,
+        "pixel_rescale": args.pixel_rescale,
         "result": result,
     }
     print(json.dumps(record["result"]["summary"], indent=1))

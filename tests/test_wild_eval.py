@@ -152,9 +152,11 @@ def test_the_rescale_probe_resamples_the_image_and_refuses_nonpositive_factors()
     bigger = we.rescaled(image, 1.5)
     assert bigger.image.size == (60, 30) and bigger.facts == image.facts
     assert bigger.image.getpixel((30, 15)) == (10, 200, 30)  # a flat image stays flat
-    assert we.parse_args(["--pixel-rescale", "0.5"]).pixel_rescale == 0.5
+    assert we.parse_args(["--pixel-run", "runs/a", "--pixel-rescale", "0.5"]).pixel_rescale == 0.5
     with pytest.raises(SystemExit):
-        we.parse_args(["--pixel-rescale", "0"])
+        we.parse_args(["--pixel-run", "runs/a", "--pixel-rescale", "0"])
+    with pytest.raises(SystemExit):  # recorded scores cannot be resampled
+        we.parse_args(["--pixel-scores", "scores.csv", "--pixel-rescale", "1.5"])
 
 
 def test_a_record_named_with_a_dot_keeps_its_whole_name(tmp_path) -> None:
