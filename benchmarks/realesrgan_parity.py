@@ -35,7 +35,7 @@ from aligngemini.generators.esrgan import PACKAGES, ESRGANGenerator
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from esrgan_parity import photo_input, reference_facts  # noqa: E402
-from record_header import record_header, record_path  # noqa: E402
+from record_header import record_header, record_path, write_record  # noqa: E402
 
 WHEEL_MODEL_INDEX = {
     "realesrgan-x4plus": 4,
@@ -118,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         "models": rows,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record_path(out, ".json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
         "# Real-ESRGAN: our PyTorch reading of the ncnn files against the wheel's own ncnn runtime",
         "",
@@ -137,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['model']} | {'yes' if r['files_match_runtime'] else 'no'} | {r['max_diff_levels']} | "
             f"{r['mean_diff_levels']} | {r['values_differing']:.2%} | {r['ncnn_ms']} | {r['torch_ms']} |"
         )
-    record_path(out, ".md").write_text("\n".join(lines) + "\n")
+    write_record(out, result, "\n".join(lines) + "\n")
     print(f"wrote {record_path(out, '.json')} and .md", file=sys.stderr)
     ok = all(r["files_match_runtime"] and r["max_diff_levels"] <= 1 for r in rows)
     return 0 if ok else 1

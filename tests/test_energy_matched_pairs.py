@@ -48,7 +48,10 @@ def _pair(root, group: str, generator: str, jpeg: bool) -> list[ManifestRow]:
     for label, img in (("real", real), ("fake", fake)):
         path = root / label / f"{group}.{ext}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path, quality=90, subsampling=0) if jpeg else img.save(path)
+        if jpeg:
+            img.save(path, quality=90, subsampling=0)
+        else:
+            img.save(path)
         ops = {"jpeg_quality": 90} if jpeg else {}
         rows.append(ManifestRow(path=str(path), label=label, generator=generator if label == "fake" else None,
                                 source="s", format=fmt, group=group, extra={"ops": ops}))  # fmt: skip
