@@ -338,9 +338,34 @@ def test_prescale_shrinks_the_whole_photo_before_the_crop_and_records_it(tmp_pat
     assert 0 < shrunk < 6  # about half of the six photos
     stamp = json.loads((tmp_path / "out" / "build.json").read_text())["config"]
     assert stamp["prescale_prob"] == 0.5 and stamp["prescale_scale"] == [0.25, 0.5]
+    assert "prescale_methods" not in stamp  # the default filters: stamped as before the option existed
     # off (the default) it is not stamped, so sets made before the option existed still resume
     off = PixelBuildConfig(**NO_OPS)
     build_pixel_set(rows, [PatternGenerator()], tmp_path / "off", off, source_base=base, progress=False)
     assert "prescale_prob" not in json.loads((tmp_path / "off" / "build.json").read_text())["config"]
     with pytest.raises(ValueError, match="prescale_prob"):
         PixelBuildConfig(prescale_prob=1.5)
+
+
+def test_prescale_methods_give_every_real_one_chosen_shrink(tmp_path: Path) -> None:
+    """A real shrunk 2x by area, as esrgan:...:shrink2 halves every fake, so that the last shrink carries no label."""
+    rows, base = _sources(
+        tmp_path, [Source("real", "cam", "train", "PNG", None, (200, 160)) for _ in range(4)]
+    )
+    cfg = PixelBuildConfig(**NO_OPS, crop_size=64, prescale_prob=1.0, prescale_scale=(0.5, 0.5),
+                           prescale_methods=("box",))  # fmt: skip
+    build_pixel_set(rows, [PatternGenerator()], tmp_path / "out", cfg, source_base=base, progress=False)
+    pairs = _pairs(tmp_path / "out").values()
+    assert len(pairs) == 4
+    for pair in pairs:
+        real, fake = pair["real"], pair["fake"]
+        assert fake.extra["ops"]["prescale"] == {"scale": 0.5, "method": "box"}
+        photo = np.asarray(Image.open(base / real.extra["source_path"]).convert("RGB"), dtype=np.float64)
+        halved = photo.reshape(80, 2, 100, 2, 3).mean(axis=(1, 3))  # a 2x box shrink is the 2x2 cell mean
+        left, top, right, bottom = real.extra["crop_box"]
+        got = np.asarray(Image.open(tmp_path / "out" / real.path), dtype=np.float64)
+        assert np.abs(got - halved[top:bottom, left:right]).max() <= 1.0
+    stamp = json.loads((tmp_path / "out" / "build.json").read_text())["config"]
+    assert stamp["prescale_methods"] == ["box"]
+    with pytest.raises(ValueError, match="prescale_methods"):
+        PixelBuildConfig(prescale_methods=("nearest",))

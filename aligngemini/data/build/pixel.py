@@ -84,9 +84,13 @@ class PixelBuildConfig:
     lowfreq_cut: float = 0.25
     resize_methods: tuple[str, ...] = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
     # Shrink the whole photo before cropping (off by default): factor drawn from prescale_scale, with one of
-    # PRESCALE_METHODS (the antialiased filters image tools shrink with).
+    # prescale_methods (by default PRESCALE_METHODS, the antialiased filters image tools shrink with). A
+    # generator whose last step is a shrink (esrgan:...:shrink2 halves its output by area) leaves that history
+    # in every fake; prescale_prob=1, prescale_scale=[0.5, 0.5], prescale_methods=[box] gives every real the
+    # same last step, so that a shrink carries no label.
     prescale_prob: float = 0.0
     prescale_scale: tuple[float, float] = (0.25, 0.75)
+    prescale_methods: tuple[str, ...] = PRESCALE_METHODS
     batch_size: int = 8
     seed: int = 0
 
@@ -96,6 +100,13 @@ class PixelBuildConfig:
         self.resize_scale = _pair(self.resize_scale, "resize_scale", 1e-3, 16.0)
         self.prescale_scale = _pair(self.prescale_scale, "prescale_scale", 1e-3, 1.0)
         self.resize_methods = tuple(self.resize_methods)
+        self.prescale_methods = tuple(self.prescale_methods)
+        bad = [m for m in self.prescale_methods if m not in PRESCALE_METHODS]
+        if bad or not self.prescale_methods:
+            raise ValueError(
+                f"pixel config: prescale_methods must be a non-empty subset of {list(PRESCALE_METHODS)}, "
+                f"got {list(self.prescale_methods)}"
+            )
         if not 0.0 < self.lowfreq_cut <= 1.5:
             raise ValueError(f"pixel config: lowfreq_cut must be in (0, 1.5], got {self.lowfreq_cut}")
         for name in (
@@ -224,7 +235,7 @@ class _PixelBuilder(SetBuilder):
         if rng.random() >= cfg.prescale_prob:
             return image, None
         scale = float(rng.uniform(*cfg.prescale_scale))
-        method = PRESCALE_METHODS[int(rng.integers(len(PRESCALE_METHODS)))]
+        method = cfg.prescale_methods[int(rng.integers(len(cfg.prescale_methods)))]
         size = (round(image.width * scale), round(image.height * scale))
         if min(size) < cfg.min_size:
             return image, None
@@ -389,4 +400,6 @@ def _stamp(cfg: PixelBuildConfig) -> dict[str, Any]:
     if not cfg.prescale_prob:  # likewise
         data.pop("prescale_prob")
         data.pop("prescale_scale")
+    if not cfg.prescale_prob or cfg.prescale_methods == PRESCALE_METHODS:  # likewise
+        data.pop("prescale_methods")
     return data
