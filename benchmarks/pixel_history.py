@@ -37,7 +37,6 @@ from record_header import REPO, describe_run, portable, record_header, write_rec
 DEFAULT_IMAGES = REPO.parent / "shared" / "datasets" / "wildmix" / "mei-camera-originals" / "real"
 SHRINKS = (("x0.5 box", 0.5, "box"), ("x0.5 bicubic", 0.5, "bicubic"), ("x0.5 lanczos", 0.5, "lanczos"),
            ("x0.75 lanczos", 0.75, "lanczos"))  # fmt: skip
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".heic"}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -96,18 +95,14 @@ def history_auc(native: np.ndarray, changed: np.ndarray) -> float:
     return float(roc_auc_score(labels, np.r_[native, changed]))
 
 
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from aligngemini.branches import build_branch
-    from aligngemini.decode import ImageLoadError, load_image
+    from aligngemini.decode import IMAGE_SUFFIXES, ImageLoadError, load_image
+    from aligngemini.fusion import logit
 
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     images = []
     for path in paths:
         try:
