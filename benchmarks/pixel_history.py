@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,14 +61,15 @@ def experts(args: argparse.Namespace) -> dict[str, tuple[dict[str, Any], Path]]:
     """name -> (pixel section, folder its files are relative to)."""
     from aligngemini.bundle import load_bundle
     from aligngemini.config import apply_overrides
+    from aligngemini.train.run_output import RunOutputError, read_run
 
     out: dict[str, tuple[dict[str, Any], Path]] = {}
     for run in args.pixel_run:
-        summary = run / "train_summary.json"
-        if not summary.is_file():
-            raise SystemExit(f"{run}: no train_summary.json; give the output folder of 'aligngemini train'")
-        section = json.loads(summary.read_text())["export"]
-        out[f"run {run.name}"] = (apply_overrides(section, args.pixel_opt), run / "branch")
+        try:
+            trained = read_run(run)
+        except RunOutputError as exc:
+            raise SystemExit(str(exc)) from exc
+        out[f"run {run.name}"] = (apply_overrides(trained.section, args.pixel_opt), trained.branch_dir)
     for spec in args.bundle:
         bundle = load_bundle(spec)
         section = bundle.config.get("branches", {}).get("pixel")

@@ -68,12 +68,13 @@ def score_tiles(rows: list[dict[str, str]], runs: dict[str, Path]) -> list[dict[
     from aligngemini.branches import build_branch
     from aligngemini.branches.pixel.crops import as_array, inference_boxes, pad_to_min
     from aligngemini.decode import load_image
+    from aligngemini.train.run_output import read_run
 
     branches = {}
     for name, run in runs.items():
-        section = json.loads((run / "train_summary.json").read_text())["export"]
+        trained = read_run(run)
         branches[name] = build_branch(
-            "pixel", section, run / "branch", device=torch.device("cpu"), dtype=torch.float32
+            "pixel", trained.section, trained.branch_dir, device=torch.device("cpu"), dtype=torch.float32
         )
     out = []
     for row in tqdm(rows, desc="tiles", unit="image"):

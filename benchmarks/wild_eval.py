@@ -107,6 +107,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     if args.no_pixel and (args.pixel_run or args.pixel_scores):
         p.error("--no-pixel leaves the pixel expert out: it takes no --pixel-run or --pixel-scores")
+    from aligngemini.train.run_output import RunOutputError, read_run
+
+    for run in args.pixel_run or []:
+        try:  # a half-trained run is refused before the semantic folds spend their minutes
+            read_run(run)
+        except RunOutputError as exc:
+            p.error(str(exc))
     return args
 
 
@@ -232,8 +239,9 @@ def semantic_log_odds(
 def run_sources(run: Path) -> set[str]:
     """Sources of the real photos the run trained on: its pair sets', narrowed by its data.sources filters."""
     from aligngemini.data.manifest import read_manifest, select_sources
+    from aligngemini.train.run_output import read_run
 
-    data = json.loads((run / "train_summary.json").read_text())["recipe"]["data"]
+    data = read_run(run).recipe["data"]
     sets = data["manifest"] if isinstance(data["manifest"], list) else [data["manifest"]]
     every = [row for m in sets for row in read_manifest(m)]
     rows = select_sources(every, data.get("sources"), data.get("exclude_sources"))
@@ -261,6 +269,7 @@ def pixel_scores(
     from aligngemini.branches import build_branch
     from aligngemini.config import apply_overrides
     from aligngemini.decode import ImageLoadError, load_image
+    from aligngemini.train.run_output import read_run
 
     trained_on = {run: run_sources(run) for run in runs}
     scores = np.full(len(rows), np.nan)
@@ -276,11 +285,11 @@ def pixel_scores(
             continue
         run = eligible[0]
         chosen[fold] = run.name
-        section = apply_overrides(json.loads((run / "train_summary.json").read_text())["export"], opts)
+        trained = read_run(run)
         branch = build_branch(
             "pixel",
-            section,
-            run / "branch",
+            apply_overrides(trained.section, opts),
+            trained.branch_dir,
             device=torch.device("cpu"),
             dtype=torch.float32,  # as detect loads on a CPU; the section's precision may ask for bf16
         )

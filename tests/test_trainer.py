@@ -24,6 +24,7 @@ if str(TESTS_DIR) not in sys.path:
 
 from aligngemini.config import ConfigError  # noqa: E402
 from aligngemini.train import checkpoint as ckpt  # noqa: E402
+from aligngemini.train.run_output import RunOutputError, read_run  # noqa: E402
 from aligngemini.train.sampling import EpochBatchSampler, SeededItems  # noqa: E402
 from aligngemini.train.trainer import (  # noqa: E402
     TrainConfig,
@@ -229,6 +230,9 @@ def test_training_lowers_the_loss_and_writes_only_safetensors_and_json(tmp_path:
     assert summary["final_val"] == result.val_metrics and summary["recipe"]["task"] == TASK
     assert summary["export"] == {"family": "tiny", "weights": "tiny.safetensors"}
     assert yaml.safe_load((out / "recipe.yaml").read_text()) == summary["recipe"]
+    trained = read_run(out)  # what assemble and the benchmarks read back
+    assert trained.section == summary["export"] and trained.recipe == summary["recipe"]
+    assert (trained.branch_dir / trained.section["weights"]).is_file()
     assert weights(out)["frozen_scale"].item() == 1.0, "a parameter outside trainable_parameters moved"
 
     checkpoints = ckpt.list_checkpoints(out / "checkpoints")
@@ -267,6 +271,8 @@ def test_resume_continues_exactly(tmp_path: Path, reference: Path, how: str) -> 
     state = json.loads((first.checkpoint / "trainer.json").read_text())
     assert (state["epoch"], state["batch_in_epoch"]) == (1, 4)  # mid-epoch, mid data order
     assert not (out / "train_summary.json").exists()
+    with pytest.raises(RunOutputError, match="stopped before it finished.*--resume"):
+        read_run(out)
 
     second = Trainer(recipe(), output_dir=out, **CPU).fit(resume=True)
     assert second.steps == 12 and not second.interrupted

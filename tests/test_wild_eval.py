@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,7 +99,15 @@ def test_recorded_pixel_scores_are_matched_by_path_and_a_missing_one_is_an_error
     assert scores[0] == 0.10 and np.isnan(scores[1]) and scores[2] == 0.30 and list(chosen) == ["realorai"]
 
 
-def test_no_pixel_excludes_the_pixel_sources_and_semantic_sets_accumulate() -> None:
+def _finished_run(folder: str) -> None:
+    """A pixel run folder as far as wild_eval's argument check reads it: a summary with an exported branch."""
+    Path(folder).mkdir(parents=True)
+    Path(folder, "train_summary.json").write_text(json.dumps({"export": {"family": "pixel-timm"}}))
+
+
+def test_no_pixel_excludes_the_pixel_sources_and_semantic_sets_accumulate(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _finished_run("r")
     args = we.parse_args([])
     assert args.semantic_set == ["data:semantic-wild/manifest.jsonl"]
     args = we.parse_args(
@@ -142,7 +151,7 @@ def test_a_second_set_of_heads_is_averaged_in_log_odds(monkeypatch, tmp_path) ->
     assert len(calls) == 1 and one["oof"].tolist() == [0.5, 0.5]
 
 
-def test_the_rescale_probe_resamples_the_image_and_refuses_nonpositive_factors() -> None:
+def test_the_rescale_probe_resamples_the_image_and_refuses_nonpositive_factors(tmp_path, monkeypatch) -> None:
     from PIL import Image
 
     from aligngemini.decode import load_image
@@ -152,6 +161,8 @@ def test_the_rescale_probe_resamples_the_image_and_refuses_nonpositive_factors()
     bigger = we.rescaled(image, 1.5)
     assert bigger.image.size == (60, 30) and bigger.facts == image.facts
     assert bigger.image.getpixel((30, 15)) == (10, 200, 30)  # a flat image stays flat
+    monkeypatch.chdir(tmp_path)
+    _finished_run("runs/a")
     assert we.parse_args(["--pixel-run", "runs/a", "--pixel-rescale", "0.5"]).pixel_rescale == 0.5
     with pytest.raises(SystemExit):
         we.parse_args(["--pixel-run", "runs/a", "--pixel-rescale", "0"])

@@ -144,6 +144,7 @@ def run_assemble(args: argparse.Namespace) -> int:
     from aligngemini.branches.pixel.branch import check_section
     from aligngemini.bundle import BundleError, save_bundle
     from aligngemini.config import ConfigError, apply_overrides
+    from aligngemini.train.run_output import RunOutputError, read_run
 
     runs = {role: path for role, path in (("pixel", args.pixel), ("semantic", args.semantic)) if path}
     if not runs:
@@ -154,19 +155,15 @@ def run_assemble(args: argparse.Namespace) -> int:
     branches: dict[str, Any] = {}
     files: dict[str, Path] = {}
     for role, run in runs.items():
-        summary_path = run / "train_summary.json"
-        if not summary_path.is_file():
-            print(f"aligngemini assemble: {summary_path} not found; is {run} an 'aligngemini train' output?",
-                  file=sys.stderr)  # fmt: skip
+        try:
+            trained = read_run(run)
+        except RunOutputError as exc:
+            print(f"aligngemini assemble: {exc}", file=sys.stderr)
             return 2
-        section = json.loads(summary_path.read_text()).get("export")
-        if not section or "family" not in section:
-            print(f"aligngemini assemble: {summary_path} holds no exported branch section", file=sys.stderr)
-            return 2
-        branches[role] = section
-        for path in sorted((run / "branch").rglob("*")):
+        branches[role] = trained.section
+        for path in sorted(trained.branch_dir.rglob("*")):
             if path.is_file():
-                rel = str(path.relative_to(run / "branch"))
+                rel = str(path.relative_to(trained.branch_dir))
                 if rel in files:
                     print(f"aligngemini assemble: both branches export a file named {rel!r}", file=sys.stderr)
                     return 2

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from aligngemini.config import ConfigError, from_dict
 from aligngemini.train import checkpoint as ckpt
+from aligngemini.train.run_output import BRANCH_DIR, SUMMARY_NAME
 from aligngemini.train.sampling import EVAL_EPOCH, EpochBatchSampler, SeededItems, item_seed
 from aligngemini.train.task import Task, build_task
 
@@ -490,11 +491,11 @@ class Trainer:
             self._save(state)
         agree = self._ranks_agree(state)
         export = None
-        summary_path = self.output_dir / "train_summary.json"
+        summary_path = self.output_dir / SUMMARY_NAME
         if main:
             raw_model.eval()
-            (self.output_dir / "branch").mkdir(parents=True, exist_ok=True)
-            export = task.export(raw_model, self.output_dir / "branch")
+            (self.output_dir / BRANCH_DIR).mkdir(parents=True, exist_ok=True)
+            export = task.export(raw_model, self.output_dir / BRANCH_DIR)
             summary = {
                 "task": self.recipe["task"],
                 "steps": pos.step,
@@ -508,7 +509,7 @@ class Trainer:
                 "ranks_agree": agree,
                 "resumed_from": str(resume_dir) if resume_dir else None,
                 "checkpoint": str(state.last_checkpoint),
-                "branch_dir": str(self.output_dir / "branch"),
+                "branch_dir": str(self.output_dir / BRANCH_DIR),
                 "export": export,
                 "recipe": self.recipe,
             }
