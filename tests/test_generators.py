@@ -656,6 +656,57 @@ def test_taesd_generator_reads_the_architecture_from_the_weights(tmp_path):
     assert diff.max() <= 1  # no latent sampling: the same image twice is the same to 8-bit rounding
 
 
+def test_train_vae_on_a_frozen_encoder_trains_a_decoder_that_loads_as_taesd_kl(tmp_path):
+    from aligngemini.generators.latent_decoder import load_latent_decoder
+
+    enc, _ = _write_taesd(tmp_path / "taetest", latent=8)
+    (tmp_path / "taetest" / "LICENSE").write_text("MIT, for the test\n")
+    write_photos(tmp_path / "photos", 5)
+    out = tmp_path / "dec"
+    argv = ["generators", "train-vae", "--images", str(tmp_path / "photos"), "--out", str(out), *TINY_TRAIN,
+            "--encoder", f"taesd:{tmp_path / 'taetest'}"]  # fmt: skip
+    assert cli_main([*argv, "--steps", "3"]) == 0
+    source = tmp_path / "taetest" / "taetest_encoder.safetensors"
+    assert (out / "taesd_encoder.safetensors").read_bytes() == source.read_bytes()
+    assert (out / "ENCODER_LICENSE").read_text() == "MIT, for the test\n"
+    arch = json.loads((out / "kl_decoder.json").read_text())
+    assert arch["latent_channels"] == 8 and arch["encoder"].startswith(
+        "taesd:"
+    )  # the encoder's, not the default 4
+    assert not (out / "config.json").exists()  # not a whole AutoencoderKL: 'vae:' would be the wrong loader
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and np.isfinite(metrics["encoder_own_decoder_psnr_db"])
+    assert "taesd-kl:<this folder>" in (out / "MODEL_CARD.md").read_text()
+    # the generator is the source encoder (never trained) followed by the decoder trained here
+    gen = build_generator(f"taesd-kl:{out}", device="cpu")
+    assert gen.name == "taesd-kl:dec"
+    img = photo_like(21, 19)
+    got = np.asarray(gen.reconstruct([img])[0], dtype=np.float32)
+    _, dec = load_latent_decoder(out)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    padded, _ = pad_to_multiple(x, 8)
+    enc.load_state_dict({k: v.half().float() for k, v in enc.state_dict().items()})  # as stored: fp16
+    with torch.no_grad():
+        want = ((dec(enc.eval()(padded)) + 1) / 2).clamp(0, 1)[0, :, :19, :21].permute(1, 2, 0) * 255
+    assert got.shape == (19, 21, 3) and np.abs(got - want.round().numpy()).max() <= 1
+    assert cli_main([*argv, "--steps", "5", "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 5
+    # wrong inputs: a spec that is not a TAESD folder, a folder without the decoder's files
+    bad = [
+        "generators",
+        "train-vae",
+        "--images",
+        str(tmp_path / "photos"),
+        "--out",
+        str(tmp_path / "x"),
+        *TINY_TRAIN,
+    ]
+    assert cli_main([*bad, "--encoder", "vae:somewhere"]) == 2
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(GeneratorSpecError, match="missing kl_decoder.safetensors, kl_decoder.json"):
+        build_generator(f"taesd-kl:{tmp_path / 'taetest'}", device="cpu")
+
+
 def test_taesd_in_bf16_computes_in_bf16_and_stays_close_to_fp32(tmp_path):
     _write_taesd(tmp_path / "taef2")
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))

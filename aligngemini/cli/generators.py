@@ -17,6 +17,9 @@ examples:
       the real images of the starter corpus's train split, fitted into half an hour
   aligngemini generators train-vae --images photos/ --out VAE_DIR --resume
       continue an interrupted run from VAE_DIR/checkpoint
+  aligngemini generators train-vae --images photos/ --out DEC_DIR --encoder taesd:TAEF2_DIR --size 64
+      train only an SD-family decoder on TAEF2's frozen latents (far quicker to beat bicubic than a
+      whole VAE); use it as generator 'taesd-kl:DEC_DIR'
   aligngemini generators reconstruct photo.jpg --generator vae:VAE_DIR --out recon/
       use the result
 """
@@ -40,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "SD 1.x/2.x and SDXL, or 16 as SD3 and FLUX.1 with --latent-channels 16) "
         "on random crops of real photos; the result loads as generator 'vae:OUT'. Writes OUT/config.json, "
         "OUT/diffusion_pytorch_model.safetensors, OUT/MODEL_CARD.md, OUT/metrics.json and a resumable "
-        "OUT/checkpoint/.",
+        "OUT/checkpoint/. With --encoder taesd:DIR only a decoder is trained, on that frozen encoder's "
+        "latents, and the result loads as generator 'taesd-kl:OUT'.",
         epilog=TRAIN_VAE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -64,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="block_out_channels, 4 comma-separated widths (default: 32,64,128,128)")  # fmt: skip
     p.add_argument("--latent-channels", type=int, default=4,
                    help="channels of the latent (default: 4, as SD 1.x/2.x and SDXL; SD3 and FLUX.1 use 16)")  # fmt: skip
+    p.add_argument("--encoder", default=None, metavar="taesd:DIR",
+                   help="train only an SD-family decoder on the latents of this frozen TAESD-family encoder "
+                   "(e.g. taesd:weights/taef2); --latent-channels then follows the encoder")  # fmt: skip
     p.add_argument("--layers-per-block", type=int, default=1,
                    help="ResNet layers in each encoder/decoder block (default: 1)")  # fmt: skip
     p.add_argument("--crops-per-image", type=int, default=8,
@@ -144,6 +151,7 @@ def _train_vae(args: argparse.Namespace) -> int:
         max_seconds=args.max_minutes * 60 if args.max_minutes else None,
         resume=args.resume,
         overwrite=args.overwrite,
+        encoder=args.encoder,
     )
     try:
         result = train_vae(cfg)
@@ -157,7 +165,8 @@ def _train_vae(args: argparse.Namespace) -> int:
         )
     print(
         f"trained {result.steps} steps in {result.seconds:.0f} s on {result.n_train_images} images; held-out PSNR "
-        f"{result.val_psnr:.2f} dB (bicubic x8: {result.bicubic_psnr:.2f} dB); load it as 'vae:{result.out}'",
+        f"{result.val_psnr:.2f} dB (bicubic x8: {result.bicubic_psnr:.2f} dB); load it as "
+        f"'{'taesd-kl' if args.encoder else 'vae'}:{result.out}'",
         file=sys.stderr,
     )
     return 0

