@@ -64,10 +64,10 @@ def save_latent_decoder(
     """Write the decoder, its architecture and a copy of the encoder's weights (and licence) into ``out``."""
     from safetensors.torch import save_file
 
-    from aligngemini.generators.taesd import _one
+    from aligngemini.generators.taesd import weights_file
 
     source = Path(encoder_folder).expanduser()
-    shutil.copyfile(_one(source, "encoder"), out / ENCODER_FILE)
+    shutil.copyfile(weights_file(source, "encoder"), out / ENCODER_FILE)
     licence = next((p for p in sorted(source.iterdir()) if p.name.upper().startswith("LICENSE")), None)
     if licence is not None:
         shutil.copyfile(licence, out / ENCODER_LICENSE)

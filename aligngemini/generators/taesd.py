@@ -86,7 +86,8 @@ def build_decoder(latent_channels: int, norm_blocks: set[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _one(folder: Path, part: str) -> Path:
+def weights_file(folder: Path, part: str) -> Path:
+    """The one ``*<part>.safetensors`` (part: encoder or decoder) in a TAESD-family folder."""
     found = sorted(folder.glob(f"*{part}.safetensors"))
     if len(found) != 1:
         raise GeneratorSpecError(
@@ -104,7 +105,7 @@ def _read_part(folder: str | os.PathLike, part: str) -> tuple[Path, dict[str, to
         raise GeneratorSpecError(
             f"taesd:{folder}: no such folder (it should hold *_encoder/_decoder.safetensors)"
         )
-    return path, {k: v.float() for k, v in load_file(_one(path, part)).items()}
+    return path, {k: v.float() for k, v in load_file(weights_file(path, part)).items()}
 
 
 def _fitted(folder: str | os.PathLike, name: str, module: nn.Sequential, state: dict) -> nn.Sequential:
