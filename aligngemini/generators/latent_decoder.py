@@ -21,14 +21,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
-
-from aligngemini.generators.base import (
-    GeneratorSpecError,
-    pad_to_multiple,
-    reconstruct_batched,
-    resolve_device,
-)
+from aligngemini.generators.base import GeneratorSpecError
+from aligngemini.generators.taesd import TinyAutoencoderGenerator
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +32,6 @@ ENCODER_FILE = "taesd_encoder.safetensors"
 ENCODER_LICENSE = "ENCODER_LICENSE"
 DECODER_FILE = "kl_decoder.safetensors"
 DECODER_CONFIG = "kl_decoder.json"
-FACTOR = 8
 
 
 def kl_decoder(latent_channels: int, block_out_channels: tuple[int, ...], layers_per_block: int) -> nn.Module:
@@ -104,35 +97,16 @@ def load_latent_decoder(folder: str | os.PathLike) -> tuple[nn.Sequential, nn.Mo
     return encoder, decoder.eval()
 
 
-class LatentDecoderGenerator:
+class LatentDecoderGenerator(TinyAutoencoderGenerator):
     """Round trip through a TAESD-family encoder and a decoder of our own (latents used as encoded)."""
 
-    def __init__(
-        self,
-        folder: str | os.PathLike,
-        *,
-        device: str | None = None,
-        dtype: torch.dtype | None = None,
-        max_batch_pixels: int = 2 * 512 * 512,
-    ):
-        import torch
+    kind = "taesd-kl"
+    default_batch_pixels = 2 * 512 * 512  # the SD-family decoder holds wider activations than TAESD's
 
-        self.device = resolve_device(device)
-        self.dtype = dtype or torch.float32
-        self.encoder, self.decoder = (
-            m.to(self.device, dtype=self.dtype) for m in load_latent_decoder(folder)
-        )
-        self.name = f"taesd-kl:{Path(folder).expanduser().name}"
-        self.max_batch_pixels = max_batch_pixels
+    @staticmethod
+    def load(folder: str | os.PathLike) -> tuple[nn.Module, nn.Module]:
+        return load_latent_decoder(folder)
 
-    def reconstruct(self, images: list[Image.Image]) -> list[Image.Image]:
-        return reconstruct_batched(images, self.roundtrip, self.max_batch_pixels)
-
-    def roundtrip(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [0, 1] -> its reconstruction, same shape, float32 on the CPU."""
-        import torch
-
-        padded, (h, w) = pad_to_multiple(x, FACTOR)
-        with torch.inference_mode():
-            y = self.decoder(self.encoder(padded.to(self.device, dtype=self.dtype)))
-        return ((y.float() + 1) / 2).clamp(0, 1)[..., :h, :w].cpu()
+    @staticmethod
+    def to_unit(y: torch.Tensor) -> torch.Tensor:
+        return (y + 1) / 2

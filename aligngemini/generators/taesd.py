@@ -142,21 +142,31 @@ def load_tiny_autoencoder(folder: str | os.PathLike) -> tuple[nn.Sequential, nn.
 class TinyAutoencoderGenerator:
     """Round trip through a TAESD-family autoencoder (latents are used as encoded: no sampling)."""
 
+    kind = "taesd"
+    default_batch_pixels = 4 * 512 * 512
+
     def __init__(
         self,
         folder: str | os.PathLike,
         *,
         device: str | None = None,
         dtype: torch.dtype | None = None,
-        max_batch_pixels: int = 4 * 512 * 512,
+        max_batch_pixels: int | None = None,
     ):
         self.device = resolve_device(device)
         self.dtype = dtype or torch.float32
-        self.encoder, self.decoder = (
-            m.to(self.device, dtype=self.dtype) for m in load_tiny_autoencoder(folder)
-        )
-        self.name = f"taesd:{Path(folder).expanduser().name}"
-        self.max_batch_pixels = max_batch_pixels
+        self.encoder, self.decoder = (m.to(self.device, dtype=self.dtype) for m in self.load(folder))
+        self.name = f"{self.kind}:{Path(folder).expanduser().name}"
+        self.max_batch_pixels = max_batch_pixels or self.default_batch_pixels
+
+    @staticmethod
+    def load(folder: str | os.PathLike) -> tuple[nn.Module, nn.Module]:
+        return load_tiny_autoencoder(folder)
+
+    @staticmethod
+    def to_unit(y: torch.Tensor) -> torch.Tensor:
+        """The decoder's output in [0, 1] (TAESD decoders write [0, 1] already)."""
+        return y
 
     def reconstruct(self, images: list[Image.Image]) -> list[Image.Image]:
         return reconstruct_batched(images, self.roundtrip, self.max_batch_pixels)
@@ -166,4 +176,4 @@ class TinyAutoencoderGenerator:
         padded, (h, w) = pad_to_multiple(x, FACTOR)
         with torch.inference_mode():
             y = self.decoder(self.encoder(padded.to(self.device, dtype=self.dtype)))
-        return y.float().clamp(0, 1)[..., :h, :w].cpu()
+        return self.to_unit(y.float()).clamp(0, 1)[..., :h, :w].cpu()
