@@ -143,7 +143,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         required=True,
         metavar="SPEC",
-        help="reconstruction generator, repeatable: 'taesd:<dir>', 'vae:<dir or hub id>', 'esrgan:medium:x2', "
+        help="reconstruction generator, repeatable: 'taesd:<dir>', 'taesd-kl:<dir>', 'vae:<dir or hub id>', "
+        "'esrgan:medium:x2', "
         "'esrgan:realesrgan-x4plus:x4', 'esrgan:realesrgan-x4plus:x4:shrink2' (x4 from a 2x-shrunk image, "
         "the output halved, as up-scaled AI images are made)",
     )
