@@ -670,9 +670,8 @@ def test_train_vae_on_a_frozen_encoder_trains_a_decoder_that_loads_as_taesd_kl(t
     assert (out / "taesd_encoder.safetensors").read_bytes() == source.read_bytes()
     assert (out / "ENCODER_LICENSE").read_text() == "MIT, for the test\n"
     arch = json.loads((out / "kl_decoder.json").read_text())
-    assert arch["latent_channels"] == 8 and arch["encoder"].startswith(
-        "taesd:"
-    )  # the encoder's, not the default 4
+    assert arch["latent_channels"] == 8  # the encoder's, not the default 4
+    assert arch["encoder"].startswith("taesd:")
     assert not (out / "config.json").exists()  # not a whole AutoencoderKL: 'vae:' would be the wrong loader
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 3 and np.isfinite(metrics["encoder_own_decoder_psnr_db"])
@@ -702,6 +701,10 @@ def test_train_vae_on_a_frozen_encoder_trains_a_decoder_that_loads_as_taesd_kl(t
         *TINY_TRAIN,
     ]
     assert cli_main([*bad, "--encoder", "vae:somewhere"]) == 2
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "encoder-only").mkdir()  # the reference decoder missing: refused before any training
+    (tmp_path / "encoder-only" / source.name).write_bytes(source.read_bytes())
+    assert cli_main([*bad, "--encoder", f"taesd:{tmp_path / 'encoder-only'}"]) == 2
     assert not (tmp_path / "x").exists()
     with pytest.raises(GeneratorSpecError, match="missing kl_decoder.safetensors, kl_decoder.json"):
         build_generator(f"taesd-kl:{tmp_path / 'taetest'}", device="cpu")

@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="channels of the latent (default: 4, as SD 1.x/2.x and SDXL; SD3 and FLUX.1 use 16)")  # fmt: skip
     p.add_argument("--encoder", default=None, metavar="taesd:DIR",
                    help="train only an SD-family decoder on the latents of this frozen TAESD-family encoder "
-                   "(e.g. taesd:weights/taef2); --latent-channels then follows the encoder")  # fmt: skip
+                   "(e.g. taesd:weights/taef2; the folder's own decoder is the PSNR reference); "
+                   "--latent-channels then follows the encoder")  # fmt: skip
     p.add_argument("--layers-per-block", type=int, default=1,
                    help="ResNet layers in each encoder/decoder block (default: 1)")  # fmt: skip
     p.add_argument("--crops-per-image", type=int, default=8,

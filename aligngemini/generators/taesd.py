@@ -97,7 +97,7 @@ def weights_file(folder: Path, part: str) -> Path:
     return found[0]
 
 
-def _read_part(folder: str | os.PathLike, part: str) -> tuple[Path, dict[str, torch.Tensor]]:
+def _read_part(folder: str | os.PathLike, part: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     path = Path(folder).expanduser()
@@ -105,7 +105,7 @@ def _read_part(folder: str | os.PathLike, part: str) -> tuple[Path, dict[str, to
         raise GeneratorSpecError(
             f"taesd:{folder}: no such folder (it should hold *_encoder/_decoder.safetensors)"
         )
-    return path, {k: v.float() for k, v in load_file(weights_file(path, part)).items()}
+    return {k: v.float() for k, v in load_file(weights_file(path, part)).items()}
 
 
 def _fitted(folder: str | os.PathLike, name: str, module: nn.Sequential, state: dict) -> nn.Sequential:
@@ -125,7 +125,7 @@ def latent_channels_of(encoder: nn.Sequential) -> int:
 
 def load_tiny_encoder(folder: str | os.PathLike) -> nn.Sequential:
     """The encoder alone, eval mode, float32, from a folder holding one ``*encoder.safetensors``."""
-    _, state = _read_part(folder, "encoder")
+    state = _read_part(folder, "encoder")
     last = max(int(k.split(".", 1)[0]) for k in state)
     encoder = build_encoder(int(state[f"{last}.weight"].shape[0]), _with_norm_branch(state))
     return _fitted(folder, "encoder", encoder, state)
@@ -134,7 +134,7 @@ def load_tiny_encoder(folder: str | os.PathLike) -> nn.Sequential:
 def load_tiny_autoencoder(folder: str | os.PathLike) -> tuple[nn.Sequential, nn.Sequential]:
     """(encoder, decoder) in eval mode, float32, from a folder holding the two safetensors files."""
     encoder = load_tiny_encoder(folder)
-    _, dec_state = _read_part(folder, "decoder")
+    dec_state = _read_part(folder, "decoder")
     decoder = build_decoder(latent_channels_of(encoder), _with_norm_branch(dec_state))
     return encoder, _fitted(folder, "decoder", decoder, dec_state)
 

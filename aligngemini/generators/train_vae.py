@@ -13,7 +13,8 @@ Output: ``save_pretrained`` (safetensors) so that ``vae:<out>`` loads it, plus `
 
 With ``encoder="taesd:<folder>"`` only the decoder is trained, on the latents of that frozen TAESD-family encoder
 (its latent channels, not ``latent_channels``), with L1 + gradient-L1 and no KL term; the folder then loads as
-``taesd-kl:<out>`` (:mod:`aligngemini.generators.latent_decoder`).
+``taesd-kl:<out>`` (:mod:`aligngemini.generators.latent_decoder`). The TAESD folder's own decoder is the held-out
+PSNR reference, so the folder needs both halves.
 """
 
 from __future__ import annotations
@@ -394,15 +395,18 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         cfg.images, cfg.split
     )  # before touching --out, so a bad input leaves nothing behind
     encoder_folder = cfg.encoder_folder()
-    encoder = None
-    if encoder_folder is not None:
+    encoder = own_decoder = None
+    if (
+        encoder_folder is not None
+    ):  # both halves now, so that a folder without its decoder fails before training
         from aligngemini.generators.base import GeneratorSpecError
-        from aligngemini.generators.taesd import latent_channels_of, load_tiny_encoder
+        from aligngemini.generators.taesd import latent_channels_of, load_tiny_autoencoder
 
         try:
-            encoder = load_tiny_encoder(encoder_folder).requires_grad_(False)
+            encoder, own_decoder = load_tiny_autoencoder(encoder_folder)
         except GeneratorSpecError as exc:
             raise TrainVAEError(f"--encoder {cfg.encoder!r}: {exc}") from exc
+        encoder.requires_grad_(False)
         cfg = replace(cfg, latent_channels=latent_channels_of(encoder))
     out = _prepare_out(cfg)
     device = resolve_device(cfg.device)
@@ -555,11 +559,9 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         n_val_images=len(val_paths) - val_skipped,
         history=history,
     )
-    if encoder_folder is not None:  # the reference a decoder of our own is judged against: the encoder's own
-        from aligngemini.generators.taesd import load_tiny_autoencoder
-
-        enc, own = (m.to(device) for m in load_tiny_autoencoder(encoder_folder))
-        own_psnr = _evaluate(own, lambda x: own(enc(x)) * 2 - 1, val, device, cfg.batch)
+    if own_decoder is not None:  # the reference a decoder of our own is judged against: the encoder's own
+        own = own_decoder.to(device)
+        own_psnr = _evaluate(own, lambda x: own(encoder(x)) * 2 - 1, val, device, cfg.batch)
     metrics = {
         "steps": steps_done,
         "seconds": round(seconds, 1),
@@ -567,7 +569,7 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         "params": n_params,
         "val_psnr_db": round(val_psnr, 3),
         "bicubic_x8_psnr_db": round(bicubic, 3),
-        **({"encoder_own_decoder_psnr_db": round(own_psnr, 3)} if encoder_folder is not None else {}),
+        **({"encoder_own_decoder_psnr_db": round(own_psnr, 3)} if own_decoder is not None else {}),
         "train_images": result.n_train_images,
         "val_images": result.n_val_images,
         "train_crops": len(pool),
