@@ -40,6 +40,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from aligngemini.decode import LoadedImage
+    from aligngemini.train.run_output import TrainedRun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -236,12 +237,11 @@ def semantic_log_odds(
 # ----------------------------------------------------------------------------------------------- pixel
 
 
-def run_sources(run: Path) -> set[str]:
+def run_sources(run: TrainedRun) -> set[str]:
     """Sources of the real photos the run trained on: its pair sets', narrowed by its data.sources filters."""
     from aligngemini.data.manifest import read_manifest, select_sources
-    from aligngemini.train.run_output import read_run
 
-    data = read_run(run).recipe["data"]
+    data = run.recipe["data"]
     sets = data["manifest"] if isinstance(data["manifest"], list) else [data["manifest"]]
     every = [row for m in sets for row in read_manifest(m)]
     rows = select_sources(every, data.get("sources"), data.get("exclude_sources"))
@@ -271,7 +271,8 @@ def pixel_scores(
     from aligngemini.decode import ImageLoadError, load_image
     from aligngemini.train.run_output import read_run
 
-    trained_on = {run: run_sources(run) for run in runs}
+    trained = {run: read_run(run) for run in runs}
+    trained_on = {run: run_sources(trained[run]) for run in runs}
     scores = np.full(len(rows), np.nan)
     chosen: dict[str, str] = {}
     for fold in sorted(FOLDS):
@@ -285,11 +286,10 @@ def pixel_scores(
             continue
         run = eligible[0]
         chosen[fold] = run.name
-        trained = read_run(run)
         branch = build_branch(
             "pixel",
-            apply_overrides(trained.section, opts),
-            trained.branch_dir,
+            apply_overrides(trained[run].section, opts),
+            trained[run].branch_dir,
             device=torch.device("cpu"),
             dtype=torch.float32,  # as detect loads on a CPU; the section's precision may ask for bf16
         )
