@@ -710,6 +710,63 @@ def test_train_vae_on_a_frozen_encoder_trains_a_decoder_that_loads_as_taesd_kl(t
         build_generator(f"taesd-kl:{tmp_path / 'taetest'}", device="cpu")
 
 
+def test_spectral_loss_ignores_phase_and_sees_lost_detail():
+    from aligngemini.generators.train_vae import _spectral_l1
+
+    x = torch.from_numpy(np.asarray(photo_like(64, 64), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    shifted = x.roll(shifts=(5, 9), dims=(-2, -1))  # a circular shift changes every phase, no magnitude
+    soft = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # the same scene, less detail
+    assert float(_spectral_l1(x, x)) == 0
+    assert float(_spectral_l1(shifted, x)) < 1e-4 < float((shifted - x).abs().mean())
+    assert float(_spectral_l1(soft, x)) > 0.1
+
+
+def test_train_vae_init_starts_a_new_run_from_earlier_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    _write_taesd(tmp_path / "taetest", latent=8)
+    write_photos(tmp_path / "photos", 5)
+    base = ["generators", "train-vae", "--images", str(tmp_path / "photos"), *TINY_TRAIN,
+            "--encoder", f"taesd:{tmp_path / 'taetest'}"]  # fmt: skip
+    first, tuned = tmp_path / "dec", tmp_path / "tuned"
+    assert cli_main([*base, "--out", str(first), "--steps", "3"]) == 0
+    # at learning rate 0 the new run's weights are the ones it started from, to the bit
+    argv = [*base, "--out", str(tuned), "--init", str(first), "--spectral-weight", "0.1"]
+    assert cli_main([*argv, "--steps", "2", "--lr", "0"]) == 0
+    a, b = load_file(first / "kl_decoder.safetensors"), load_file(tuned / "kl_decoder.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    card = (tuned / "MODEL_CARD.md").read_text()
+    assert "0.1 x log-spectrum L1" in card and f"started from the weights of `{first}`" in card
+    assert json.loads((tuned / "metrics.json").read_text())["config"]["init"] == str(first)
+    # with the loss on, the weights move
+    assert cli_main([*argv, "--steps", "2", "--overwrite"]) == 0
+    b = load_file(tuned / "kl_decoder.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    # refused before anything is written: another architecture, another encoder, not a decoder, itself
+    bad = [*base, "--out", str(tmp_path / "x"), "--steps", "2"]
+    assert cli_main([*bad, "--init", str(first), "--channels", "8,8,8,16"]) == 2
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in first.iterdir():
+        if f.is_file():
+            (other / f.name).write_bytes(f.read_bytes())
+    (other / "taesd_encoder.safetensors").write_bytes(b"not the same encoder")
+    assert cli_main([*bad, "--init", str(other)]) == 2
+    assert cli_main([*bad, "--init", str(tmp_path / "photos")]) == 2
+    assert not (tmp_path / "x").exists()
+    assert cli_main([*base, "--out", str(first), "--init", str(first), "--steps", "2", "--overwrite"]) == 2
+    whole_vae = bad[: bad.index("--encoder")] + bad[bad.index("--encoder") + 2 :]
+    assert cli_main([*whole_vae, "--init", str(first)]) == 2  # a decoder cannot start a whole VAE
+    # a whole VAE starts from a whole VAE's weights the same way
+    vae = ["generators", "train-vae", "--images", str(tmp_path / "photos"), *TINY_TRAIN, "--steps", "2"]
+    assert cli_main([*vae, "--out", str(tmp_path / "vae")]) == 0
+    start_there = ["--init", str(tmp_path / "vae"), "--lr", "0"]
+    assert cli_main([*vae, "--out", str(tmp_path / "vae2"), *start_there]) == 0
+    a = load_file(tmp_path / "vae" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "vae2" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_taesd_in_bf16_computes_in_bf16_and_stays_close_to_fp32(tmp_path):
     _write_taesd(tmp_path / "taef2")
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))

@@ -20,6 +20,9 @@ examples:
   aligngemini generators train-vae --images photos/ --out DEC_DIR --encoder taesd:TAEF2_DIR --size 64
       train only an SD-family decoder on TAEF2's frozen latents (far quicker to beat bicubic than a
       whole VAE); use it as generator 'taesd-kl:DEC_DIR'
+  aligngemini generators train-vae --images photos/ --out DEC2_DIR --encoder taesd:TAEF2_DIR --size 64 \\
+      --init DEC_DIR --spectral-weight 0.1 --lr 1e-4 --steps 600
+      fine-tune that decoder so its reconstructions keep the photos' fine detail energy
   aligngemini generators reconstruct photo.jpg --generator vae:VAE_DIR --out recon/
       use the result
 """
@@ -64,6 +67,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the KL term on the latent distribution (default: 1e-6)")  # fmt: skip
     p.add_argument("--grad-weight", type=float, default=0.5,
                    help="weight of the image-gradient L1 term (default: 0.5)")  # fmt: skip
+    p.add_argument("--spectral-weight", type=float, default=0.0,
+                   help="weight of an L1 term on log-magnitude spectra, which rewards the photos' fine detail "
+                   "energy that an L1 loss alone averages away (default: 0, off; 0.1 is on the scale of the "
+                   "other terms)")  # fmt: skip
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start from the weights of an earlier train-vae --out of the same architecture (and, "
+                   "with --encoder, the same encoder), e.g. to fine-tune it with another loss; a new run with "
+                   "its own schedule, unlike --resume")  # fmt: skip
     p.add_argument("--channels", default="32,64,128,128",
                    help="block_out_channels, 4 comma-separated widths (default: 32,64,128,128)")  # fmt: skip
     p.add_argument("--latent-channels", type=int, default=4,
@@ -137,6 +148,7 @@ def _train_vae(args: argparse.Namespace) -> int:
         lr=args.lr,
         kl_weight=args.kl_weight,
         grad_weight=args.grad_weight,
+        spectral_weight=args.spectral_weight,
         block_out_channels=channels,
         layers_per_block=args.layers_per_block,
         latent_channels=args.latent_channels,
@@ -153,6 +165,7 @@ def _train_vae(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         encoder=args.encoder,
+        init=args.init,
     )
     try:
         result = train_vae(cfg)

@@ -6,7 +6,10 @@ in minutes at 128 px and properly on a GPU.
 
 Data: random crops of real photos, cut once into an in-memory pool (half at native resolution, half from a
 randomly down-scaled copy), split by image into train and held-out crops. Loss: L1 + image-gradient L1
-(a cheap perceptual substitute that rewards sharp edges) + a tiny KL term, as in SD's VAE.
+(a cheap perceptual substitute that rewards sharp edges) + a tiny KL term, as in SD's VAE; optionally an L1 on
+log-magnitude spectra (``spectral_weight``), which asks for the photos' fine-detail energy whatever its phase, as
+the adversarial and perceptual losses of real VAEs do and L1 alone does not. ``init`` starts a new run (its own
+schedule and card) from an earlier output's weights, e.g. to fine-tune a decoder with that term.
 
 Output: ``save_pretrained`` (safetensors) so that ``vae:<out>`` loads it, plus ``MODEL_CARD.md`` and
 ``metrics.json``. A checkpoint under ``<out>/checkpoint`` makes runs resumable (``resume=True``).
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKL
 
 MANIFEST_SUFFIXES = (".jsonl", ".json")
+VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"  # what AutoencoderKL.save_pretrained writes
 
 
 class TrainVAEError(ValueError):
@@ -67,6 +71,9 @@ class TrainVAEConfig:
     warmup: int = 50
     kl_weight: float = 1e-6
     grad_weight: float = 0.5
+    # log-magnitude spectrum L1: rewards fine detail of the photo's energy whatever its phase, which an L1 loss
+    # alone averages away (an L1-trained decoder comes back softer than its photos)
+    spectral_weight: float = 0.0
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
     layers_per_block: int = 1
     latent_channels: int = 4
@@ -85,6 +92,7 @@ class TrainVAEConfig:
     resume: bool = False
     overwrite: bool = False
     encoder: str | None = None  # "taesd:<folder>": train only a decoder, on this frozen encoder's latents
+    init: str | None = None  # an earlier output of the same architecture whose weights start a new run
 
     def arch(self) -> dict[str, Any]:
         """The fields that must match for a checkpoint to be resumed."""
@@ -270,6 +278,17 @@ def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return dx.abs().mean() + dy.abs().mean()
 
 
+def _spectral_l1(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+    """L1 between log-magnitude spectra (orthonormal 2-D FFT per channel); ``floor`` is about the 8-bit
+    quantisation noise per frequency, so no weight goes to matching energy below it."""
+    import torch
+
+    def log_magnitude(x: torch.Tensor) -> torch.Tensor:
+        return torch.log(torch.fft.rfft2(x.float(), norm="ortho").abs() + floor)
+
+    return (log_magnitude(a) - log_magnitude(b)).abs().mean()
+
+
 def _vae_roundtrip(model: AutoencoderKL) -> Callable[[torch.Tensor], torch.Tensor]:
     """[B, 3, H, W] in [0, 1] -> the reconstruction from the latent mean, in [-1, 1]."""
     return lambda x: model.decode(model.encode(x * 2 - 1).latent_dist.mode()).sample
@@ -349,6 +368,43 @@ def _lr_at(step: int, cfg: TrainVAEConfig, total: int) -> float:
     return cfg.lr * lr_factor(step, total, cfg.warmup, "cosine", min_ratio=0.1)
 
 
+def _init_folder(cfg: TrainVAEConfig, encoder_folder: Path | None) -> Path | None:
+    """The ``init`` folder, checked before anything is written: an output of the same mode, architecture and
+    (for a decoder) encoder; :class:`TrainVAEError` names the fix."""
+    if not cfg.init:
+        return None
+    folder = Path(cfg.init).expanduser()
+    weights, config = (DECODER_FILE, DECODER_CONFIG) if cfg.encoder else (VAE_WEIGHTS, "config.json")
+    if not (folder / weights).is_file() or not (folder / config).is_file():
+        what = "a decoder trained with --encoder" if cfg.encoder else "a whole VAE trained without --encoder"
+        raise TrainVAEError(
+            f"--init {cfg.init}: no {weights} and {config} there; give the --out folder of {what}"
+        )
+    if folder.resolve() == Path(cfg.out).expanduser().resolve():
+        raise TrainVAEError(f"--init {cfg.init} is --out; to continue a run in place pass --resume")
+    saved, wanted = json.loads((folder / config).read_text()), cfg.arch()
+    keys = ("block_out_channels", "layers_per_block", "latent_channels")
+    if any(saved.get(k) != wanted[k] for k in keys):
+        raise TrainVAEError(
+            f"--init {cfg.init}: its architecture { {k: saved.get(k) for k in keys} } differs from this run's "
+            f"{ {k: wanted[k] for k in keys} }; give --channels, --layers-per-block and --latent-channels as it did"
+        )
+    if encoder_folder is not None:
+        from aligngemini.generators.taesd import weights_file
+
+        copy = folder / ENCODER_FILE
+        if not copy.is_file() or copy.read_bytes() != weights_file(encoder_folder, "encoder").read_bytes():
+            raise TrainVAEError(f"--init {cfg.init}: its decoder was trained on another encoder's latents")
+    return folder
+
+
+def _load_init(folder: Path, model: torch.nn.Module, decoder_only: bool) -> None:
+    """Copy the weights of an earlier output (checked by :func:`_init_folder`) into ``model``."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(folder / (DECODER_FILE if decoder_only else VAE_WEIGHTS)))
+
+
 def _prepare_out(cfg: TrainVAEConfig) -> Path:
     out = Path(cfg.out).expanduser()
     ckpt = out / "checkpoint"
@@ -363,7 +419,7 @@ def _prepare_out(cfg: TrainVAEConfig) -> Path:
         for name in (
             "checkpoint",
             "config.json",
-            "diffusion_pytorch_model.safetensors",
+            VAE_WEIGHTS,
             ENCODER_FILE,
             ENCODER_LICENSE,
             DECODER_FILE,
@@ -408,6 +464,7 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
             raise TrainVAEError(f"--encoder {cfg.encoder!r}: {exc}") from exc
         encoder.requires_grad_(False)
         cfg = replace(cfg, latent_channels=latent_channels_of(encoder))
+    init_folder = _init_folder(cfg, encoder_folder)
     out = _prepare_out(cfg)
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.threads:
@@ -443,6 +500,8 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
             kl_decoder(cfg.latent_channels, cfg.block_out_channels, cfg.layers_per_block).to(device).train()
         )
         roundtrip = lambda x: model(encoder(x))  # noqa: E731
+    if init_folder is not None:
+        _load_init(init_folder, model, decoder_only=encoder is not None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     ckpt = out / "checkpoint"
     start, elapsed, history = 0, 0.0, []
@@ -493,6 +552,8 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         l1 = (rec - x).abs().mean()
         gl = _grad_l1(rec, x)
         loss = l1 + cfg.grad_weight * gl + cfg.kl_weight * kl
+        if cfg.spectral_weight:
+            loss = loss + cfg.spectral_weight * _spectral_l1(rec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -598,7 +659,9 @@ def _model_card(cfg: TrainVAEConfig, m: dict[str, Any]) -> str:
             f"block_out_channels {list(cfg.block_out_channels)}, layers_per_block {cfg.layers_per_block}, reading "
             f"{cfg.latent_channels} latent channels, 8x up-sampling, {m['params']:,} trained parameters"
         )
-        loss = f"L1 + {cfg.grad_weight} x gradient-L1 (no KL: the latent is the encoder's)"
+        loss = (
+            f"L1 + {cfg.grad_weight} x gradient-L1{_spectral_term(cfg)} (no KL: the latent is the encoder's)"
+        )
         own = f"; the encoder's own decoder: {m['encoder_own_decoder_psnr_db']:.2f} dB"
         licence = (
             "The encoder's weights keep their own licence (`ENCODER_LICENSE`); the decoder's follow the training "
@@ -614,7 +677,7 @@ def _model_card(cfg: TrainVAEConfig, m: dict[str, Any]) -> str:
             f"{cfg.layers_per_block}, {cfg.latent_channels} latent channels, 8x down-sampling, {m['params']:,} "
             "parameters"
         )
-        loss = f"L1 + {cfg.grad_weight} x gradient-L1 + {cfg.kl_weight} x KL"
+        loss = f"L1 + {cfg.grad_weight} x gradient-L1{_spectral_term(cfg)} + {cfg.kl_weight} x KL"
         own = ""
         licence = (
             "Licence of the weights follows the training images' licences; see the data source's own records."
@@ -631,7 +694,7 @@ differ in decoder traces. Round trip: {what}. Not a generative model of images.
 {m["val_images"]} held-out images (split by image), {m["train_crops"]} / {m["val_crops"]} crops of {cfg.size} px, \
 {m["skipped_images"]} images skipped (unreadable or smaller than a crop) |
 | training | {m["steps"]} steps, batch {cfg.batch}, AdamW lr {cfg.lr} (warm-up {cfg.warmup}, cosine to 10%), \
-loss {loss}, seed {cfg.seed} |
+loss {loss}, seed {cfg.seed}{_init_phrase(cfg)} |
 | time | {m["seconds"]:.0f} s on {m["device"]} |
 | held-out reconstruction | PSNR {m["val_psnr_db"]:.2f} dB (latent mean, 8-bit); bicubic x8 down-and-up of the same \
 crops: {m["bicubic_x8_psnr_db"]:.2f} dB{own} |
@@ -640,6 +703,16 @@ crops: {m["bicubic_x8_psnr_db"]:.2f} dB{own} |
 {licence}
 Use it as one generator among several, never as the only one.
 """
+
+
+def _spectral_term(cfg: TrainVAEConfig) -> str:
+    return f" + {cfg.spectral_weight} x log-spectrum L1" if cfg.spectral_weight else ""
+
+
+def _init_phrase(cfg: TrainVAEConfig) -> str:
+    """Where the weights started: a fine-tune's card points at the run it started from (whose card says how
+    that one was trained)."""
+    return f"; started from the weights of `{cfg.init}` (see its own MODEL_CARD.md)" if cfg.init else ""
 
 
 def _quality_note(m: dict[str, Any]) -> str:
