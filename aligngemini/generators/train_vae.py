@@ -175,7 +175,7 @@ def list_training_images(source: str | Path, split: str | None = None) -> list[P
     return sorted(paths)
 
 
-def _split(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+def split_by_image(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
     """Deterministic split by image (a hash of the file name and the seed), so crops of one photo never
     sit on both sides."""
     if len(paths) < 2:
@@ -278,7 +278,7 @@ def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return dx.abs().mean() + dy.abs().mean()
 
 
-def _spectral_l1(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+def log_spectrum_l1(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
     """L1 between log-magnitude spectra (orthonormal 2-D FFT per channel); ``floor`` is about the 8-bit
     quantisation noise per frequency, so no weight goes to matching energy below it."""
     import torch
@@ -474,7 +474,7 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
 
     if cfg.max_images:
         paths = paths[: cfg.max_images]
-    train_paths, val_paths = _split(paths, cfg.val_fraction, cfg.seed)
+    train_paths, val_paths = split_by_image(paths, cfg.val_fraction, cfg.seed)
     pool_np, skipped = build_crop_pool(
         train_paths, cfg.size, cfg.crops_per_image, cfg.max_pool, cfg.seed, desc="train crops"
     )
@@ -553,7 +553,7 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         gl = _grad_l1(rec, x)
         loss = l1 + cfg.grad_weight * gl + cfg.kl_weight * kl
         if cfg.spectral_weight:
-            loss = loss + cfg.spectral_weight * _spectral_l1(rec, x)
+            loss = loss + cfg.spectral_weight * log_spectrum_l1(rec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
