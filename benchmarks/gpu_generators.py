@@ -24,7 +24,7 @@ import torch
 
 from aligngemini.decode import load_image
 from aligngemini.generators.esrgan import ESRGANGenerator
-from aligngemini.generators.train_vae import TrainVAEConfig, _split, list_training_images, train_vae
+from aligngemini.generators.train_vae import TrainVAEConfig, list_training_images, split_by_image, train_vae
 from aligngemini.generators.vae import VAEGenerator
 
 
@@ -95,7 +95,7 @@ def main() -> int:
     print(json.dumps(report["train_vae"]), file=sys.stderr, flush=True)
 
     # held-out photos at full size, for the reconstruction checks
-    _, val_paths = _split(list_training_images(args.photos), cfg.val_fraction, cfg.seed)
+    _, val_paths = split_by_image(list_training_images(args.photos), cfg.val_fraction, cfg.seed)
     photos = [load_image(p).image for p in val_paths[: args.n_eval]]
     report["eval_photos"] = {"n": len(photos), "sizes": sorted({p.size for p in photos})}
 
