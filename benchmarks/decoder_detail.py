@@ -9,8 +9,8 @@ saw), each ``--generator`` reconstructs every crop and three numbers are reporte
 - ``psnr``: dB, after 8-bit rounding;
 - ``detail_ratio``: high-pass energy (the crop minus its 3x3 box blur) of the reconstructions over the photos',
   summed over crops; 1 keeps the photos' detail energy, below 1 is softer, above 1 adds texture;
-- ``log_spectrum_l1``: mean absolute difference of log-magnitude spectra (what ``train-vae --spectral-weight``
-  minimises), which ignores where detail lies and counts how much of it there is at each frequency.
+- ``band_energy_l1``: mean absolute difference of the log energies of eight rings of spatial frequency (what
+  ``train-vae --spectral-weight`` minimises), which ignores where detail lies and counts how much there is.
 
 Bicubic interpolation from 1/8 of the size (what an 8x latent would give with no decoder at all) is the floor row.
 
@@ -38,9 +38,9 @@ from record_header import describe_run, portable, record_header, write_record  #
 from aligngemini.data.manifest import manifest_path  # noqa: E402
 from aligngemini.generators.base import build_generator, to_images, to_tensor  # noqa: E402
 from aligngemini.generators.train_vae import (  # noqa: E402
+    band_energy_l1,
     build_crop_pool,
     list_training_images,
-    log_spectrum_l1,
     psnr,
     split_by_image,
 )
@@ -66,7 +66,7 @@ def detail_scores(recon: torch.Tensor, photos: torch.Tensor) -> dict[str, float]
     return {
         "psnr": psnr(recon, photos),
         "detail_ratio": energy(recon) / max(energy(photos), 1e-12),
-        "log_spectrum_l1": float(log_spectrum_l1(recon, photos)),  # a mean over equal-sized crops
+        "band_energy_l1": float(band_energy_l1(recon, photos)),  # a mean over equal-sized crops
     }
 
 
@@ -125,13 +125,14 @@ def render_md(record: dict[str, Any]) -> str:
         + ".",  # fmt: skip
         "",
         "Detail ratio: high-pass energy of the reconstruction over the photo's (1: as much fine detail; below: "
-        "softer). Log-spectrum L1: how far its energy per frequency is from the photo's, wherever the detail lies.",
+        "softer). Ring-energy L1: how far its energy in eight rings of frequency is from the photo's, wherever the "
+        "detail lies.",
         "",
-        "| generator | PSNR (dB) | detail ratio | log-spectrum L1 |",
+        "| generator | PSNR (dB) | detail ratio | ring-energy L1 |",
         "| --- | --- | --- | --- |",
     ]
     for name, r in record["generators"].items():
-        lines.append(f"| `{name}` | {r['psnr']:.2f} | {r['detail_ratio']:.3f} | {r['log_spectrum_l1']:.3f} |")
+        lines.append(f"| `{name}` | {r['psnr']:.2f} | {r['detail_ratio']:.3f} | {r['band_energy_l1']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

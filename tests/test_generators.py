@@ -711,14 +711,14 @@ def test_train_vae_on_a_frozen_encoder_trains_a_decoder_that_loads_as_taesd_kl(t
 
 
 def test_spectral_loss_ignores_phase_and_sees_lost_detail():
-    from aligngemini.generators.train_vae import log_spectrum_l1
+    from aligngemini.generators.train_vae import band_energy_l1
 
     x = torch.from_numpy(np.asarray(photo_like(64, 64), dtype=np.float32) / 255).permute(2, 0, 1)[None]
     shifted = x.roll(shifts=(5, 9), dims=(-2, -1))  # a circular shift changes every phase, no magnitude
     soft = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # the same scene, less detail
-    assert float(log_spectrum_l1(x, x)) == 0
-    assert float(log_spectrum_l1(shifted, x)) < 1e-4 < float((shifted - x).abs().mean())
-    assert float(log_spectrum_l1(soft, x)) > 0.1
+    assert float(band_energy_l1(x, x)) == 0
+    assert float(band_energy_l1(shifted, x)) < 1e-4 < float((shifted - x).abs().mean())
+    assert float(band_energy_l1(soft, x)) > 0.1
 
 
 def test_train_vae_init_starts_a_new_run_from_earlier_weights(tmp_path):
@@ -736,7 +736,7 @@ def test_train_vae_init_starts_a_new_run_from_earlier_weights(tmp_path):
     a, b = load_file(first / "kl_decoder.safetensors"), load_file(tuned / "kl_decoder.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     card = (tuned / "MODEL_CARD.md").read_text()
-    assert "0.1 x log-spectrum L1" in card and f"started from the weights of `{first}`" in card
+    assert "0.1 x ring-energy L1" in card and f"started from the weights of `{first}`" in card
     assert json.loads((tuned / "metrics.json").read_text())["config"]["init"] == str(first)
     # with the loss on, the weights move
     assert cli_main([*argv, "--steps", "2", "--overwrite"]) == 0

@@ -68,9 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-weight", type=float, default=0.5,
                    help="weight of the image-gradient L1 term (default: 0.5)")  # fmt: skip
     p.add_argument("--spectral-weight", type=float, default=0.0,
-                   help="weight of an L1 term on log-magnitude spectra, which rewards the photos' fine detail "
-                   "energy that an L1 loss alone averages away (default: 0, off; 0.1 is on the scale of the "
-                   "other terms)")  # fmt: skip
+                   help="weight of an L1 term on the log energies of spatial-frequency rings, which rewards "
+                   "the photos' fine-detail energy that an L1 loss alone averages away (default: 0, off)")  # fmt: skip
     p.add_argument("--init", default=None, metavar="DIR",
                    help="start from the weights of an earlier train-vae --out of the same architecture (and, "
                    "with --encoder, the same encoder), e.g. to fine-tune it with another loss; a new run with "

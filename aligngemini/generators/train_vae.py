@@ -7,8 +7,8 @@ in minutes at 128 px and properly on a GPU.
 Data: random crops of real photos, cut once into an in-memory pool (half at native resolution, half from a
 randomly down-scaled copy), split by image into train and held-out crops. Loss: L1 + image-gradient L1
 (a cheap perceptual substitute that rewards sharp edges) + a tiny KL term, as in SD's VAE; optionally an L1 on
-log-magnitude spectra (``spectral_weight``), which asks for the photos' fine-detail energy whatever its phase, as
-the adversarial and perceptual losses of real VAEs do and L1 alone does not. ``init`` starts a new run (its own
+the log energies of spatial-frequency rings (``spectral_weight``), which asks for the photos' fine-detail energy
+whatever its phase, as the adversarial and perceptual losses of real VAEs do and L1 alone does not. ``init`` starts a new run (its own
 schedule and card) from an earlier output's weights, e.g. to fine-tune a decoder with that term.
 
 Output: ``save_pretrained`` (safetensors) so that ``vae:<out>`` loads it, plus ``MODEL_CARD.md`` and
@@ -71,7 +71,7 @@ class TrainVAEConfig:
     warmup: int = 50
     kl_weight: float = 1e-6
     grad_weight: float = 0.5
-    # log-magnitude spectrum L1: rewards fine detail of the photo's energy whatever its phase, which an L1 loss
+    # log ring-energy L1 (band_energy_l1): rewards the photo's fine-detail energy whatever its phase, which an L1 loss
     # alone averages away (an L1-trained decoder comes back softer than its photos)
     spectral_weight: float = 0.0
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
@@ -278,15 +278,26 @@ def _grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return dx.abs().mean() + dy.abs().mean()
 
 
-def log_spectrum_l1(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
-    """L1 between log-magnitude spectra (orthonormal 2-D FFT per channel); ``floor`` is about the 8-bit
-    quantisation noise per frequency, so no weight goes to matching energy below it."""
+def band_energy_l1(a: torch.Tensor, b: torch.Tensor, bands: int = 8, floor: float = 1e-6) -> torch.Tensor:
+    """L1 between the log energies of ``bands`` rings of spatial frequency (orthonormal 2-D FFT, per image and
+    channel, mean power per ring). Ring energies ignore where detail lies (the phase) and, unlike a per-frequency
+    log, are set by the strong components that carry a photo's detail, not by the many weak ones. ``floor``
+    (about the power of 8-bit quantisation noise) keeps near-empty rings from counting."""
     import torch
 
-    def log_magnitude(x: torch.Tensor) -> torch.Tensor:
-        return torch.log(torch.fft.rfft2(x.float(), norm="ortho").abs() + floor)
+    h, w = a.shape[-2:]
+    radius = torch.sqrt(torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.rfftfreq(w)[None, :] ** 2) / math.sqrt(
+        0.5
+    )
+    ring = (radius * bands).long().clamp(max=bands - 1).flatten().to(a.device)
+    members = torch.nn.functional.one_hot(ring, bands).float()  # [h * (w // 2 + 1), bands]
+    members = members / members.sum(0)  # each ring's mean
 
-    return (log_magnitude(a) - log_magnitude(b)).abs().mean()
+    def log_ring_power(x: torch.Tensor) -> torch.Tensor:
+        power = torch.fft.rfft2(x.float(), norm="ortho").abs().pow(2).flatten(-2)
+        return torch.log(power @ members + floor)
+
+    return (log_ring_power(a) - log_ring_power(b)).abs().mean()
 
 
 def _vae_roundtrip(model: AutoencoderKL) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -553,7 +564,7 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         gl = _grad_l1(rec, x)
         loss = l1 + cfg.grad_weight * gl + cfg.kl_weight * kl
         if cfg.spectral_weight:
-            loss = loss + cfg.spectral_weight * log_spectrum_l1(rec, x)
+            loss = loss + cfg.spectral_weight * band_energy_l1(rec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -706,7 +717,7 @@ Use it as one generator among several, never as the only one.
 
 
 def _spectral_term(cfg: TrainVAEConfig) -> str:
-    return f" + {cfg.spectral_weight} x log-spectrum L1" if cfg.spectral_weight else ""
+    return f" + {cfg.spectral_weight} x ring-energy L1" if cfg.spectral_weight else ""
 
 
 def _init_phrase(cfg: TrainVAEConfig) -> str:
