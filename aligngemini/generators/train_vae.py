@@ -710,7 +710,7 @@ loss {loss}, seed {cfg.seed}{_init_phrase(cfg)} |
 | held-out reconstruction | PSNR {m["val_psnr_db"]:.2f} dB (latent mean, 8-bit); bicubic x8 down-and-up of the same \
 crops: {m["bicubic_x8_psnr_db"]:.2f} dB{own} |
 
-{_quality_note(m)}
+{_quality_note(m, cfg.spectral_weight > 0)}
 {licence}
 Use it as one generator among several, never as the only one.
 """
@@ -726,7 +726,7 @@ def _init_phrase(cfg: TrainVAEConfig) -> str:
     return f"; started from the weights of `{cfg.init}` (see its own MODEL_CARD.md)" if cfg.init else ""
 
 
-def _quality_note(m: dict[str, Any]) -> str:
+def _quality_note(m: dict[str, Any], spectral: bool = False) -> str:
     """A VAE with 8x down-sampling should beat bicubic interpolation from the 1/8 image; one that does not
     changes colour and detail, not only decoder traces, and makes impure pixel pairs."""
     if m["val_psnr_db"] < m["bicubic_x8_psnr_db"]:
@@ -734,6 +734,13 @@ def _quality_note(m: dict[str, Any]) -> str:
             f"**Undertrained**: its held-out PSNR ({m['val_psnr_db']:.2f} dB) is below bicubic x8 "
             f"({m['bicubic_x8_psnr_db']:.2f} dB), so its reconstructions differ from the originals in colour and "
             "detail, not only in decoder traces. Train longer (`--resume --steps N`) before building pure-pixel "
-            "pairs with it.\n"
+            "pairs with it."
+            + (
+                " With the spectral term part of the gap is texture drawn where the photo had other texture; "
+                "`benchmarks/decoder_detail.py` measures how much fine detail the reconstructions keep."
+                if spectral
+                else ""
+            )
+            + "\n"
         )
     return "Held-out PSNR is above the bicubic x8 floor: reconstructions keep colour and structure.\n"
