@@ -39,7 +39,10 @@ def test_a_whole_run_writes_a_row_per_generator(tmp_path) -> None:
     argv = ["--images", str(tmp_path / "photos"), "--generator", f"taesd:{tmp_path / 'tae'}", "--crop", "64"]
     assert dd.main([*argv, "--crops", "4", "--out", str(out)]) == 0
     record = json.loads(out.with_name("detail.json").read_text())
-    assert list(record["generators"]) == ["bicubic x8 (no decoder)", f"taesd:{tmp_path / 'tae'}"]
+    # the folder as a reader can follow it (relative to the repository when it sits beside it)
+    spec = dd.portable_spec(f"taesd:{tmp_path / 'tae'}")
+    assert spec.startswith("taesd:") and spec.endswith("/tae")
+    assert list(record["generators"]) == ["bicubic x8 (no decoder)", spec]
     assert record["crops"] == 4 and record["held_out_images"] == 1  # 10% of 10 photos, 4 crops of the one
     assert all(np.isfinite(v) for row in record["generators"].values() for v in row.values())
     assert "| `bicubic x8 (no decoder)` |" in out.with_name("detail.md").read_text()
