@@ -7,9 +7,10 @@ in minutes at 128 px and properly on a GPU.
 Data: random crops of real photos, cut once into an in-memory pool (half at native resolution, half from a
 randomly down-scaled copy), split by image into train and held-out crops. Loss: L1 + image-gradient L1
 (a cheap perceptual substitute that rewards sharp edges) + a tiny KL term, as in SD's VAE; optionally an L1 on
-the log energies of spatial-frequency rings (``spectral_weight``), which asks for the photos' fine-detail energy
-whatever its phase, as the adversarial and perceptual losses of real VAEs do and L1 alone does not. ``init`` starts a new run (its own
-schedule and card) from an earlier output's weights, e.g. to fine-tune a decoder with that term.
+the log energies of spatial-frequency rings (``spectral_weight``, :func:`band_energy_l1`), which asks for the
+photos' fine-detail energy whatever its phase, as the adversarial and perceptual losses of real VAEs do and L1
+alone does not. ``init`` starts a new run (its own schedule and card) from an earlier output's weights, e.g. to
+fine-tune a decoder with that term.
 
 Output: ``save_pretrained`` (safetensors) so that ``vae:<out>`` loads it, plus ``MODEL_CARD.md`` and
 ``metrics.json``. A checkpoint under ``<out>/checkpoint`` makes runs resumable (``resume=True``).
