@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recon_distance import high_pass  # noqa: E402
@@ -39,6 +38,7 @@ from aligngemini.data.manifest import manifest_path  # noqa: E402
 from aligngemini.generators.base import build_generator, to_images, to_tensor  # noqa: E402
 from aligngemini.generators.train_vae import (  # noqa: E402
     band_energy_l1,
+    bicubic_down_up,
     build_crop_pool,
     list_training_images,
     psnr,
@@ -76,11 +76,6 @@ def portable_spec(spec: str) -> str:
     return f"{kind}:{portable(folder)}" if folder and Path(folder).expanduser().exists() else spec
 
 
-def bicubic_x8(x: torch.Tensor) -> torch.Tensor:
-    small = F.interpolate(x, scale_factor=1 / 8, mode="area")
-    return F.interpolate(small, size=x.shape[-2:], mode="bicubic").clamp(0, 1)
-
-
 def reconstruct_with(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
     generator = build_generator(spec, device="cpu")
     return lambda x: to_tensor(generator.reconstruct(to_images(x)))
@@ -97,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: dict[str, dict[str, float]] = {}
     t0 = time.time()
     for name, run in [
-        ("bicubic x8 (no decoder)", bicubic_x8),
+        ("bicubic x8 (no decoder)", bicubic_down_up),
         *((g, reconstruct_with(g)) for g in args.generator),
     ]:
         recon = torch.cat([run(photos[i : i + 16]) for i in range(0, len(photos), 16)])

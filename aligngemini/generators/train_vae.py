@@ -287,9 +287,8 @@ def band_energy_l1(a: torch.Tensor, b: torch.Tensor, bands: int = 8, floor: floa
     import torch
 
     h, w = a.shape[-2:]
-    radius = torch.sqrt(torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.rfftfreq(w)[None, :] ** 2) / math.sqrt(
-        0.5
-    )
+    fy, fx = torch.fft.fftfreq(h)[:, None], torch.fft.rfftfreq(w)[None, :]
+    radius = torch.hypot(fy, fx) / math.sqrt(0.5)  # 1 at the spectrum's corner
     ring = (radius * bands).long().clamp(max=bands - 1).flatten().to(a.device)
     members = torch.nn.functional.one_hot(ring, bands).float()  # [h * (w // 2 + 1), bands]
     members = members / members.sum(0)  # each ring's mean
@@ -327,14 +326,19 @@ def _evaluate(
     return sum(s * n for s, n in scores) / max(1, sum(n for _, n in scores))
 
 
-def _bicubic_psnr(val: torch.Tensor, factor: int = 8) -> float:
+def bicubic_down_up(x: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] shrunk ``factor`` times by area and brought back by bicubic interpolation: what an
+    autoencoder with that down-sampling would give with no decoder at all, the floor it must beat."""
     import torch.nn.functional as F
 
+    h, w = x.shape[-2:]
+    small = F.interpolate(x, size=(h // factor, w // factor), mode="area")
+    return F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def _bicubic_psnr(val: torch.Tensor, factor: int = 8) -> float:
     x = val.float().div(255)
-    size = x.shape[-1]
-    small = F.interpolate(x, size=(size // factor, size // factor), mode="area")
-    up = F.interpolate(small, size=(size, size), mode="bicubic", align_corners=False)
-    return psnr(up, x)
+    return psnr(bicubic_down_up(x, factor), x)
 
 
 # ------------------------------------------------------------------------------------- checkpointing
@@ -464,9 +468,8 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     )  # before touching --out, so a bad input leaves nothing behind
     encoder_folder = cfg.encoder_folder()
     encoder = own_decoder = None
-    if (
-        encoder_folder is not None
-    ):  # both halves now, so that a folder without its decoder fails before training
+    # both halves now, so that a folder without its decoder fails before training
+    if encoder_folder is not None:
         from aligngemini.generators.base import GeneratorSpecError
         from aligngemini.generators.taesd import latent_channels_of, load_tiny_autoencoder
 
