@@ -31,7 +31,6 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recon_distance import high_pass  # noqa: E402
 from record_header import describe_run, portable, record_header, write_record  # noqa: E402
 
 from aligngemini.data.manifest import manifest_path  # noqa: E402
@@ -40,6 +39,7 @@ from aligngemini.generators.train_vae import (  # noqa: E402
     band_energy_l1,
     bicubic_down_up,
     build_crop_pool,
+    detail_ratio,
     list_training_images,
     psnr,
     split_by_image,
@@ -60,12 +60,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def detail_scores(recon: torch.Tensor, photos: torch.Tensor) -> dict[str, float]:
-    """The three numbers of the module docstring over all crops (the detail ratio of the summed energies, so
-    that nearly flat crops do not dominate it)."""
-    energy = lambda x: float(high_pass(x).pow(2).mean())  # noqa: E731
+    """The three numbers of the module docstring over all crops."""
     return {
         "psnr": psnr(recon, photos),
-        "detail_ratio": energy(recon) / max(energy(photos), 1e-12),
+        "detail_ratio": detail_ratio(recon, photos),
         "band_energy_l1": float(band_energy_l1(recon, photos)),  # a mean over equal-sized crops
     }
 

@@ -48,6 +48,7 @@ from aligngemini.data.manifest import manifest_path  # noqa: E402
 from aligngemini.decode import ImageLoadError, load_image  # noqa: E402
 from aligngemini.fusion import logit  # noqa: E402
 from aligngemini.generators.base import build_generator, to_images, to_tensor  # noqa: E402
+from aligngemini.generators.train_vae import high_pass  # noqa: E402
 
 DISTANCES = ("l2", "hp_ratio", "l2_vs_bicubic")
 GRID = 16
@@ -80,11 +81,6 @@ def middle_row_crops(image: Image.Image, size: int) -> torch.Tensor:
     top = (h - s) // 2 // GRID * GRID
     lefts = (0, (w - s) // GRID * GRID)
     return to_tensor([image.crop((left, top, left + s, top + s)) for left in lefts])
-
-
-def high_pass(x: torch.Tensor) -> torch.Tensor:
-    kernel = torch.full((3, 1, 3, 3), 1 / 9)
-    return x - F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
 
 
 def distances(crops: torch.Tensor, recon: torch.Tensor) -> dict[str, float]:

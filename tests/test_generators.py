@@ -768,6 +768,51 @@ def test_train_vae_init_starts_a_new_run_from_earlier_weights(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_adaptive_weight_is_the_ratio_of_gradient_norms_at_the_last_layer():
+    from aligngemini.generators.train_vae import adaptive_weight, patch_discriminator
+
+    w = torch.nn.Parameter(torch.ones(3, 4))
+    x = torch.randn(3, 4)
+    rec, adv = (3 * w * x).sum(), (w * x).sum()  # gradients 3x and x
+    assert float(adaptive_weight(rec, adv, w)) == pytest.approx(3, rel=1e-3)
+    critic = patch_discriminator(width=8)
+    assert critic(torch.zeros(2, 3, 64, 64)).shape == (2, 1, 14, 14)  # one logit per patch
+
+
+def test_train_vae_adversarial_term_moves_the_weights_resumes_exactly_and_is_named(tmp_path):
+    from safetensors.torch import load_file
+
+    _write_taesd(tmp_path / "taetest", latent=8)
+    write_photos(tmp_path / "photos", 5)
+    base = ["generators", "train-vae", "--images", str(tmp_path / "photos"), *TINY_TRAIN,
+            "--encoder", f"taesd:{tmp_path / 'taetest'}", "--lr", "1e-3", "--eval-every", "2"]  # fmt: skip
+    adv = [*base, "--adversarial-weight", "0.5"]
+    assert cli_main([*base, "--out", str(tmp_path / "plain"), "--steps", "4"]) == 0
+    assert cli_main([*adv, "--out", str(tmp_path / "adv"), "--steps", "4"]) == 0
+    plain = load_file(tmp_path / "plain" / "kl_decoder.safetensors")
+    whole = load_file(tmp_path / "adv" / "kl_decoder.safetensors")
+    assert plain.keys() == whole.keys()  # the critic stays out of the generator's files
+    assert any(not torch.equal(plain[k], whole[k]) for k in plain)  # the same seed: only the critic differs
+    ckpt = load_file(tmp_path / "adv" / "checkpoint" / "model.safetensors")
+    assert any(k.startswith("critic.") for k in ckpt) and any(k.startswith("model.") for k in ckpt)
+    card = (tmp_path / "adv" / "MODEL_CARD.md").read_text()
+    assert "0.5 x adaptively weighted PatchGAN hinge loss" in card and "detail ratio" in card
+    metrics = json.loads((tmp_path / "adv" / "metrics.json").read_text())
+    assert [h["step"] for h in metrics["history"]] == [2, 4]
+    assert all(np.isfinite(h["val_detail"]) and h["val_detail"] > 0 for h in metrics["history"])
+    assert metrics["val_detail_ratio"] == round(metrics["history"][-1]["val_detail"], 4)
+    # interrupted at step 2 and resumed: the critic and its optimiser state come back, so the run is the same
+    assert cli_main([*adv, "--out", str(tmp_path / "resumed"), "--steps", "2"]) == 0
+    assert cli_main([*adv, "--out", str(tmp_path / "resumed"), "--steps", "4", "--resume"]) == 0
+    resumed = load_file(tmp_path / "resumed" / "kl_decoder.safetensors")
+    assert max(float((whole[k] - resumed[k]).abs().max()) for k in whole) < 1e-5
+    # a checkpoint with a critic is not resumed without one (nor the other way), and is left as it was
+    before = (tmp_path / "adv" / "checkpoint" / "model.safetensors").read_bytes()
+    assert cli_main([*base, "--out", str(tmp_path / "adv"), "--steps", "6", "--resume"]) == 2
+    assert cli_main([*adv, "--out", str(tmp_path / "plain"), "--steps", "6", "--resume"]) == 2
+    assert (tmp_path / "adv" / "checkpoint" / "model.safetensors").read_bytes() == before
+
+
 def test_taesd_in_bf16_computes_in_bf16_and_stays_close_to_fp32(tmp_path):
     _write_taesd(tmp_path / "taef2")
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))

@@ -9,7 +9,10 @@ randomly down-scaled copy), split by image into train and held-out crops. Loss: 
 (a cheap perceptual substitute that rewards sharp edges) + a tiny KL term, as in SD's VAE; optionally an L1 on
 the log energies of spatial-frequency rings (``spectral_weight``, :func:`band_energy_l1`), which asks for the
 photos' fine-detail energy whatever its phase, as the adversarial and perceptual losses of real VAEs do and L1
-alone does not. ``init`` starts a new run (its own schedule and card) from an earlier output's weights, e.g. to
+alone does not; optionally the adversarial term itself (``adversarial_weight``: a PatchGAN critic trained beside
+the model with the hinge loss, its push scaled by the SD VAE's adaptive weight). Every evaluation records the
+held-out PSNR and the detail ratio (:func:`detail_ratio`), the check a decoder should pass before pure-pixel
+pairs are built with it. ``init`` starts a new run (its own schedule and card) from an earlier output's weights, e.g. to
 fine-tune a decoder with that term.
 
 Output: ``save_pretrained`` (safetensors) so that ``vae:<out>`` loads it, plus ``MODEL_CARD.md`` and
@@ -75,6 +78,9 @@ class TrainVAEConfig:
     # log ring-energy L1 (band_energy_l1): rewards the photo's fine-detail energy whatever its phase, which an L1 loss
     # alone averages away (an L1-trained decoder comes back softer than its photos)
     spectral_weight: float = 0.0
+    # a PatchGAN critic's hinge loss, scaled as the SD VAE scales it (by the ratio of the reconstruction loss's and
+    # its own gradient norms at the decoder's last layer): real VAE decoders draw texture because of this term
+    adversarial_weight: float = 0.0
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
     layers_per_block: int = 1
     latent_channels: int = 4
@@ -105,6 +111,8 @@ class TrainVAEConfig:
         }
         if self.encoder:  # only then, so that checkpoints of whole VAEs written before this key still resume
             arch["encoder"] = self.encoder
+        if self.adversarial_weight:  # the checkpoint then also holds the critic
+            arch["adversarial"] = True
         return arch
 
     def encoder_folder(self) -> Path | None:
@@ -128,6 +136,7 @@ class TrainVAEResult:
     steps: int
     seconds: float
     val_psnr: float  # dB, latent-mean reconstruction of held-out crops
+    val_detail: float  # held-out detail ratio (:func:`detail_ratio`): 1 keeps the photos' fine detail
     bicubic_psnr: float  # dB, bicubic x8 down-and-up of the same crops: the floor a f8 VAE must beat
     n_train_images: int
     n_val_images: int
@@ -300,6 +309,32 @@ def band_energy_l1(a: torch.Tensor, b: torch.Tensor, bands: int = 8, floor: floa
     return (log_ring_power(a) - log_ring_power(b)).abs().mean()
 
 
+def patch_discriminator(width: int = 32) -> torch.nn.Module:
+    """A PatchGAN critic (the pix2pix shape the SD VAE's discriminator has, narrower): one logit per 34-pixel
+    patch of an image in [-1, 1]. Spectral normalisation keeps it stable over the few hundred steps a CPU run
+    has."""
+    from torch import nn
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+        return [spectral_norm(nn.Conv2d(cin, cout, 4, stride, 1)), nn.LeakyReLU(0.2)]
+
+    return nn.Sequential(
+        *block(3, width, 2), *block(width, 2 * width, 2), *block(2 * width, 4 * width, 1),
+        nn.Conv2d(4 * width, 1, 4, 1, 1),
+    )  # fmt: skip
+
+
+def adaptive_weight(rec_loss: torch.Tensor, adv_loss: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """The SD VAE's balance of the two losses: the ratio of their gradient norms at the decoder's last weight, so
+    that the critic's push is as strong as the reconstruction's whatever their scales."""
+    import torch
+
+    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(adv_loss, last, retain_graph=True)[0]
+    return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0, 1e4).detach()
+
+
 def _vae_roundtrip(model: AutoencoderKL) -> Callable[[torch.Tensor], torch.Tensor]:
     """[B, 3, H, W] in [0, 1] -> the reconstruction from the latent mean, in [-1, 1]."""
     return lambda x: model.decode(model.encode(x * 2 - 1).latent_dist.mode()).sample
@@ -311,19 +346,41 @@ def _evaluate(
     val: torch.Tensor,
     device: torch.device,
     batch: int,
-) -> float:
+) -> tuple[float, float]:
+    """Held-out PSNR (dB) and detail ratio (:func:`detail_ratio`) of the round trip."""
     import torch
 
     was_training = model.training
     model.eval()
     scores: list[tuple[float, int]] = []
+    energy = [0.0, 0.0]  # high-pass energy summed over crops: reconstructions, photos
     with torch.inference_mode():
         for i in range(0, len(val), batch):
             x = val[i : i + batch].to(device).float().div(255)
-            rec = roundtrip(x)
-            scores.append((psnr((rec.float() + 1) / 2, x), len(x)))
+            rec = ((roundtrip(x).float() + 1) / 2).clamp(0, 1)
+            scores.append((psnr(rec, x), len(x)))
+            energy[0] += float(high_pass(rec).pow(2).sum())
+            energy[1] += float(high_pass(x).pow(2).sum())
     model.train(was_training)
-    return sum(s * n for s, n in scores) / max(1, sum(n for _, n in scores))
+    return sum(s * n for s, n in scores) / max(1, sum(n for _, n in scores)), energy[0] / max(
+        energy[1], 1e-12
+    )
+
+
+def high_pass(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] minus its 3x3 box blur (replicated edges): the finest detail of an image."""
+    import torch.nn.functional as F
+
+    c = x.shape[1]
+    kernel = x.new_full((c, 1, 3, 3), 1 / 9)
+    return x - F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
+
+
+def detail_ratio(recon: torch.Tensor, photos: torch.Tensor) -> float:
+    """High-pass energy of the reconstructions over the photos' (summed over crops, so that nearly flat crops do
+    not dominate): 1 keeps the photos' fine detail, below 1 is softer, above 1 adds texture. A pure-pixel pair
+    whose fake is softer than its photo teaches an expert "soft = fake", which web photos contradict."""
+    return float(high_pass(recon).pow(2).mean()) / max(float(high_pass(photos).pow(2).mean()), 1e-12)
 
 
 def bicubic_down_up(x: torch.Tensor, factor: int = 8) -> torch.Tensor:
@@ -517,7 +574,12 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         roundtrip = lambda x: model(encoder(x))  # noqa: E731
     if init_folder is not None:
         _load_init(init_folder, model, decoder_only=encoder is not None)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    critic = patch_discriminator().to(device).train() if cfg.adversarial_weight else None
+    # what a checkpoint holds: the model, and the critic beside it when there is one
+    trained = model if critic is None else torch.nn.ModuleDict({"model": model, "critic": critic})
+    last = (model.conv_out if encoder is not None else model.decoder.conv_out).weight
+    # one optimiser: a step moves only the parameters that have a gradient, the model's or the critic's
+    opt = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     ckpt = out / "checkpoint"
     start, elapsed, history = 0, 0.0, []
     if cfg.resume and (ckpt / CHECKPOINT_STATE).is_file():
@@ -530,7 +592,7 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
             warnings.warn(
                 f"{ckpt}: the image list changed since this checkpoint; resuming anyway", stacklevel=2
             )
-        state = _load_checkpoint(ckpt, model, opt)
+        state = _load_checkpoint(ckpt, trained, opt)
         start, elapsed, history = state["step"], state["elapsed"], state.get("history", [])
 
     # bf16 autocast on GPU (the loss stays in float32); plain float32 on the CPU
@@ -569,10 +631,25 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         loss = l1 + cfg.grad_weight * gl + cfg.kl_weight * kl
         if cfg.spectral_weight:
             loss = loss + cfg.spectral_weight * band_energy_l1(rec, x)
+        if critic is not None:
+            critic.requires_grad_(False)
+            with autocast:
+                fool = -critic(rec * 2 - 1).float().mean()  # hinge loss, the model's side
+            ramp = min(1.0, (step + 1) / max(1, cfg.warmup))  # the critic learns before it is heard in full
+            loss = loss + cfg.adversarial_weight * ramp * adaptive_weight(loss, fool, last) * fool
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if critic is not None:
+            critic.requires_grad_(True)
+            with autocast:
+                real, fake = critic(x * 2 - 1).float(), critic(rec.detach() * 2 - 1).float()
+            critic_loss = torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()
+            opt.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            torch.nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
+            opt.step()
         running.append(float(loss.detach()))
         bar.update(1)
         step += 1
@@ -592,20 +669,24 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         if step % 10 == 0 or step == total:
             bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", l1=f"{float(l1.detach()):.4f}")
         if step % cfg.eval_every == 0 or step == total:
-            v = _evaluate(model, roundtrip, val, device, cfg.batch)
+            v, detail = _evaluate(model, roundtrip, val, device, cfg.batch)
             loss_avg = float(np.mean(running[-50:]))
-            history.append(
-                {"step": step, "loss": loss_avg, "val_psnr": v, "seconds": time.perf_counter() - t0}
+            history.append({"step": step, "loss": loss_avg, "val_psnr": v, "val_detail": detail,
+                            "seconds": time.perf_counter() - t0})  # fmt: skip
+            bar.write(
+                f"step {step}: loss {loss_avg:.4f}, held-out PSNR {v:.2f} dB, detail ratio {detail:.3f}"
             )
-            bar.write(f"step {step}: loss {loss_avg:.4f}, held-out PSNR {v:.2f} dB")
         if step % cfg.save_every == 0 and step < total:
             state = {"step": step, "elapsed": time.perf_counter() - t0, "arch": cfg.arch(),
                      "data_digest": data_digest, "history": history}  # fmt: skip
-            _save_checkpoint(ckpt, model, opt, state)
+            _save_checkpoint(ckpt, trained, opt, state)
     bar.close()
     seconds = time.perf_counter() - t0
     steps_done = max(start, total)
-    val_psnr = history[-1]["val_psnr"] if history else _evaluate(model, roundtrip, val, device, cfg.batch)
+    if history and "val_detail" in history[-1]:
+        val_psnr, val_detail = history[-1]["val_psnr"], history[-1]["val_detail"]
+    else:  # resumed at its last step from a checkpoint written before the detail ratio was recorded
+        val_psnr, val_detail = _evaluate(model, roundtrip, val, device, cfg.batch)
     bicubic = _bicubic_psnr(val)
 
     model = model.float().eval()
@@ -615,7 +696,7 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         save_latent_decoder(out, model, cfg.arch(), encoder_folder)
     _save_checkpoint(
         ckpt,
-        model,
+        trained,
         opt,
         {
             "step": steps_done,
@@ -630,6 +711,7 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         steps=steps_done,
         seconds=seconds,
         val_psnr=val_psnr,
+        val_detail=val_detail,
         bicubic_psnr=bicubic,
         n_train_images=len(train_paths) - skipped,
         n_val_images=len(val_paths) - val_skipped,
@@ -637,15 +719,23 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     )
     if own_decoder is not None:  # the reference a decoder of our own is judged against: the encoder's own
         own = own_decoder.to(device)
-        own_psnr = _evaluate(own, lambda x: own(encoder(x)) * 2 - 1, val, device, cfg.batch)
+        own_psnr, own_detail = _evaluate(own, lambda x: own(encoder(x)) * 2 - 1, val, device, cfg.batch)
     metrics = {
         "steps": steps_done,
         "seconds": round(seconds, 1),
         "device": str(device),
         "params": n_params,
         "val_psnr_db": round(val_psnr, 3),
+        "val_detail_ratio": round(val_detail, 4),
         "bicubic_x8_psnr_db": round(bicubic, 3),
-        **({"encoder_own_decoder_psnr_db": round(own_psnr, 3)} if own_decoder is not None else {}),
+        **(
+            {
+                "encoder_own_decoder_psnr_db": round(own_psnr, 3),
+                "encoder_own_decoder_detail_ratio": round(own_detail, 4),
+            }
+            if own_decoder is not None
+            else {}
+        ),
         "train_images": result.n_train_images,
         "val_images": result.n_val_images,
         "train_crops": len(pool),
@@ -678,6 +768,7 @@ def _model_card(cfg: TrainVAEConfig, m: dict[str, Any]) -> str:
             f"L1 + {cfg.grad_weight} x gradient-L1{_spectral_term(cfg)} (no KL: the latent is the encoder's)"
         )
         own = f"; the encoder's own decoder: {m['encoder_own_decoder_psnr_db']:.2f} dB"
+        own_detail = f"; the encoder's own decoder: {m['encoder_own_decoder_detail_ratio']:.3f}"
         licence = (
             "The encoder's weights keep their own licence (`ENCODER_LICENSE`); the decoder's follow the training "
             "images' licences; see the data source's own records."
@@ -693,7 +784,7 @@ def _model_card(cfg: TrainVAEConfig, m: dict[str, Any]) -> str:
             "parameters"
         )
         loss = f"L1 + {cfg.grad_weight} x gradient-L1{_spectral_term(cfg)} + {cfg.kl_weight} x KL"
-        own = ""
+        own = own_detail = ""
         licence = (
             "Licence of the weights follows the training images' licences; see the data source's own records."
         )
@@ -713,15 +804,21 @@ loss {loss}, seed {cfg.seed}{_init_phrase(cfg)} |
 | time | {m["seconds"]:.0f} s on {m["device"]} |
 | held-out reconstruction | PSNR {m["val_psnr_db"]:.2f} dB (latent mean, 8-bit); bicubic x8 down-and-up of the same \
 crops: {m["bicubic_x8_psnr_db"]:.2f} dB{own} |
+| held-out detail ratio | {m["val_detail_ratio"]:.3f} (high-pass energy of the reconstructions over the photos'; 1 keeps \
+their fine detail, below 1 is softer){own_detail} |
 
-{_quality_note(m, cfg.spectral_weight > 0)}
+{_quality_note(m, cfg.spectral_weight > 0 or cfg.adversarial_weight > 0)}
 {licence}
 Use it as one generator among several, never as the only one.
 """
 
 
 def _spectral_term(cfg: TrainVAEConfig) -> str:
-    return f" + {cfg.spectral_weight} x ring-energy L1" if cfg.spectral_weight else ""
+    """The optional terms of the loss, as the card names them."""
+    terms = f" + {cfg.spectral_weight} x ring-energy L1" if cfg.spectral_weight else ""
+    if cfg.adversarial_weight:
+        terms += f" + {cfg.adversarial_weight} x adaptively weighted PatchGAN hinge loss"
+    return terms
 
 
 def _init_phrase(cfg: TrainVAEConfig) -> str:
@@ -730,21 +827,31 @@ def _init_phrase(cfg: TrainVAEConfig) -> str:
     return f"; started from the weights of `{cfg.init}` (see its own MODEL_CARD.md)" if cfg.init else ""
 
 
-def _quality_note(m: dict[str, Any], spectral: bool = False) -> str:
+def _quality_note(m: dict[str, Any], texture: bool = False) -> str:
     """A VAE with 8x down-sampling should beat bicubic interpolation from the 1/8 image; one that does not
-    changes colour and detail, not only decoder traces, and makes impure pixel pairs."""
+    changes colour and detail, not only decoder traces, and makes impure pixel pairs. One that keeps little of the
+    photos' fine detail makes pairs whose fakes are simply softer. ``texture``: the loss had a term that draws
+    texture (spectral or adversarial)."""
     if m["val_psnr_db"] < m["bicubic_x8_psnr_db"]:
-        return (
+        note = (
             f"**Undertrained**: its held-out PSNR ({m['val_psnr_db']:.2f} dB) is below bicubic x8 "
             f"({m['bicubic_x8_psnr_db']:.2f} dB), so its reconstructions differ from the originals in colour and "
             "detail, not only in decoder traces. Train longer (`--resume --steps N`) before building pure-pixel "
             "pairs with it."
             + (
-                " With the spectral term part of the gap is texture drawn where the photo had other texture; "
+                " With a texture term part of the gap is texture drawn where the photo had other texture; "
                 "`benchmarks/decoder_detail.py` measures how much fine detail the reconstructions keep."
-                if spectral
+                if texture
                 else ""
             )
             + "\n"
         )
-    return "Held-out PSNR is above the bicubic x8 floor: reconstructions keep colour and structure.\n"
+    else:
+        note = "Held-out PSNR is above the bicubic x8 floor: reconstructions keep colour and structure.\n"
+    if m["val_detail_ratio"] < 0.5:
+        note += (
+            f"\n**Soft**: its reconstructions keep {m['val_detail_ratio']:.0%} of the photos' fine-detail energy, "
+            "where a real latent-diffusion decoder keeps about all of it; pure-pixel pairs built with it teach an "
+            "expert that soft means generated. Fine-tune it with `--init` and `--adversarial-weight`.\n"
+        )
+    return note
