@@ -15,6 +15,9 @@ no real with one can learn "recently shrunk = fake"; photos that web pages shran
     python benchmarks/pixel_history.py --pixel-run runs/tx5-a-s1 --bundle starter \\
         --pixel-opt crop.phases=4 --pixel-opt precision=bf16 --out benchmarks/results/pixel_history
 
+``--distance SPEC`` also probes a training-free score, ``benchmarks/recon_distance.py``'s ``hp_ratio`` through that
+autoencoder (how closely a round trip reproduces the image's fine detail), in place of an expert's log-odds.
+
 By default the photos are the wildmix set's camera originals (24 cameras, never shrunk); ``--images`` takes any
 folder of photos instead. Pick photos the experts never trained on.
 """
@@ -24,7 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="an 'aligngemini train' output of the pixel task (repeatable)")  # fmt: skip
     p.add_argument("--bundle", action="append", default=[], metavar="BUNDLE",
                    help="a bundle (folder, archive or registered name, e.g. starter): its pixel expert")  # fmt: skip
+    p.add_argument("--distance", action="append", default=[], metavar="SPEC",
+                   help="a training-free score: recon_distance.py's hp_ratio through this autoencoder, e.g. "
+                   "taesd:../shared/weights/taef2 (repeatable)")  # fmt: skip
     p.add_argument("--pixel-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of each expert's pixel section, e.g. crop.phases=4")  # fmt: skip
     p.add_argument(
@@ -52,8 +58,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="write OUT.json and OUT.md")
     p.add_argument("--machine", default="2-core CPU dev box")
     args = p.parse_args(argv)
-    if not args.pixel_run and not args.bundle:
-        p.error("name at least one expert: --pixel-run DIR or --bundle BUNDLE")
+    if not args.pixel_run and not args.bundle and not args.distance:
+        p.error("name at least one expert: --pixel-run DIR, --bundle BUNDLE or --distance SPEC")
     return args
 
 
@@ -87,6 +93,24 @@ def shrunk(image: Any, factor: float, method: str) -> Any:
     return dataclasses.replace(image, image=T.resize(image.image, size=size, method=method))
 
 
+def distance_scorer(spec: str) -> Callable[[list[Any]], np.ndarray]:
+    """recon_distance.py's hp_ratio (higher: closer to what the autoencoder makes) of each image's two crops."""
+    from recon_distance import distances, middle_row_crops
+
+    from aligngemini.generators.base import build_generator, to_images, to_tensor
+
+    generator = build_generator(spec, device="cpu")
+
+    def score(batch: list[Any]) -> np.ndarray:
+        out = []
+        for im in batch:
+            crops = middle_row_crops(im.image, 256)
+            out.append(distances(crops, to_tensor(generator.reconstruct(to_images(crops))))["hp_ratio"])
+        return np.asarray(out)
+
+    return score
+
+
 def history_auc(native: np.ndarray, changed: np.ndarray) -> float:
     """AUC of the score telling the changed copies (positives) from the originals."""
     from sklearn.metrics import roc_auc_score
@@ -111,13 +135,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             print(f"skipped: {exc}", file=sys.stderr)
     if len(images) < 2:
         raise SystemExit(f"{args.images}: found {len(images)} readable photos; the probe needs at least 2")
-    results: dict[str, Any] = {}
+    scorers: dict[str, Callable[[list[Any]], np.ndarray]] = {}
     for name, (section, folder) in experts(args).items():
         branch = build_branch("pixel", section, folder, device=torch.device("cpu"), dtype=torch.float32)
-
-        def score(batch: list[Any], branch: Any = branch) -> np.ndarray:
-            return logit(np.asarray(branch.score([branch.prepare(im) for im in batch]), dtype=np.float64))
-
+        scorers[name] = lambda batch, branch=branch: logit(
+            np.asarray(branch.score([branch.prepare(im) for im in batch]), dtype=np.float64)
+        )
+    for spec in args.distance:
+        scorers[f"hp_ratio through {spec}"] = distance_scorer(spec)
+    results: dict[str, Any] = {}
+    for name, score in scorers.items():
         native = score(images)
         rows = {}
         for label, factor, method in SHRINKS:
@@ -140,9 +167,10 @@ def render_md(record: dict[str, Any]) -> str:
         "",
         f"{record['n_images']} photos from `{record['images']}`, each scored as it is and shrunk. History AUC: how "
         "well the expert's score tells the shrunk copies from the originals (0.5: blind to the shrink; above: a "
-        "shrunk photo looks generated to it). In brackets the mean change of its log-odds, shrunk minus as is.",
+        "shrunk photo looks generated to it). In brackets the mean change of its score, shrunk minus as is "
+        "(log-odds for an expert; for hp_ratio its negated log distance).",
         "",
-        "| expert | mean log-odds as is | " + " | ".join(label for label, _, _ in SHRINKS) + " |",
+        "| expert | mean score as is | " + " | ".join(label for label, _, _ in SHRINKS) + " |",
         "| --- | --- | " + " | ".join("---" for _ in SHRINKS) + " |",
     ]
     for name, res in record["experts"].items():

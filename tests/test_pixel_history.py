@@ -38,6 +38,27 @@ def test_probe_scores_each_photo_as_is_and_per_shrink(tmp_path: Path, tiny_pixel
     assert "| bundle " in out.with_name("history.md").read_text()
 
 
+def test_probe_reads_a_training_free_distance_the_same_way(tmp_path: Path) -> None:
+    from test_generators import _write_taesd
+
+    _write_taesd(tmp_path / "tae", latent=8)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    out = tmp_path / "history"
+    assert (
+        ph.main(["--distance", f"taesd:{tmp_path / 'tae'}", "--images", str(photos), "--out", str(out)]) == 0
+    )
+    record = json.loads(out.with_name("history.json").read_text())
+    (name,) = record["experts"]
+    assert name.startswith("hp_ratio through taesd:")
+    # one row per shrink, each an AUC and a finite mean change
+    for s in record["experts"][name]["shrinks"].values():
+        assert 0.0 <= s["history_auc"] <= 1.0 and np.isfinite(s["mean_logit_change"])
+
+
 def test_probe_needs_an_expert_and_photos(tmp_path: Path, tiny_pixel_bundle_dir: Path) -> None:
     with pytest.raises(SystemExit):
         ph.parse_args(["--images", str(tmp_path)])
