@@ -362,9 +362,8 @@ def _evaluate(
             energy[0] += float(high_pass(rec).pow(2).sum())
             energy[1] += float(high_pass(x).pow(2).sum())
     model.train(was_training)
-    return sum(s * n for s, n in scores) / max(1, sum(n for _, n in scores)), energy[0] / max(
-        energy[1], 1e-12
-    )
+    mean_psnr = sum(s * n for s, n in scores) / max(1, sum(n for _, n in scores))
+    return mean_psnr, energy[0] / max(energy[1], 1e-12)
 
 
 def high_pass(x: torch.Tensor) -> torch.Tensor:
@@ -764,9 +763,7 @@ def _model_card(cfg: TrainVAEConfig, m: dict[str, Any]) -> str:
             f"block_out_channels {list(cfg.block_out_channels)}, layers_per_block {cfg.layers_per_block}, reading "
             f"{cfg.latent_channels} latent channels, 8x up-sampling, {m['params']:,} trained parameters"
         )
-        loss = (
-            f"L1 + {cfg.grad_weight} x gradient-L1{_spectral_term(cfg)} (no KL: the latent is the encoder's)"
-        )
+        loss = f"L1 + {cfg.grad_weight} x gradient-L1{_extra_terms(cfg)} (no KL: the latent is the encoder's)"
         own = f"; the encoder's own decoder: {m['encoder_own_decoder_psnr_db']:.2f} dB"
         own_detail = f"; the encoder's own decoder: {m['encoder_own_decoder_detail_ratio']:.3f}"
         licence = (
@@ -783,7 +780,7 @@ def _model_card(cfg: TrainVAEConfig, m: dict[str, Any]) -> str:
             f"{cfg.layers_per_block}, {cfg.latent_channels} latent channels, 8x down-sampling, {m['params']:,} "
             "parameters"
         )
-        loss = f"L1 + {cfg.grad_weight} x gradient-L1{_spectral_term(cfg)} + {cfg.kl_weight} x KL"
+        loss = f"L1 + {cfg.grad_weight} x gradient-L1{_extra_terms(cfg)} + {cfg.kl_weight} x KL"
         own = own_detail = ""
         licence = (
             "Licence of the weights follows the training images' licences; see the data source's own records."
@@ -813,7 +810,7 @@ Use it as one generator among several, never as the only one.
 """
 
 
-def _spectral_term(cfg: TrainVAEConfig) -> str:
+def _extra_terms(cfg: TrainVAEConfig) -> str:
     """The optional terms of the loss, as the card names them."""
     terms = f" + {cfg.spectral_weight} x ring-energy L1" if cfg.spectral_weight else ""
     if cfg.adversarial_weight:
