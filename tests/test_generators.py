@@ -813,6 +813,27 @@ def test_train_vae_adversarial_term_moves_the_weights_resumes_exactly_and_is_nam
     assert (tmp_path / "adv" / "checkpoint" / "model.safetensors").read_bytes() == before
 
 
+def test_train_vae_distill_fits_the_source_decoder_and_needs_an_encoder(tmp_path):
+    from safetensors.torch import load_file
+
+    _write_taesd(tmp_path / "taetest", latent=8)
+    write_photos(tmp_path / "photos", 5)
+    base = ["generators", "train-vae", "--images", str(tmp_path / "photos"), *TINY_TRAIN, "--steps", "3",
+            "--lr", "1e-3"]  # fmt: skip
+    enc = ["--encoder", f"taesd:{tmp_path / 'taetest'}"]
+    assert cli_main([*base, *enc, "--out", str(tmp_path / "photo-target")]) == 0
+    assert cli_main([*base, *enc, "--distill", "--out", str(tmp_path / "distilled")]) == 0
+    a = load_file(tmp_path / "photo-target" / "kl_decoder.safetensors")
+    b = load_file(tmp_path / "distilled" / "kl_decoder.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the same seed and crops: only the target differs
+    card = (tmp_path / "distilled" / "MODEL_CARD.md").read_text()
+    assert "own decoder's output (distillation), not the photos" in card
+    assert (
+        cli_main([*base, "--distill", "--out", str(tmp_path / "no-encoder")]) == 2
+    )  # a whole VAE has no teacher
+    assert not (tmp_path / "no-encoder").exists()
+
+
 def test_taesd_in_bf16_computes_in_bf16_and_stays_close_to_fp32(tmp_path):
     _write_taesd(tmp_path / "taef2")
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))

@@ -78,6 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of a PatchGAN critic's hinge loss, trained beside the model and scaled by the SD "
                    "VAE's adaptive weight: what makes real decoders draw the photos' texture (default: 0, off; "
                    "the SD VAE uses 0.5)")  # fmt: skip
+    p.add_argument("--distill", action="store_true",
+                   help="with --encoder: fit the reconstructions of the encoder folder's own decoder instead of "
+                   "the photos; their detail is a function of the latent, so it can be learnt, where an L1 loss "
+                   "on photos averages away what the latent lacks")  # fmt: skip
     p.add_argument("--init", default=None, metavar="DIR",
                    help="start from the weights of an earlier train-vae --out of the same architecture (and, "
                    "with --encoder, the same encoder), e.g. to fine-tune it with another loss; a new run with "
@@ -157,6 +161,7 @@ def _train_vae(args: argparse.Namespace) -> int:
         grad_weight=args.grad_weight,
         spectral_weight=args.spectral_weight,
         adversarial_weight=args.adversarial_weight,
+        distill=args.distill,
         block_out_channels=channels,
         layers_per_block=args.layers_per_block,
         latent_channels=args.latent_channels,

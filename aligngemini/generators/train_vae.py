@@ -100,6 +100,10 @@ class TrainVAEConfig:
     overwrite: bool = False
     encoder: str | None = None  # "taesd:<folder>": train only a decoder, on this frozen encoder's latents
     init: str | None = None  # an earlier output of the same architecture whose weights start a new run
+    # with ``encoder``: fit the encoder folder's own decoder's reconstructions, not the photos. Their detail is a
+    # function of the latent, so it can be learnt exactly, where a photo's finest detail is not in the latent and
+    # an L1 loss averages it away
+    distill: bool = False
 
     def arch(self) -> dict[str, Any]:
         """The fields that must match for a checkpoint to be resumed."""
@@ -523,6 +527,10 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         cfg.images, cfg.split
     )  # before touching --out, so a bad input leaves nothing behind
     encoder_folder = cfg.encoder_folder()
+    if cfg.distill and encoder_folder is None:
+        raise TrainVAEError(
+            "--distill fits the encoder folder's own decoder: give --encoder taesd:<folder> too"
+        )
     encoder = own_decoder = None
     # both halves now, so that a folder without its decoder fails before training
     if encoder_folder is not None:
@@ -534,6 +542,7 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
         except GeneratorSpecError as exc:
             raise TrainVAEError(f"--encoder {cfg.encoder!r}: {exc}") from exc
         encoder.requires_grad_(False)
+        own_decoder.requires_grad_(False)
         cfg = replace(cfg, latent_channels=latent_channels_of(encoder))
     init_folder = _init_folder(cfg, encoder_folder)
     out = _prepare_out(cfg)
@@ -574,6 +583,7 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
     if init_folder is not None:
         _load_init(init_folder, model, decoder_only=encoder is not None)
     critic = patch_discriminator().to(device).train() if cfg.adversarial_weight else None
+    teacher = own_decoder.to(device).eval() if cfg.distill else None
     # what a checkpoint holds: the model, and the critic beside it when there is one
     trained = model if critic is None else torch.nn.ModuleDict({"model": model, "critic": critic})
     last = (model.conv_out if encoder is not None else model.decoder.conv_out).weight
@@ -625,11 +635,15 @@ def train_vae(cfg: TrainVAEConfig) -> TrainVAEResult:
                     z = encoder(x)
                 rec = (model(z).float() + 1) / 2
                 kl = torch.zeros((), device=device)
-        l1 = (rec - x).abs().mean()
-        gl = _grad_l1(rec, x)
+        target = x
+        if teacher is not None:
+            with torch.no_grad(), autocast:
+                target = teacher(z).float().clamp(0, 1)
+        l1 = (rec - target).abs().mean()
+        gl = _grad_l1(rec, target)
         loss = l1 + cfg.grad_weight * gl + cfg.kl_weight * kl
         if cfg.spectral_weight:
-            loss = loss + cfg.spectral_weight * band_energy_l1(rec, x)
+            loss = loss + cfg.spectral_weight * band_energy_l1(rec, target)
         if critic is not None:
             critic.requires_grad_(False)
             with autocast:
@@ -815,6 +829,8 @@ def _extra_terms(cfg: TrainVAEConfig) -> str:
     terms = f" + {cfg.spectral_weight} x ring-energy L1" if cfg.spectral_weight else ""
     if cfg.adversarial_weight:
         terms += f" + {cfg.adversarial_weight} x adaptively weighted PatchGAN hinge loss"
+    if cfg.distill:
+        terms += f"; the reconstruction terms against `{cfg.encoder}`'s own decoder's output (distillation), not the photos"
     return terms
 
 
