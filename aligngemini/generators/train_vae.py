@@ -865,6 +865,7 @@ def _quality_note(m: dict[str, Any], texture: bool = False) -> str:
         note += (
             f"\n**Soft**: its reconstructions keep {m['val_detail_ratio']:.0%} of the photos' fine-detail energy, "
             "where a real latent-diffusion decoder keeps about all of it; pure-pixel pairs built with it teach an "
-            "expert that soft means generated. Fine-tune it with `--init` and `--adversarial-weight`.\n"
+            "expert that soft means generated. Fine-tune it (`--init` with `--distill` or `--adversarial-weight`) at the "
+            "crop size the pairs use, for thousands of steps.\n"
         )
     return note
