@@ -25,8 +25,8 @@ examples:
       fine-tune that decoder so its reconstructions keep the photos' fine detail energy
   aligngemini generators train-vae --images photos/ --out DEC3_DIR --encoder taesd:TAEF2_DIR --size 128 \\
       --init DEC2_DIR --adversarial-weight 0.5 --lr 1e-4 --steps 2000
-      then with a PatchGAN critic, as real VAE decoders are trained, until the detail ratio it reports
-      nears 1 (a GPU does this in minutes)
+      then with a PatchGAN critic, as real VAE decoders are trained (--distill: fit TAEF2's own decoder
+      instead of the photos); build pairs with it once the detail ratio it reports nears 1
   aligngemini generators reconstruct photo.jpg --generator vae:VAE_DIR --out recon/
       use the result
 """
