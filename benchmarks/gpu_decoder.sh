@@ -24,6 +24,8 @@ MINUTES=${MINUTES:-7}
 DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-256}
 BATCH=${BATCH:-16}
+ADV=${ADV:-0.5}  # the critic's weight: the SD VAE's 0.5 (on the CPU at batch 4 it cost 3-5 dB without --distill;
+                 # 0.1 with it kept the PSNR; neither moved the detail there)
 PY=${PYTHON:-python3}
 if compgen -G ".whl/*.whl" >/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -33,7 +35,7 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-}
 mkdir -p "$OUT"
 $PY -m aligngemini generators train-vae --images .carry/crops --out "$OUT/decoder" --encoder taesd:.carry/taef2 \
   --channels 64,128,128,128 --size "$SIZE" --batch "$BATCH" --crops-per-image 1 --lr 2e-4 --distill \
-  --spectral-weight 0.1 --adversarial-weight 0.5 --steps 100000 --max-minutes "$MINUTES" --eval-every 250 \
+  --spectral-weight 0.1 --adversarial-weight "$ADV" --steps 100000 --max-minutes "$MINUTES" --eval-every 250 \
   --save-every 100000 --device "$DEVICE" --overwrite 2>&1 | tr '\r' '\n' | grep -v '^train-vae:' | tee "$OUT/train.log"
 # what comes back (7 files): the decoder with its encoder copy, licence, card and metrics, and the log; the
 # checkpoint (optimiser state, over the 16 MiB a file may have) stays behind
