@@ -363,8 +363,8 @@ def _evaluate(
             x = val[i : i + batch].to(device).float().div(255)
             rec = ((roundtrip(x).float() + 1) / 2).clamp(0, 1)
             scores.append((psnr(rec, x), len(x)))
-            energy[0] += float(high_pass(rec).pow(2).sum())
-            energy[1] += float(high_pass(x).pow(2).sum())
+            energy[0] += detail_energy(rec)
+            energy[1] += detail_energy(x)
     model.train(was_training)
     mean_psnr = sum(s * n for s, n in scores) / max(1, sum(n for _, n in scores))
     return mean_psnr, energy[0] / max(energy[1], 1e-12)
@@ -379,11 +379,16 @@ def high_pass(x: torch.Tensor) -> torch.Tensor:
     return x - F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
 
 
+def detail_energy(x: torch.Tensor) -> float:
+    """High-pass energy of a batch, summed over its crops (the sum, so that batches add up)."""
+    return float(high_pass(x).pow(2).sum())
+
+
 def detail_ratio(recon: torch.Tensor, photos: torch.Tensor) -> float:
     """High-pass energy of the reconstructions over the photos' (summed over crops, so that nearly flat crops do
     not dominate): 1 keeps the photos' fine detail, below 1 is softer, above 1 adds texture. A pure-pixel pair
     whose fake is softer than its photo teaches an expert "soft = fake", which web photos contradict."""
-    return float(high_pass(recon).pow(2).mean()) / max(float(high_pass(photos).pow(2).mean()), 1e-12)
+    return detail_energy(recon) / max(detail_energy(photos), 1e-12)
 
 
 def bicubic_down_up(x: torch.Tensor, factor: int = 8) -> torch.Tensor:
