@@ -107,3 +107,14 @@ def test_hostile_archive_and_bad_configs(tmp_path: Path) -> None:
     (bad.dir / "config.json").write_text(json.dumps(conf))
     with pytest.raises(BundleError, match="stay inside"):
         load_bundle(bad.dir)
+
+
+def test_the_shipped_starter_card_is_the_docs_card_plus_its_calibration() -> None:
+    """scripts/build_starter.sh assembles the starter from docs/starter-model-card.md and calibrate appends its
+    section: an edit made to one copy only is lost at the next build or never published."""
+    repo = Path(__file__).resolve().parents[1]
+    shipped = (repo / "aligngemini" / "bundles" / "starter" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    body, sep, _ = shipped.partition("\n## Calibration\n")
+    assert sep, "the shipped starter card has no calibration section"
+    docs = (repo / "docs" / "starter-model-card.md").read_text(encoding="utf-8")
+    assert body.rstrip("\n") == docs.rstrip("\n")
