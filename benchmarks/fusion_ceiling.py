@@ -11,6 +11,11 @@ at any threshold over every non-negative mix of the two (standardised) log-odds,
 expert alone to the pixel expert alone. The stack is such a mix whose weights a logistic loss chooses, so it
 can land under the bound (and under the better expert) even on its own training images.
 
+``--synthetic-pixel-auc A`` asks what pixel expert would do: the first file's pixel scores are replaced by draws
+that rank every fold's fakes above its reals with AUC A (Gaussian log-odds, shifted for fakes by sqrt(2) times the
+normal quantile of A) and are independent of the semantic expert within each class, the most complementary an
+expert of that AUC can be; the ceilings are averaged over ``--synthetic-draws`` seeds.
+
 Its use is the issue's fusion bar (the chosen rule >= the better single expert + 0.03 in mean balanced
 accuracy): if a rule's ceiling gain over the better expert's ceiling is below 0.03, no choice of thresholds
 or weights for these experts meets the bar, and only better experts (more complementary errors) can.
@@ -54,6 +59,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="OUT_scores.csv of a wild_eval run with pixel scores (repeatable: one table each)",
     )
     p.add_argument("--out", type=Path, required=True, help="write OUT.json and OUT.md")
+    p.add_argument(
+        "--synthetic-pixel-auc",
+        type=float,
+        action="append",
+        default=[],
+        help="also: the first file's semantic scores beside an independent pixel expert of this AUC "
+        "on every fold (repeatable)",
+    )
+    p.add_argument("--synthetic-draws", type=int, default=5, help="seeds averaged per synthetic AUC")
     p.add_argument("--machine", default="2-core CPU dev box")
     return p.parse_args(argv)  # fmt: skip
 
@@ -124,6 +138,40 @@ def ceilings(folds: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     }
 
 
+def synthetic_pixel(
+    folds: dict[str, dict[str, np.ndarray]], target_auc: float, seed: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """``folds`` with the pixel scores replaced by draws of the given AUC, independent of the semantic scores."""
+    from scipy.stats import norm
+
+    if not 0.5 <= target_auc < 1.0:
+        raise SystemExit(f"--synthetic-pixel-auc must be in [0.5, 1), got {target_auc}")
+    rng = np.random.default_rng(seed)
+    shift = np.sqrt(2.0) * norm.ppf(target_auc)  # AUC of N(shift, 1) against N(0, 1)
+    out = {}
+    for name, fold in folds.items():
+        z = rng.normal(size=fold["label"].size) + shift * fold["label"]
+        out[name] = {**fold, "pixel": 1.0 / (1.0 + np.exp(-z))}
+    return out
+
+
+def synthetic_ceilings(
+    folds: dict[str, dict[str, np.ndarray]], target_auc: float, draws: int
+) -> dict[str, Any]:
+    """Mean over ``draws`` seeds of each detector's mean ceiling and of each rule's gain over the better expert."""
+    runs = [ceilings(synthetic_pixel(folds, target_auc, seed)) for seed in range(draws)]
+    return {
+        "pixel_auc": target_auc,
+        "draws": draws,
+        "mean_balanced_acc": {
+            d: float(np.mean([r["mean_balanced_acc"][d] for r in runs])) for d in DETECTORS
+        },
+        "rule_minus_better_single": {
+            k: float(np.mean([r["rule_minus_better_single"][k] for r in runs])) for k in (*RULES, BOUND)
+        },
+    }
+
+
 def recorded_out_of_fold(scores: Path) -> dict[str, float] | None:
     """The mean balanced accuracies the same wild_eval run recorded (thresholds fitted on the other folds), from
     the ``OUT.json`` beside its ``OUT_scores.csv``; None where there is none."""
@@ -159,6 +207,19 @@ def render_md(record: dict[str, Any]) -> str:
             f"| `{Path(run['scores']).name}` | {better} {res['mean_balanced_acc'][better]:.3f} | "
             f"{best} {gains[best]:+.3f} | {gains[BOUND]:+.3f} | {recorded} |"
         )
+    synthetic = record.get("synthetic")
+    if synthetic:
+        lines += ["", f"## The semantic expert of `{synthetic['semantic_of']}` beside a synthetic pixel expert", "",
+                  "Pixel scores drawn with the AUC named on every fold, independent of the semantic expert within each "
+                  "class; ceilings as above, mean over the draws.", "",
+                  "| pixel AUC | semantic | or | noisy-or | mean | stack | best-linear | best rule's gain | "
+                  "best-linear gain |", "| --- |" + " --- |" * 8]  # fmt: skip
+        for run in synthetic["runs"]:
+            m, g = run["mean_balanced_acc"], run["rule_minus_better_single"]
+            cells = [f"{m[d]:.3f}" for d in ("semantic", *RULES, BOUND)]
+            best = max(RULES, key=lambda r: g[r])
+            lines.append(f"| {run['pixel_auc']:.2f} | " + " | ".join(cells) + f" | {best} {g[best]:+.3f} | "
+                         f"{g[BOUND]:+.3f} |")  # fmt: skip
     for run in record["runs"]:
         res = run["result"]
         lines += ["", f"## `{run['scores']}`", "", "| fold | " + " | ".join(DETECTORS) + " |",
@@ -193,6 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         for s in args.scores
     ]
+    if args.synthetic_pixel_auc:
+        first = read_scores(args.scores[0])
+        record["synthetic"] = {
+            "semantic_of": portable(str(args.scores[0])),
+            "runs": [synthetic_ceilings(first, a, args.synthetic_draws) for a in args.synthetic_pixel_auc],
+        }
     write_record(args.out, record, render_md(record))
     for run in record["runs"]:
         res = run["result"]

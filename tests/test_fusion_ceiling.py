@@ -79,3 +79,18 @@ def test_main_writes_both_records_beside_the_recorded_out_of_fold_means(tmp_path
     assert record["runs"][0]["out_of_fold"] == {"semantic": 0.612, "or": 0.734}
     md = (tmp_path / "out.md").read_text()
     assert "| **mean** |" in md and "| mean as wild_eval fitted it (other folds) | - | 0.612 | 0.734 |" in md
+
+
+def test_synthetic_pixel_expert_has_its_auc_and_more_of_it_gains_more(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.zeros(400), np.ones(400)].astype(int)
+    sem = np.clip(0.5 + 0.2 * (labels - 0.5) + rng.normal(0, 0.2, 800), 0.01, 0.99)
+    folds = fc.read_scores(write_scores(tmp_path / "s.csv", {"a": (labels, sem, np.full(800, 0.5))}))
+    drawn = fc.synthetic_pixel(folds, 0.8, seed=0)["a"]
+    assert fc.auc(drawn["label"], drawn["pixel"]) == pytest.approx(0.8, abs=0.04)
+    assert np.array_equal(drawn["semantic"], folds["a"]["semantic"])
+    weak, strong = (fc.synthetic_ceilings(folds, a, draws=2) for a in (0.6, 0.9))
+    assert strong["mean_balanced_acc"]["best-linear"] > weak["mean_balanced_acc"]["best-linear"] + 0.05
+    assert strong["mean_balanced_acc"]["semantic"] == pytest.approx(weak["mean_balanced_acc"]["semantic"])
+    with pytest.raises(SystemExit, match="synthetic-pixel-auc"):
+        fc.synthetic_pixel(folds, 1.2, seed=0)
