@@ -16,9 +16,9 @@ that rank every fold's fakes above its reals with AUC A (Gaussian log-odds, shif
 normal quantile of A) and are independent of the semantic expert within each class, the most complementary an
 expert of that AUC can be; the ceilings are averaged over ``--synthetic-draws`` seeds.
 
-Its use is the issue's fusion bar (the chosen rule >= the better single expert + 0.03 in mean balanced
-accuracy): if a rule's ceiling gain over the better expert's ceiling is below 0.03, no choice of thresholds
-or weights for these experts meets the bar, and only better experts (more complementary errors) can.
+Its use is a fusion target of the form "the chosen rule >= the better single expert + 0.03 in mean balanced
+accuracy": if every rule's ceiling gain over the better expert's ceiling is below 0.03, no choice of thresholds
+or weights for these experts meets it, and only better experts (more complementary errors) can.
 
     python benchmarks/fusion_ceiling.py --scores benchmarks/results/wild_eval_pixel_mix_esrgan_scores.csv \\
         --out benchmarks/results/fusion_ceiling
@@ -69,7 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--synthetic-draws", type=int, default=5, help="seeds averaged per synthetic AUC")
     p.add_argument("--machine", default="2-core CPU dev box")
-    return p.parse_args(argv)  # fmt: skip
+    return p.parse_args(argv)
 
 
 def read_scores(path: Path) -> dict[str, dict[str, np.ndarray]]:
