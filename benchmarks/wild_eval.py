@@ -92,9 +92,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "fused with the same pixel expert, no pixel runs), or with --pixel-run the folds no run may "
                         "score (a new run for one half of the folds)")  # fmt: skip
     p.add_argument("--no-pixel", action="store_true", help="evaluate the semantic expert alone")
-    p.add_argument("--stack-by-fold", action="store_true",
-                   help="fit the stack weighing each training fold's classes equally (default: each class, "
-                        "every image alike, so the largest fold dominates the fit)")  # fmt: skip
+    p.add_argument(
+        "--by-fold",
+        action="store_true",
+        help="fit every threshold and the stack weighing each training fold's classes equally "
+        "(default: each class, every image alike, so the largest fold dominates the fit)",
+    )
+    p.add_argument("--stack-by-fold", action="store_true", help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--work", type=Path, help="keep the per-fold training runs here (default: a temp folder)")
     p.add_argument("--out", type=Path, help="write OUT.json, OUT.md and OUT_scores.csv")
     p.add_argument("--machine", default="2-core CPU dev box")
@@ -348,7 +352,7 @@ def fit_and_apply(rule: str, fit_scores: dict[str, np.ndarray], fit_labels: np.n
                   test_scores: dict[str, np.ndarray],
                   fit_groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Calibrate ``rule`` (balanced target) on the fit set, then fuse the test set: (p_fake, fake). With
-    ``fit_groups`` the stack weighs each group's classes equally."""
+    ``fit_groups`` every balanced fit (thresholds and the stack) weighs each group's classes equally."""
     from aligngemini.eval.calibrate import calibrate
     from aligngemini.fusion import fuse
 
@@ -358,7 +362,7 @@ def fit_and_apply(rule: str, fit_scores: dict[str, np.ndarray], fit_labels: np.n
 
 
 def evaluate(
-    rows: list[dict[str, Any]], sem: dict[str, Any], pix: np.ndarray | None, stack_by_fold: bool = False
+    rows: list[dict[str, Any]], sem: dict[str, Any], pix: np.ndarray | None, by_fold: bool = False
 ) -> dict[str, Any]:
     labels = np.array([r["label"] for r in rows])
     folds = sorted(FOLDS)
@@ -372,19 +376,21 @@ def evaluate(
         fit_sem = np.concatenate([sem["nested"][(f, g)] for g in others])
         res: dict[str, Any] = {"n_real": int((labels[te] == 0).sum()), "n_fake": int((labels[te] == 1).sum()),
                                "sources": sorted({rows[i]["source"] for i in te})}  # fmt: skip
+        fit_folds = np.array([rows[i]["fold"] for i in fit_idx])
         experts = {"semantic": (fit_sem, sem["oof"][te])}
         if pix is not None and not np.isnan(pix[te]).all():
             experts["pixel"] = (pix[fit_idx], pix[te])
         for name, (fit_s, test_s) in experts.items():
             ok = ~np.isnan(fit_s)
-            _, fake = fit_and_apply("or", {name: fit_s[ok]}, labels[fit_idx][ok], {name: test_s})
+            groups = fit_folds[ok] if by_fold else None
+            _, fake = fit_and_apply("or", {name: fit_s[ok]}, labels[fit_idx][ok], {name: test_s}, groups)
             res[name] = {"auc": auc(labels[te], test_s), "balanced_acc": balanced(labels[te], fake)}
             calls[f][name] = (test_s, fake)
         if "pixel" in experts:
             ok = ~np.isnan(pix[fit_idx])
             fit = {"pixel": pix[fit_idx][ok], "semantic": fit_sem[ok]}
             test = {"pixel": pix[te], "semantic": sem["oof"][te]}
-            groups = np.array([rows[i]["fold"] for i in fit_idx])[ok] if stack_by_fold else None
+            groups = fit_folds[ok] if by_fold else None
             for rule in RULES:
                 p, fake = fit_and_apply(rule, fit, labels[fit_idx][ok], test, groups)
                 res[rule] = {"auc": auc(labels[te], p), "balanced_acc": balanced(labels[te], fake)}
@@ -558,6 +564,11 @@ def render_intervals(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.stack_by_fold:
+        raise SystemExit(
+            "--stack-by-fold is now --by-fold, which fits the thresholds by fold as well as the stack; the "
+            "records made with --stack-by-fold (stack only) come from git fbd13a7 and earlier"
+        )
     t0, header = time.time(), record_header("wild_eval", argv, args.machine)
     rows = read_corpus(args.corpus)
     with tempfile.TemporaryDirectory() as tmp:
@@ -574,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         recorded, from_record = recorded_pixel_scores(rows, args.pixel_scores, rest)
         pix = recorded if pix is None else np.where(np.isnan(pix), recorded, pix)
         chosen.update(from_record)
-    result = evaluate(rows, sem, pix, args.stack_by_fold)
+    result = evaluate(rows, sem, pix, args.by_fold)
     record = {
         **header,
         "seconds": time.time() - t0,

@@ -304,3 +304,51 @@ def test_stack_fit_by_group_lets_a_small_source_count() -> None:
     assert by_group["pixel"] > 2 * pooled["pixel"]
     cal = calibrate(scores, labels, rule="stack", target="balanced", groups=groups)
     assert cal.params == fit_stack(scores, labels, cal.thresholds, groups=groups)  # calibrate passes them on
+
+
+def _two_sources(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A large source whose scores sit high for both classes and a small one whose sit low: one threshold
+    cannot suit both, and pooled images let the large source choose it."""
+    rng = np.random.default_rng(seed)
+    big, small = 800, 80
+    labels = np.r_[
+        np.zeros(big // 2, int), np.ones(big // 2, int), np.zeros(small // 2, int), np.ones(small // 2, int)
+    ]
+    groups = np.array(["big"] * big + ["small"] * small)
+    z = rng.normal(0, 0.5, big + small) + 1.5 * labels + np.where(groups == "big", 0.5, -0.5)
+    return 1 / (1 + np.exp(-z)), labels, groups
+
+
+def _mean_group_balanced(fake: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    out = []
+    for g in np.unique(groups):
+        m = groups == g
+        out.append((fake[m & (labels == 1)].mean() + (~fake[m & (labels == 0)]).mean()) / 2)
+    return float(np.mean(out))
+
+
+@pytest.mark.parametrize("rule", ["or", "mean"])  # the exact OR search and the coordinate search
+def test_balanced_thresholds_by_group_weigh_each_source_equally(rule: str) -> None:
+    semantic, labels, groups = _two_sources(5)
+    pixel = np.random.default_rng(6).uniform(0, 0.01, labels.size)  # a branch with nothing to tell
+    scores = {"pixel": pixel, "semantic": semantic}
+    pooled = calibrate_thresholds(scores, labels, rule=rule, target="balanced")
+    grouped = calibrate_thresholds(scores, labels, rule=rule, target="balanced", groups=groups)
+    assert grouped["semantic"] < pooled["semantic"]  # the small source's low scores pull it down
+
+    def mean_group(th: dict[str, float]) -> float:
+        return _mean_group_balanced(np.asarray(fuse(scores, th, rule).fake), labels, groups)
+
+    assert mean_group(grouped) > mean_group(pooled) + 0.02
+    # Without groups the result is the pooled one, however the groups would have been labelled.
+    assert calibrate_thresholds(scores, labels, rule=rule, target="balanced", groups=None) == pooled
+
+
+def test_calibrate_fits_every_threshold_by_group_for_the_stack_too() -> None:
+    semantic, labels, groups = _two_sources(7)
+    pixel = np.random.default_rng(8).uniform(0, 1, labels.size)
+    scores = {"pixel": pixel, "semantic": semantic}
+    pooled = calibrate(scores, labels, rule="stack", target="balanced")
+    grouped = calibrate(scores, labels, rule="stack", target="balanced", groups=groups)
+    own = calibrate_thresholds({"semantic": semantic}, labels, target="balanced", groups=groups)["semantic"]
+    assert grouped.thresholds["semantic"] == own != pooled.thresholds["semantic"]

@@ -180,3 +180,8 @@ def test_a_record_named_with_a_dot_keeps_its_whole_name(tmp_path) -> None:
         "wild_eval_rescale_1.5.md",
     ]
     assert json.loads((out.parent / "wild_eval_rescale_1.5.json").read_text()) == {"a": 1}
+
+
+def test_the_old_stack_by_fold_flag_names_its_successor_before_any_work() -> None:
+    with pytest.raises(SystemExit, match="now --by-fold"):
+        we.main(["--stack-by-fold", "--corpus", "no-such-manifest.jsonl"])

@@ -138,15 +138,14 @@ def _or_fpr(
     return best[2], best[3]
 
 
-def _best_gain_threshold(
-    b: np.ndarray, labels: np.ndarray, w_real: float, w_fake: float
-) -> tuple[float, float]:
-    """Threshold on ``b`` maximising w_fake * (fakes fired) - w_real * (reals fired); (threshold, gain)."""
+def _best_gain_threshold(b: np.ndarray, gain_if_fired: np.ndarray) -> tuple[float, float]:
+    """Threshold on ``b`` maximising the summed ``gain_if_fired`` of the images it fires on (a fake's weight
+    counts for, a real's against); (threshold, gain)."""
     if b.size == 0:
         return NEVER, 0.0
     order = np.argsort(-b, kind="mergesort")
-    sb, sl = b[order], labels[order]
-    gain = np.cumsum(np.where(sl == 1, w_fake, -w_real))
+    sb = b[order]
+    gain = np.cumsum(gain_if_fired[order])
     # Only cut between distinct scores: the last index of each run of ties.
     ends = np.r_[np.flatnonzero(np.diff(sb)), sb.size - 1]
     g = gain[ends]
@@ -156,11 +155,12 @@ def _best_gain_threshold(
     return float(sb[ends[k]]), float(g[k])
 
 
-def _or_balanced(a: np.ndarray, b: np.ndarray | None, labels: np.ndarray) -> tuple[float, float | None]:
-    n_real, n_fake = int((labels == 0).sum()), int((labels == 1).sum())
-    w_real, w_fake = 1.0 / max(n_real, 1), 1.0 / max(n_fake, 1)
+def _or_balanced(
+    a: np.ndarray, b: np.ndarray | None, labels: np.ndarray, weights: np.ndarray
+) -> tuple[float, float | None]:
+    gain_if_fired = np.where(labels == 1, weights, -weights)
     if b is None:
-        t, _ = _best_gain_threshold(a, labels, w_real, w_fake)
+        t, _ = _best_gain_threshold(a, gain_if_fired)
         return t, None
     uniq = np.unique(a)
     if uniq.size > 4 * _GRID:
@@ -169,8 +169,8 @@ def _or_balanced(a: np.ndarray, b: np.ndarray | None, labels: np.ndarray) -> tup
     best: tuple[float, float, float] | None = None
     for ta in cands:
         fired_a = a >= ta
-        base = w_fake * (fired_a & (labels == 1)).sum() - w_real * (fired_a & (labels == 0)).sum()
-        tb, g = _best_gain_threshold(b[~fired_a], labels[~fired_a], w_real, w_fake)
+        base = gain_if_fired[fired_a].sum()
+        tb, g = _best_gain_threshold(b[~fired_a], gain_if_fired[~fired_a])
         total = float(base + g)
         if best is None or total > best[0] + 1e-12:
             best = (total, float(ta), tb)
@@ -179,20 +179,21 @@ def _or_balanced(a: np.ndarray, b: np.ndarray | None, labels: np.ndarray) -> tup
 
 
 def _objective(
-    labels: np.ndarray, fake: np.ndarray, target: str, target_fpr: float | None
+    labels: np.ndarray, fake: np.ndarray, target: str, target_fpr: float | None, weights: np.ndarray
 ) -> tuple[float, ...]:
-    op = _rates(labels, fake)
     if target == "fpr":
+        op = _rates(labels, fake)
         fpr, tpr = op.fpr or 0.0, op.tpr or 0.0
         if fpr <= (target_fpr or 0) + 1e-12:
             return (1.0, tpr, -fpr)
         return (0.0, -fpr, tpr)  # not there yet: first bring the false positives down
-    return (op.balanced_acc or 0.0,)
+    # Balanced accuracy under ``weights`` (each class, or each class of each group, one equal share).
+    return (float(weights[fake == (labels == 1)].sum() / weights.sum()),)
 
 
 def _coordinate_search(
     scores: Mapping[str, np.ndarray], labels: np.ndarray, rule: str, target: str, target_fpr: float | None,
-    start: Mapping[str, float], rounds: int = 3,
+    start: Mapping[str, float], weights: np.ndarray, rounds: int = 3,
 ) -> dict[str, float]:  # fmt: skip
     roles = sorted(scores)
     th = {r: float(start.get(r, 0.5)) for r in roles}
@@ -200,13 +201,19 @@ def _coordinate_search(
         r: np.unique(np.r_[np.quantile(scores[r], np.linspace(0, 1, _GRID)), 0.5, th[r], NEVER - 1e-9])
         for r in roles
     }
-    best = _objective(labels, np.asarray(fuse(scores, th, rule).fake), target, target_fpr)
+
+    def objective(thresholds: Mapping[str, float]) -> tuple[float, ...]:
+        return _objective(
+            labels, np.asarray(fuse(scores, thresholds, rule).fake), target, target_fpr, weights
+        )
+
+    best = objective(th)
     for _ in range(rounds):
         changed = False
         for r in roles:
             for t in grids[r]:
                 cand = {**th, r: float(np.clip(t, 1e-6, 1 - 1e-6))}
-                obj = _objective(labels, np.asarray(fuse(scores, cand, rule).fake), target, target_fpr)
+                obj = objective(cand)
                 if obj > best:
                     best, th, changed = obj, cand, True
         if not changed:
@@ -222,8 +229,12 @@ def calibrate_thresholds(
     target: str = "fpr",
     target_fpr: float = 0.05,
     current: Mapping[str, float] | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Per-branch thresholds for ``target`` ("fpr" or "balanced") on validation ``scores``/``labels``."""
+    """Per-branch thresholds for ``target`` ("fpr" or "balanced") on validation ``scores``/``labels``. With
+    ``groups`` (one label per image, e.g. its source) the balanced target weighs each class of each group
+    equally (for groups with both classes: the mean of their balanced accuracies), so that one large source
+    does not set the threshold for all."""
     labels = np.asarray(labels).astype(np.int64)
     scores = {r: np.asarray(s, dtype=np.float64) for r, s in scores.items()}
     if target not in ("fpr", "balanced"):
@@ -237,15 +248,16 @@ def calibrate_thresholds(
     if any(np.isnan(s).any() for s in scores.values()):
         raise ValueError("scores contain NaN; drop the images that could not be scored first")
     roles = sorted(scores)
+    weights = balance_weights(labels, groups)
     if rule == "or" and 1 <= len(roles) <= 2:
         a = scores[roles[0]]
         b = scores[roles[1]] if len(roles) == 2 else None
-        ta, tb = _or_fpr(a, b, labels, target_fpr) if target == "fpr" else _or_balanced(a, b, labels)
+        ta, tb = _or_fpr(a, b, labels, target_fpr) if target == "fpr" else _or_balanced(a, b, labels, weights)
         out = {roles[0]: ta}
         if b is not None:
             out[roles[1]] = tb  # type: ignore[assignment]
         return {r: float(min(t, NEVER)) for r, t in out.items()}
-    return _coordinate_search(scores, labels, rule, target, target_fpr, current or {})
+    return _coordinate_search(scores, labels, rule, target, target_fpr, current or {}, weights)
 
 
 def balance_weights(labels: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
@@ -340,18 +352,20 @@ def calibrate(
     groups: np.ndarray | None = None,
 ) -> Calibration:
     """Thresholds, band and the before/after operating points on the validation set. ``groups`` (one label per
-    image, e.g. its source) makes the ``stack`` fit weigh each group's classes equally."""
+    image, e.g. its source) makes every balanced fit, the thresholds' and the ``stack``'s, weigh each group's
+    classes equally."""
     labels = np.asarray(labels).astype(np.int64)
     current = dict(current or {r: 0.5 for r in scores})
     params: dict[str, Any] = {}
     if rule == "stack":  # each branch at its own balanced point, then the stacker on top
         thresholds = {
-            r: calibrate_thresholds({r: s}, labels, target="balanced")[r] for r, s in scores.items()
+            r: calibrate_thresholds({r: s}, labels, target="balanced", groups=groups)[r]
+            for r, s in scores.items()
         }
         params = fit_stack(scores, labels, thresholds, target=target, target_fpr=target_fpr, groups=groups)
     else:
         thresholds = calibrate_thresholds(
-            scores, labels, rule=rule, target=target, target_fpr=target_fpr, current=current
+            scores, labels, rule=rule, target=target, target_fpr=target_fpr, current=current, groups=groups
         )
     band: list[float] | None = list(current_band) if current_band else None
     if uncertain_width is not None:
