@@ -352,3 +352,48 @@ def test_calibrate_fits_every_threshold_by_group_for_the_stack_too() -> None:
     grouped = calibrate(scores, labels, rule="stack", target="balanced", groups=groups)
     own = calibrate_thresholds({"semantic": semantic}, labels, target="balanced", groups=groups)["semantic"]
     assert grouped.thresholds["semantic"] == own != pooled.thresholds["semantic"]
+
+
+def test_calibrate_balances_by_a_column_of_the_scores_csv(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    src = _tiny_bundle(tmp_path / "bundle")
+    monkeypatch.setattr(commands, "load_detector", lambda args: pytest.fail("scores were given"))
+    semantic, labels, groups = _two_sources(9)
+    pixel = np.random.default_rng(10).uniform(0, 0.01, labels.size)
+    csv_path = tmp_path / "scores.csv"
+    rows = ["path,label,fold,pixel,semantic"] + [
+        f"i{i}.jpg,{'fake' if y else 'real'},{g},{p:.6f},{s:.6f}"
+        for i, (y, g, p, s) in enumerate(zip(labels, groups, pixel, semantic, strict=True))
+    ]
+    csv_path.write_text("\n".join(rows) + "\n")
+    base = [
+        "calibrate",
+        "--scores",
+        str(csv_path),
+        "--bundle",
+        str(src),
+        "--target",
+        "balanced",
+        "--rule",
+        "or",
+    ]
+    assert cli.main([*base, "--out", str(tmp_path / "pooled")]) == 0
+    assert cli.main([*base, "--out", str(tmp_path / "by-fold"), "--balance-by", "fold"]) == 0
+    pooled, by_fold = load_bundle(tmp_path / "pooled"), load_bundle(tmp_path / "by-fold")
+    want = calibrate_thresholds(
+        {"pixel": pixel, "semantic": semantic}, labels, rule="or", target="balanced", groups=groups
+    )
+    assert by_fold.thresholds()["semantic"] == pytest.approx(want["semantic"], abs=1e-6)
+    assert by_fold.thresholds()["semantic"] < pooled.thresholds()["semantic"]
+    assert "'fold' group weighed equally" in (tmp_path / "by-fold" / "MODEL_CARD.md").read_text()
+    capsys.readouterr()
+    # A group with one class cannot be balanced, and a grouping needs the balanced target.
+    one_class = csv_path.read_text().replace(",small,", ",tiny,", 1)
+    (tmp_path / "one.csv").write_text(one_class)
+    argv = ["calibrate", "--scores", str(tmp_path / "one.csv"), "--bundle", str(src), "--target", "balanced",
+            "--balance-by", "fold", "--out", str(tmp_path / "x")]  # fmt: skip
+    assert cli.main(argv) == 2 and "['tiny'] hold only one class" in capsys.readouterr().err
+    assert cli.main([*base[:-4], "--balance-by", "fold", "--out", str(tmp_path / "y")]) == 2
+    assert "--target balanced" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -37,10 +37,12 @@ CALIBRATE_EPILOG = """\
 examples:
   aligngemini calibrate data/val --bundle starter --out bundles/starter-cal --target-fpr 0.05
   aligngemini calibrate data/val --bundle B --out B-bal --target balanced --uncertain-width 0.1
+  aligngemini calibrate --scores wild_scores.csv --bundle B --out B-fold --target balanced --balance-by fold
 
 Picks per-branch thresholds on a validation set: with --target fpr (default) the most fakes caught with
 the fused false-positive rate on reals at most --target-fpr; with --target balanced the best balanced
-accuracy. --uncertain-width W sets a band of fused scores [lo, lo+W) around the decision point, placed
+accuracy (with --balance-by COLUMN of a scores CSV, the mean over its groups: each source counts alike,
+however many images it holds). --uncertain-width W sets a band of fused scores [lo, lo+W) around the decision point, placed
 to hold the most errors, where the verdict is "uncertain". Writes a copy of the bundle; the source is
 never changed.
 """
@@ -112,6 +114,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="calibrate on scores already measured instead of DATA: a CSV with a label column "
                    "(real/fake) and one column of P(fake) per branch, as 'aligngemini eval' writes (scores.csv) "
                    "or benchmarks/wild_eval.py (out-of-fold scores)")  # fmt: skip
+    c.add_argument("--balance-by", metavar="COLUMN",
+                   help="with --scores and --target balanced: weigh each class of each group of this column "
+                   "(e.g. fold or source) equally, so that the largest source does not choose the thresholds "
+                   "for all; every group needs real and fake images")  # fmt: skip
     c.add_argument("--out", required=True, metavar="DIR", help="folder for the calibrated copy of the bundle")
     c.add_argument("--target", choices=("fpr", "balanced"), default="fpr",
                    help="what to optimise: most fakes caught at --target-fpr (fpr), or balanced accuracy "
@@ -247,10 +253,17 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
             )
         if bool(args.scores) == bool(args.data):
             raise ValueError("give DATA to score, or --scores CSV with scores already measured (not both)")
+        if args.balance_by and not (args.scores and args.target == "balanced"):
+            raise ValueError(
+                "--balance-by needs --scores CSV (its groups are a column there) and --target balanced"
+            )
+        groups = None
         if args.scores:
             roles = sorted(bundle.config["branches"])
-            scores, labels = read_scores_csv(Path(args.scores), roles)
+            scores, labels, groups = read_scores_csv(Path(args.scores), roles, args.balance_by)
             sources = [str(args.scores)]
+            if args.balance_by:
+                sources = [f"{args.scores}, each class of each '{args.balance_by}' group weighed equally"]
             current = bundle.thresholds()
             fusion = bundle.config.get("fusion") or {}
             band = fusion.get("uncertain_band")
@@ -280,7 +293,7 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
         current, band, rule = settings.thresholds, settings.uncertain_band, settings.rule
     try:
         cal = calibrate(scores, labels, rule=rule, target=args.target, target_fpr=args.target_fpr, current=current,
-                        current_band=band, uncertain_width=args.uncertain_width)  # fmt: skip
+                        current_band=band, uncertain_width=args.uncertain_width, groups=groups)  # fmt: skip
     except ValueError as exc:
         return _fail(str(exc))
     record = {**cal.to_dict(), "data": sources, "source_bundle": bundle.bundle_id}
@@ -306,9 +319,11 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_scores_csv(path: Path, roles: list[str]) -> tuple[dict[str, Any], Any]:
-    """Per-branch scores and 0/1 labels from a CSV (``label`` real|fake, one column per branch); rows where a
-    branch has no score are left out, and said so."""
+def read_scores_csv(
+    path: Path, roles: list[str], group_column: str | None = None
+) -> tuple[dict[str, Any], Any, Any]:
+    """Per-branch scores, 0/1 labels and (with ``group_column``) each row's group from a CSV (``label`` real|fake,
+    one column per branch); rows where a branch has no score are left out, and said so."""
     import csv
 
     import numpy as np
@@ -317,9 +332,11 @@ def read_scores_csv(path: Path, roles: list[str]) -> tuple[dict[str, Any], Any]:
         raise ValueError(f"{path}: no such scores file")
     with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    missing = [c for c in ("label", *roles) if not rows or c not in rows[0]]
+    needed = ["label", *roles, *([group_column] if group_column else [])]
+    missing = [c for c in needed if not rows or c not in rows[0]]
     if missing:
-        raise ValueError(f"{path}: no column {missing}; it needs 'label' and one column per branch {roles}")
+        raise ValueError(f"{path}: no column {missing}; it needs 'label' and one column per branch {roles}"
+                         + (f" and the --balance-by column {group_column!r}" if group_column else ""))  # fmt: skip
     kept = [r for r in rows if all(r[role] not in ("", "nan", "None") for role in roles)]
     if len(kept) < len(rows):
         print(
@@ -330,7 +347,17 @@ def read_scores_csv(path: Path, roles: list[str]) -> tuple[dict[str, Any], Any]:
     if bad:
         raise ValueError(f"{path}: labels must be real or fake, found {bad}")
     labels = np.array([r["label"] == "fake" for r in kept], dtype=np.int64)
-    return {role: np.array([float(r[role]) for r in kept]) for role in roles}, labels
+    scores = {role: np.array([float(r[role]) for r in kept]) for role in roles}
+    if not group_column:
+        return scores, labels, None
+    groups = np.array([r[group_column] for r in kept])
+    one_class = sorted(str(g) for g in np.unique(groups) if len(set(labels[groups == g])) < 2)
+    if one_class:
+        raise ValueError(
+            f"{path}: --balance-by {group_column}: group(s) {one_class} hold only one class; balance by a column "
+            "whose every group has real and fake images (e.g. a fold of whole sources), or leave it out"
+        )
+    return scores, labels, groups
 
 
 def _jsonable(x: Any) -> Any:
