@@ -397,3 +397,27 @@ def test_calibrate_balances_by_a_column_of_the_scores_csv(
     assert cli.main([*base[:-4], "--balance-by", "fold", "--out", str(tmp_path / "y")]) == 2
     assert "--target balanced" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_calibrated_bundle_calibrated_again_keeps_one_calibration_section(tmp_path: Path) -> None:
+    src = _tiny_bundle(tmp_path / "bundle")
+    scores, labels = _synthetic(2)
+    csv_path = tmp_path / "scores.csv"
+    rows = ["path,label,pixel,semantic"] + [
+        f"i{i}.jpg,{'fake' if y else 'real'},{p:.6f},{s:.6f}"
+        for i, (y, p, s) in enumerate(zip(labels, scores["pixel"], scores["semantic"], strict=True))
+    ]
+    csv_path.write_text("\n".join(rows) + "\n")
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    argv = ["calibrate", "--scores", str(csv_path), "--target", "balanced", "--rule", "or"]
+    assert cli.main([*argv, "--bundle", str(src), "--out", str(once)]) == 0
+    assert (
+        cli.main(
+            [*argv, "--bundle", str(once), "--out", str(twice), "--target-fpr", "0.1", "--target", "fpr"]
+        )
+        == 0
+    )
+    card = (twice / "MODEL_CARD.md").read_text()
+    assert card.count("## Calibration") == 1 and "false-positive rate <= 10.0%" in card
+    head = (src / "MODEL_CARD.md").read_text().rstrip("\n")
+    assert card.startswith(head) and (once / "MODEL_CARD.md").read_text().startswith(head)

@@ -231,7 +231,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 def run_calibrate_command(args: argparse.Namespace) -> int:
     from aligngemini.bundle import BundleError, load_bundle
-    from aligngemini.eval.calibrate import calibrate, card_section
+    from aligngemini.eval.calibrate import CALIBRATION_HEADING, calibrate, card_section
     from aligngemini.eval.layouts import LayoutError
     from aligngemini.eval.runner import fusion_settings, score_items
 
@@ -307,8 +307,10 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
     except BundleError as exc:
         return _fail(str(exc))
     card = copy.dir / "MODEL_CARD.md"
-    with card.open("a", encoding="utf-8") as fh:
-        fh.write(card_section(cal, record["data"]))
+    # A calibrated bundle calibrated again: its old section describes thresholds the copy no longer has.
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    body = text.partition(CALIBRATION_HEADING)[0].rstrip("\n") + "\n" if text else ""
+    card.write_text(body + card_section(cal, record["data"]), encoding="utf-8")
     after = cal.after["fused"]
     print(f"calibrated on {cal.n_real} real / {cal.n_fake} fake images: thresholds "
           + ", ".join(f"{r}={t:.4g}" for r, t in cal.thresholds.items())

@@ -26,6 +26,7 @@ import numpy as np
 from aligngemini.fusion import centre_on_threshold, fuse, logit
 
 NEVER = 1.0 + 1e-9  # a threshold no probability reaches: the branch never fires
+CALIBRATION_HEADING = "\n## Calibration\n"  # how card_section's section opens in a model card
 _GRID = 128
 
 
@@ -399,9 +400,7 @@ def card_section(cal: Calibration, data: Sequence[str]) -> str:
         return f"| {name} | " + " | ".join(cells) + " |"
 
     lines = [
-        "",
-        "## Calibration",
-        "",
+        *CALIBRATION_HEADING.split("\n"),
         f"Thresholds chosen by `aligngemini calibrate` on {cal.n_real} real and {cal.n_fake} fake images "
         f"({', '.join(data)}), rule `{cal.rule}`, goal: {goal}.",
         "",
