@@ -27,7 +27,6 @@ or weights for these experts meets it, and only better experts (more complementa
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record_header import describe_run, portable, record_header, write_record  # noqa: E402
 from wild_eval import RULES, auc, balanced, fit_and_apply  # noqa: E402
 
+from aligngemini.cli.evaluate import read_scores_csv  # noqa: E402
 from aligngemini.eval.metrics import roc_curve  # noqa: E402
 from aligngemini.fusion import logit  # noqa: E402
 
@@ -73,23 +73,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def read_scores(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Per fold: labels (1 = fake) and each expert's p_fake, from a wild_eval scores file."""
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    missing = [c for c in ("fold", "label", *EXPERTS) if rows and c not in rows[0]]
-    if not rows or missing:
-        raise SystemExit(
-            f"{path}: not a wild_eval scores file with pixel scores (missing {missing or 'rows'})"
-        )
-    folds: dict[str, dict[str, list[float]]] = {}
-    for r in rows:
-        if r["pixel"] in ("", "nan") or r["semantic"] in ("", "nan"):
-            continue  # an image an expert could not score takes no part in a two-expert fit
-        f = folds.setdefault(r["fold"], {"label": [], "pixel": [], "semantic": []})
-        f["label"].append(1.0 if r["label"] == "fake" else 0.0)
-        for e in EXPERTS:
-            f[e].append(float(r[e]))
-    return {name: {k: np.asarray(v) for k, v in cols.items()} for name, cols in sorted(folds.items())}
+    """Per fold: labels (1 = fake) and each expert's p_fake, from a wild_eval scores file, read as ``aligngemini
+    calibrate --scores`` reads one (an image an expert could not score is left out, and said so)."""
+    try:
+        scores, labels, folds = read_scores_csv(path, list(EXPERTS), "fold")
+    except ValueError as exc:
+        raise SystemExit(f"not a wild_eval scores file with pixel scores: {exc}") from None
+    return {
+        name: {"label": labels[folds == name], **{e: scores[e][folds == name] for e in EXPERTS}}
+        for name in sorted(set(folds))
+    }
 
 
 def best_balanced(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -175,8 +168,10 @@ def synthetic_ceilings(
 def recorded_out_of_fold(scores: Path) -> dict[str, float] | None:
     """The mean balanced accuracies the same wild_eval run recorded (thresholds fitted on the other folds), from
     the ``OUT.json`` beside its ``OUT_scores.csv``; None where there is none."""
+    if not scores.name.endswith("_scores.csv"):
+        return None
     path = scores.with_name(scores.name.removesuffix("_scores.csv") + ".json")
-    if not scores.name.endswith("_scores.csv") or not path.is_file():
+    if not path.is_file():
         return None
     summary = json.loads(path.read_text(encoding="utf-8"))["result"]["summary"]
     return {d: float(summary[d]["mean_balanced_acc"]) for d in DETECTORS if d in summary}

@@ -64,7 +64,7 @@ def test_best_balanced_is_the_best_threshold() -> None:
 def test_a_file_without_pixel_scores_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.csv"
     path.write_text("path,fold,label,semantic\nx.png,a,fake,0.9\n", encoding="utf-8")
-    with pytest.raises(SystemExit, match="missing"):
+    with pytest.raises(SystemExit, match=r"no column \['pixel'\]"):
         fc.read_scores(path)
 
 
