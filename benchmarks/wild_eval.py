@@ -98,7 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="fit every threshold and the stack weighing each training fold's classes equally "
         "(default: each class, every image alike, so the largest fold dominates the fit)",
     )
-    p.add_argument("--stack-by-fold", action="store_true", help=argparse.SUPPRESS)  # fmt: skip
+    p.add_argument("--stack-by-fold", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help="keep the per-fold training runs here (default: a temp folder)")
     p.add_argument("--out", type=Path, help="write OUT.json, OUT.md and OUT_scores.csv")
     p.add_argument("--machine", default="2-core CPU dev box")

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from aligngemini.bundle import BundleError, archive_bundle, load_bundle, save_bundle
+from aligngemini.eval.calibrate import CALIBRATION_HEADING
 
 
 @pytest.fixture(autouse=True)
@@ -114,7 +115,7 @@ def test_the_shipped_starter_card_is_the_docs_card_plus_its_calibration() -> Non
     section: an edit made to one copy only is lost at the next build or never published."""
     repo = Path(__file__).resolve().parents[1]
     shipped = (repo / "aligngemini" / "bundles" / "starter" / "MODEL_CARD.md").read_text(encoding="utf-8")
-    body, sep, _ = shipped.partition("\n## Calibration\n")
+    body, sep, _ = shipped.partition(CALIBRATION_HEADING)
     assert sep, "the shipped starter card has no calibration section"
     docs = (repo / "docs" / "starter-model-card.md").read_text(encoding="utf-8")
     assert body.rstrip("\n") == docs.rstrip("\n")

@@ -42,9 +42,9 @@ examples:
 Picks per-branch thresholds on a validation set: with --target fpr (default) the most fakes caught with
 the fused false-positive rate on reals at most --target-fpr; with --target balanced the best balanced
 accuracy (with --balance-by COLUMN of a scores CSV, the mean over its groups: each source counts alike,
-however many images it holds). --uncertain-width W sets a band of fused scores [lo, lo+W) around the decision point, placed
-to hold the most errors, where the verdict is "uncertain". Writes a copy of the bundle; the source is
-never changed.
+however many images it holds). --uncertain-width W sets a band of fused scores [lo, lo+W) around the
+decision point, placed to hold the most errors, where the verdict is "uncertain". Writes a copy of the
+bundle; the source is never changed.
 """
 
 
@@ -261,9 +261,10 @@ def run_calibrate_command(args: argparse.Namespace) -> int:
         if args.scores:
             roles = sorted(bundle.config["branches"])
             scores, labels, groups = read_scores_csv(Path(args.scores), roles, args.balance_by)
-            sources = [str(args.scores)]
-            if args.balance_by:
-                sources = [f"{args.scores}, each class of each '{args.balance_by}' group weighed equally"]
+            weighed = (
+                f", each class of each '{args.balance_by}' group weighed equally" if args.balance_by else ""
+            )
+            sources = [f"{args.scores}{weighed}"]
             current = bundle.thresholds()
             fusion = bundle.config.get("fusion") or {}
             band = fusion.get("uncertain_band")
