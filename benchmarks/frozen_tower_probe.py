@@ -7,8 +7,8 @@ recipe's web degradations drawn once per pair and applied alike to both images),
 and mean patch token, and fits a logistic probe (standardised features) on the pairs: a photo against its
 reconstruction. No AI image is ever trained on.
 
-As ``wild_eval.py`` picks its pixel runs, two probes are fitted: one on the pairs of photos outside
-``--hold`` (realorai and wildmix), one on the pairs of photos inside it; each wild fold is scored by a probe that
+As ``wild_eval.py`` picks its pixel runs, two probes are fitted: a on the pairs of photos outside HOLD
+(realorai and wildmix), b on the pairs of photos inside it; each wild fold is scored by a probe that
 saw none of the fold's photos, as the mean logit of the image's inference crops. Which layers and which
 regularisation a probe uses is chosen by its AUC on held-out pairs (the pair set's val split), never on the wild
 folds; every candidate's wild AUC is reported beside it. ``--out`` also writes OUT_scores.csv: ``--scores``
@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pixel_history import DEFAULT_IMAGES, SHRINKS, history_auc, shrunk  # noqa: E402
+from pixel_history import DEFAULT_IMAGES, history, load_photos  # noqa: E402
 from record_header import REPO, record_header, write_record  # noqa: E402
+from wild_eval import auc  # noqa: E402
 
 HOLD = ("realorai", "wildmix:*")  # run b's photos; run a trains on the rest (wild_eval.py's runs a and b)
 BLOCKS = ((1, 3), (4, 6), (7, 9), (10, 12), (1, 12))  # layer ranges a probe may read, 1-based, inclusive
@@ -77,14 +78,14 @@ def held(source: str) -> bool:
 def layer_columns(n_layers: int, width: int, first: int, last: int, tokens: str) -> np.ndarray:
     """Columns of ``ClipTower.forward(x, "cls-mean-layers")`` (per layer: class token, then mean patch token)
     for layers ``first``..``last`` (1-based)."""
+    if not 1 <= first <= last <= n_layers:
+        raise ValueError(f"layers {first}-{last} must lie within the tower's 1-{n_layers}")
     parts = {"cls": (0,), "mean": (1,), "both": (0, 1)}[tokens]
     cols = [
         np.arange(width) + (2 * (layer - 1) + part) * width
         for layer in range(first, last + 1)
         for part in parts
     ]
-    if not 1 <= first <= last <= n_layers:
-        raise ValueError(f"layers {first}-{last} must lie within the tower's 1-{n_layers}")
     return np.concatenate(cols)
 
 
@@ -132,14 +133,14 @@ def pair_features(args: argparse.Namespace, tower: Any) -> dict[str, np.ndarray]
     groups: dict[str, dict[str, Any]] = defaultdict(dict)
     for row in read_manifest(args.pairs):
         groups[row.group or row.path][row.label] = row
-    pairs = [(k, g["real"], g["fake"]) for k, g in sorted(groups.items()) if "real" in g and "fake" in g]
+    pairs = [(g["real"], g["fake"]) for _, g in sorted(groups.items()) if "real" in g and "fake" in g]
     rng = np.random.default_rng(args.seed)
     if args.max_pairs and args.max_pairs < len(pairs):
         pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), args.max_pairs, replace=False))]
     real_f, fake_f, sources, splits, generators = [], [], [], [], []
     for start in tqdm(range(0, len(pairs), args.batch), desc="pairs", unit="batch"):
         crops_r, crops_f = [], []
-        for _, real, fake in pairs[start : start + args.batch]:
+        for real, fake in pairs[start : start + args.batch]:
             with Image.open(real.path) as a, Image.open(fake.path) as b:
                 r, f = augment_and_crop([a.convert("RGB"), b.convert("RGB")], aug, crop_cfg, rng)
             crops_r.append(r)
@@ -156,33 +157,27 @@ def pair_features(args: argparse.Namespace, tower: Any) -> dict[str, np.ndarray]
     return out
 
 
-def crop_logits(
-    tower: Any, images: list[Any], args: argparse.Namespace, probe: Any, cols: np.ndarray
-) -> np.ndarray:
-    """The probe's mean logit over each image's inference crops."""
+def inference_crops(image: Any, args: argparse.Namespace) -> list[Any]:
+    """The ``--max-crops`` native-resolution crops of ``image`` the probe scores, as the pixel branch's grid."""
     from aligngemini.branches.pixel.crops import CropConfig, inference_views
 
-    crop_cfg = CropConfig(size=args.size, inference="grid", max_crops=args.max_crops)
-    out = []
-    for im in images:
-        feats = _features(tower, list(inference_views(im.image, crop_cfg)), args.batch)
-        out.append(float(np.mean(probe.decision_function(feats[:, cols].astype(np.float32)))))
-    return np.asarray(out)
+    return list(
+        inference_views(image, CropConfig(size=args.size, inference="grid", max_crops=args.max_crops))
+    )
 
 
 def shrink_history(args: argparse.Namespace, tower: Any, probe: Any, cols: np.ndarray) -> dict[str, Any]:
     """pixel_history.py's probe for one probe: does shrinking a photo make it look generated?"""
-    from aligngemini.decode import IMAGE_SUFFIXES, load_image
 
-    paths = sorted(p for p in args.history.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    images = [load_image(p, max_pixels=200_000_000) for p in paths]
-    native = crop_logits(tower, images, args, probe, cols)
-    rows = {}
-    for label, factor, method in SHRINKS:
-        changed = crop_logits(tower, [shrunk(im, factor, method) for im in images], args, probe, cols)
-        rows[label] = {"history_auc": history_auc(native, changed),
-                       "mean_logit_change": float(np.mean(changed - native))}  # fmt: skip
-    return {"images": len(images), "shrinks": rows}
+    def score(images: list[Any]) -> np.ndarray:  # the probe's mean logit over each image's crops
+        return np.asarray([
+            np.mean(probe.decision_function(_features(tower, inference_crops(im.image, args), args.batch)[:, cols]
+                                            .astype(np.float32)))
+            for im in images
+        ])  # fmt: skip
+
+    images = load_photos(args.history)
+    return {"images": len(images), **history(score, images)}
 
 
 def wild_features(args: argparse.Namespace, tower: Any, rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
@@ -192,15 +187,13 @@ def wild_features(args: argparse.Namespace, tower: Any, rows: list[dict[str, str
         return dict(np.load(cache))
     from tqdm import tqdm
 
-    from aligngemini.branches.pixel.crops import CropConfig, inference_views
     from aligngemini.data.manifest import manifest_path
     from aligngemini.decode import load_image
 
-    crop_cfg = CropConfig(size=args.size, inference="grid", max_crops=args.max_crops)
     feats, owner, pending, pending_owner = [], [], [], []
     for i, row in enumerate(tqdm(rows, desc="wild", unit="image")):
-        views = inference_views(load_image(manifest_path(row["path"])).image, crop_cfg)
-        pending += list(views)
+        views = inference_crops(load_image(manifest_path(row["path"])).image, args)
+        pending += views
         pending_owner += [i] * len(views)
         if len(pending) >= args.batch or i == len(rows) - 1:
             feats.append(_features(tower, pending, args.batch))
@@ -227,10 +220,12 @@ def scoring_runs(rows: Sequence[dict[str, str]], trained_on: dict[str, set[str]]
     return out
 
 
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores))
+def pair_xy(
+    pairs: dict[str, np.ndarray], mask: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``mask``ed pairs' real then fake features (columns ``cols``) and their 0 / 1 labels."""
+    x = np.concatenate([pairs["real"][mask][:, cols], pairs["fake"][mask][:, cols]]).astype(np.float32)
+    return x, np.r_[np.zeros(mask.sum()), np.ones(mask.sum())]
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> Any:
@@ -266,66 +261,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     fold_of = np.array([r["fold"] for r in rows])
 
     candidates = [(b, t, c) for b in BLOCKS for t in TOKENS for c in C_GRID]
-    results = []
+    split = {run: {"train": m & (pairs["split"] == "train"), "val": m & (pairs["split"] != "train")}
+             for run, m in masks.items()}  # fmt: skip
+    crops_per_image = np.bincount(wild["owner"], None, len(rows))
+    val_auc: dict[tuple[Any, ...], float] = {}  # (run, block, tokens, C) -> AUC on the run's held-out pairs
     wild_logits: dict[tuple[Any, ...], np.ndarray] = {}
     probes: dict[tuple[Any, ...], Any] = {}
-    for run, mask in masks.items():
-        train = mask & (pairs["split"] == "train")
-        val = mask & (pairs["split"] != "train")
-        for block, tokens, c in candidates:
-            cols = layer_columns(n_layers, width, block[0], block[1], tokens)
-            x = np.concatenate([pairs["real"][train][:, cols], pairs["fake"][train][:, cols]]).astype(
-                np.float32
-            )
-            y = np.r_[np.zeros(train.sum()), np.ones(train.sum())]
-            probe = fit_probe(x, y, c, args.seed)
-            xv = np.concatenate([pairs["real"][val][:, cols], pairs["fake"][val][:, cols]]).astype(np.float32)
-            yv = np.r_[np.zeros(val.sum()), np.ones(val.sum())]
-            val_auc = auc(yv, probe.decision_function(xv))
-            crop_logit = probe.decision_function(wild["features"][:, cols].astype(np.float32))
-            per_image = np.bincount(wild["owner"], crop_logit, len(rows)) / np.bincount(
-                wild["owner"], None, len(rows)
-            )
-            wild_logits[(run, block, tokens, c)] = per_image
-            probes[(run, block, tokens, c)] = probe
-            results.append({"run": run, "layers": f"{block[0]}-{block[1]}", "tokens": tokens, "C": c,
-                            "train_pairs": int(train.sum()), "val_pairs": int(val.sum()), "val_auc": val_auc})  # fmt: skip
-            print(
-                f"run {run} layers {block} {tokens} C={c}: held-out pairs AUC {val_auc:.3f}", file=sys.stderr
-            )
+    for run, (block, tokens, c) in ((run, cand) for run in masks for cand in candidates):
+        key, cols = (run, block, tokens, c), layer_columns(n_layers, width, block[0], block[1], tokens)
+        probes[key] = probe = fit_probe(*pair_xy(pairs, split[run]["train"], cols), c, args.seed)
+        x_val, y_val = pair_xy(pairs, split[run]["val"], cols)
+        val_auc[key] = auc(y_val, probe.decision_function(x_val))
+        crop_logit = probe.decision_function(wild["features"][:, cols].astype(np.float32))
+        wild_logits[key] = np.bincount(wild["owner"], crop_logit, len(rows)) / crops_per_image
+        print(
+            f"run {run} layers {block} {tokens} C={c}: held-out pairs AUC {val_auc[key]:.3f}", file=sys.stderr
+        )
+
+    def fold_aucs(key_of: Any) -> dict[str, float]:
+        """Wild AUC per fold, each fold scored by its run's probe ``key_of(run)``."""
+        return {f: auc(labels[fold_of == f], wild_logits[key_of(fold_run[f])][fold_of == f]) for f in folds}
 
     table = []
     for block, tokens, c in candidates:
-        per_fold = {}
-        for fold in folds:
-            idx = fold_of == fold
-            per_fold[fold] = auc(labels[idx], wild_logits[(fold_run[fold], block, tokens, c)][idx])
-        vals = {r["run"]: r["val_auc"] for r in results
-                if (r["layers"], r["tokens"], r["C"]) == (f"{block[0]}-{block[1]}", tokens, c)}  # fmt: skip
-        table.append({"layers": f"{block[0]}-{block[1]}", "tokens": tokens, "C": c, "val_auc_a": vals["a"],
-                      "val_auc_b": vals["b"], "folds": per_fold, "mean": float(np.mean(list(per_fold.values())))})  # fmt: skip
-    chosen = {
-        run: max((r for r in results if r["run"] == run), key=lambda r: r["val_auc"]) for run in ("a", "b")
-    }
+        per_fold = fold_aucs(lambda run, cand=(block, tokens, c): (run, *cand))
+        table.append({"layers": f"{block[0]}-{block[1]}", "tokens": tokens, "C": c, "val_auc_a": val_auc[("a", block, tokens, c)],
+                      "val_auc_b": val_auc[("b", block, tokens, c)], "folds": per_fold,
+                      "mean": float(np.mean(list(per_fold.values())))})  # fmt: skip
+    best = {run: max((k for k in val_auc if k[0] == run), key=val_auc.__getitem__) for run in masks}
+    chosen = {run: {"run": run, "layers": f"{k[1][0]}-{k[1][1]}", "tokens": k[2], "C": k[3],
+                    "train_pairs": int(split[run]["train"].sum()), "val_pairs": int(split[run]["val"].sum()),
+                    "val_auc": val_auc[k]} for run, k in best.items()}  # fmt: skip
+    chosen_folds = fold_aucs(best.__getitem__)
     chosen_scores = np.empty(len(rows))
-    chosen_folds = {}
     for fold in folds:
-        ch = chosen[fold_run[fold]]
-        block = tuple(int(v) for v in ch["layers"].split("-"))
-        logits = wild_logits[(fold_run[fold], block, ch["tokens"], ch["C"])]
         idx = fold_of == fold
-        chosen_scores[idx] = 1.0 / (1.0 + np.exp(-logits[idx]))
-        chosen_folds[fold] = auc(labels[idx], logits[idx])
+        chosen_scores[idx] = 1.0 / (1.0 + np.exp(-wild_logits[best[fold_run[fold]]][idx]))
     summary = {
         "chosen": chosen,
         "chosen_folds": chosen_folds,
         "chosen_mean": float(np.mean(list(chosen_folds.values()))),
     }
     if str(args.history) != "none":  # the default photos (wildmix's camera originals) are run a's to judge
-        ch = chosen["a"]
-        block = tuple(int(v) for v in ch["layers"].split("-"))
-        cols = layer_columns(n_layers, width, block[0], block[1], ch["tokens"])
-        summary["history"] = shrink_history(args, tower, probes[("a", block, ch["tokens"], ch["C"])], cols)
+        _, block, tokens, _ = best["a"]
+        cols = layer_columns(n_layers, width, block[0], block[1], tokens)
+        summary["history"] = shrink_history(args, tower, probes[best["a"]], cols)
         shrinks = summary["history"]["shrinks"]
         print("shrink history (probe a): " + ", ".join(f"{k} {v['history_auc']:.3f}" for k, v in shrinks.items()),
               file=sys.stderr)  # fmt: skip

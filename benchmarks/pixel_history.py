@@ -119,14 +119,11 @@ def history_auc(native: np.ndarray, changed: np.ndarray) -> float:
     return float(roc_auc_score(labels, np.r_[native, changed]))
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from aligngemini.branches import build_branch
+def load_photos(folder: Path) -> list[Any]:
+    """The readable photos of ``folder``, any size (an unreadable one is said and skipped); at least two."""
     from aligngemini.decode import IMAGE_SUFFIXES, ImageLoadError, load_image
-    from aligngemini.fusion import logit
 
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     images = []
     for path in paths:
         try:
@@ -134,7 +131,29 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         except ImageLoadError as exc:
             print(f"skipped: {exc}", file=sys.stderr)
     if len(images) < 2:
-        raise SystemExit(f"{args.images}: found {len(images)} readable photos; the probe needs at least 2")
+        raise SystemExit(f"{folder}: found {len(images)} readable photos; the probe needs at least 2")
+    return images
+
+
+def history(score: Callable[[list[Any]], np.ndarray], images: list[Any]) -> dict[str, Any]:
+    """One expert's ``score`` (log-odds per image) of the photos as they are and after each shrink of SHRINKS."""
+    native = score(images)
+    rows = {}
+    for label, factor, method in SHRINKS:
+        changed = score([shrunk(im, factor, method) for im in images])
+        rows[label] = {"mean_logit_change": float(np.mean(changed - native)),
+                       "history_auc": history_auc(native, changed),
+                       "share_more_fake": float(np.mean(changed > native))}  # fmt: skip
+    return {"mean_logit_as_is": float(np.mean(native)), "shrinks": rows}
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from aligngemini.branches import build_branch
+    from aligngemini.fusion import logit
+
+    images = load_photos(args.images)
     scorers: dict[str, Callable[[list[Any]], np.ndarray]] = {}
     for name, (section, folder) in experts(args).items():
         branch = build_branch("pixel", section, folder, device=torch.device("cpu"), dtype=torch.float32)
@@ -145,16 +164,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         scorers[f"hp_ratio through {spec}"] = distance_scorer(spec)
     results: dict[str, Any] = {}
     for name, score in scorers.items():
-        native = score(images)
-        rows = {}
-        for label, factor, method in SHRINKS:
-            changed = score([shrunk(im, factor, method) for im in images])
-            rows[label] = {"mean_logit_change": float(np.mean(changed - native)),
-                           "history_auc": history_auc(native, changed),
-                           "share_more_fake": float(np.mean(changed > native))}  # fmt: skip
-        results[name] = {"mean_logit_as_is": float(np.mean(native)), "shrinks": rows}
+        results[name] = history(score, images)
         print(
-            f"{name}: " + ", ".join(f"{k} {v['history_auc']:.3f}" for k, v in rows.items()), file=sys.stderr
+            f"{name}: "
+            + ", ".join(f"{k} {v['history_auc']:.3f}" for k, v in results[name]["shrinks"].items()),
+            file=sys.stderr,
         )
     return {"images": portable(str(args.images)), "n_images": len(images), "experts": results}
 
