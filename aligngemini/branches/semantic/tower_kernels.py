@@ -20,7 +20,7 @@ from torch import nn
 ATTENTION_KINDS = ("sdpa", "eager")
 QUICK_GELU_SCALE = 1.702  # quick_gelu(h) = h * sigmoid(1.702 h)
 
-__all__ = ["ATTENTION_KINDS", "check_attention", "fold_quick_gelu"]
+__all__ = ["ATTENTION_KINDS", "check_attention", "fold_quick_gelu", "unfold_quick_gelu"]
 
 
 def check_attention(kind: str, where: str) -> str:
@@ -57,3 +57,15 @@ def fold_quick_gelu(model: nn.Module) -> int:
             if getattr(config, "hidden_act", None) == "quick_gelu":
                 config.hidden_act = "silu"
     return folded
+
+
+def unfold_quick_gelu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict of a tower ``fold_quick_gelu`` rewrote, with every MLP's ``fc1`` and ``fc2`` scaled back:
+    the weights of the original quick_gelu tower, for code that computes quick_gelu itself (a timm ViT)."""
+    out = dict(state)
+    for key, value in state.items():
+        if ".mlp.fc1." in key:
+            out[key] = value / QUICK_GELU_SCALE
+        elif key.endswith(".mlp.fc2.weight"):
+            out[key] = value * QUICK_GELU_SCALE
+    return out
